@@ -1,0 +1,460 @@
+"""Coconut: Chain of Continuous Thought (Hao et al., 2024).
+
+After the prompt and a learned `<bot>` marker, the model thinks for `num_reasoning_steps` steps: the last hidden
+states of one step are fed back, as they are, as the input embeddings of the next. Then a learned `<eot>` marker,
+then the answer in language. Gradients flow through every thought.
+
+The sequence, for S steps of c latents each (the KV cache holds all of it):
+
+    prompt | <bot> x c | thought_1 x c | ... | thought_S x c | <eot> | answer
+              -> thought_1  -> thought_2        -> (last thought's output unused)  -> answer[0] ...
+
+Every row may have its own number of steps (a (b,) tensor): rows with fewer steps leave their later thought slots
+masked, so a mixed batch gives each example exactly what it gets alone. Rows with 0 steps have no markers at all:
+prompt then answer, as a plain language model, so CoT and no-CoT baselines train the same module.
+
+Shapes: b batch, n prompt length, m answer length, c latents per step, S steps, H hypotheses, D model dim, V vocab.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn import Module
+from torch.utils.checkpoint import checkpoint as checkpoint_fn
+
+from einops import rearrange, repeat
+
+from coconut_pytorch.inputs import PAD_ID, as_padded_ids, check_reasoning_steps, left_align
+from coconut_pytorch.kv_cache import KVCache
+from coconut_pytorch.sampling import gumbel_sample, min_p_filter
+from coconut_pytorch.transformer import Transformer, TransformerOutput
+
+
+def exists(v) -> bool:
+    return v is not None
+
+
+def default(v, d):
+    return v if exists(v) else d
+
+
+def check_positive_int(value, name: str):
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f'{name} must be an int, got {type(value).__name__}')
+    if value < 1:
+        raise ValueError(f'{name} must be >= 1, got {value}')
+
+
+# outputs
+
+class Intermediates(NamedTuple):
+    prompt_logits: Tensor | None    # (b, n, V), in the columns of the prompt as given
+    latent_tokens: Tensor           # (b, S * c, D) thoughts in sequence order; (b, H, S * c, D) with hypotheses
+    answer_logits: Tensor           # (b, m, V) logits predicting each answer token; (b, 1, V) with no answer
+    cache: KVCache                  # everything up to the end of what was run
+
+
+class LossBreakdown(NamedTuple):
+    answer_loss: Tensor
+    begin_thought_loss: Tensor | None
+
+
+class Reasoned(NamedTuple):
+    """The state after the prompt and the thought recurrence, before the tokens that end it run."""
+    cache: KVCache
+    tail: list[Tensor]              # embeddings to run before the answer: the last thoughts and <eot>
+    tail_mask: Tensor | None        # (b, len(tail)) bool
+    thoughts: list[Tensor]          # [step] (b or b H, c, D)
+    prompt_hiddens: Tensor          # (b, n, D) left-aligned prompt
+    has_thoughts: Tensor | None     # (b,) bool: which rows think; None when all rows do the same
+
+
+class Coconut(Module):
+    """Chain of Continuous Thought around a Transformer of its own.
+
+    Args:
+        num_reasoning_steps: default number of thought steps S (0 = plain language model).
+        num_latents_per_step: c, continuous thoughts produced per step.
+        transformer: a `Transformer` or the keyword arguments to build one (num_tokens, dim, depth, ...).
+        checkpoint: recompute each step's activations in backward (non-reentrant torch checkpointing).
+        learn_begin_of_thought: add a loss teaching a head to predict where thinking begins (the end of the prompt).
+        begin_thought_loss_weight: weight of that loss.
+        num_hypotheses: H > 1 runs H thought streams in parallel over the shared prompt cache, each with its own
+            `<bot>`; the answer attends to all of them (multi-stream reasoning).
+        thought_mode: 'continuous' (Coconut) or 'pause' (the same slots filled by one learned pause embedding,
+            with no feedback: the paper's pause-token baseline).
+    """
+
+    def __init__(
+        self,
+        num_reasoning_steps: int,
+        num_latents_per_step: int = 1,
+        transformer: dict | Transformer | None = None,
+        checkpoint: bool = False,
+        learn_begin_of_thought: bool = False,
+        begin_thought_loss_weight: float = 1.,
+        num_hypotheses: int = 1,
+        thought_mode: str = 'continuous'
+    ):
+        super().__init__()
+
+        if isinstance(num_latents_per_step, (dict, Transformer)):
+            raise TypeError('num_latents_per_step must be an int; pass the transformer by keyword: transformer = dict(...)')
+
+        if not isinstance(num_reasoning_steps, int) or isinstance(num_reasoning_steps, bool):
+            raise TypeError(f'num_reasoning_steps must be an int, got {type(num_reasoning_steps).__name__}')
+        if num_reasoning_steps < 0:
+            raise ValueError(f'num_reasoning_steps must be >= 0, got {num_reasoning_steps}')
+
+        check_positive_int(num_latents_per_step, 'num_latents_per_step')
+        check_positive_int(num_hypotheses, 'num_hypotheses')
+
+        if thought_mode not in ('continuous', 'pause'):
+            raise ValueError(f'thought_mode must be "continuous" or "pause", got {thought_mode!r}')
+        if thought_mode == 'pause' and num_hypotheses > 1:
+            raise ValueError('num_hypotheses > 1 needs thought_mode = "continuous": pause slots are all alike')
+
+        if isinstance(transformer, dict):
+            transformer = Transformer(**transformer)
+        elif not isinstance(transformer, Transformer):
+            raise TypeError(f'transformer must be a dict of Transformer arguments or a Transformer, got {type(transformer).__name__}')
+
+        self.model = transformer
+        self.num_reasoning_steps = num_reasoning_steps
+        self.num_latents_per_step = num_latents_per_step
+        self.num_hypotheses = num_hypotheses
+        self.thought_mode = thought_mode
+        self.checkpoint = checkpoint
+
+        dim = transformer.dim
+
+        # one <bot> of c vectors per hypothesis, so parallel streams start apart
+        self.begin_of_thought = nn.Parameter(torch.randn(num_hypotheses, num_latents_per_step, dim) * 1e-2)
+        self.end_of_thought = nn.Parameter(torch.randn(dim) * 1e-2)
+        self.pause_embed = nn.Parameter(torch.randn(dim) * 1e-2) if thought_mode == 'pause' else None
+
+        self.learn_begin_of_thought = learn_begin_of_thought
+        self.begin_thought_loss_weight = begin_thought_loss_weight
+        self.to_begin_thought_logit = nn.Linear(dim, 1) if learn_begin_of_thought else None
+
+    @property
+    def device(self) -> torch.device:
+        return self.end_of_thought.device
+
+    @property
+    def num_tokens(self) -> int:
+        return self.model.num_tokens
+
+    # running the transformer, optionally checkpointed
+
+    def run(self, inputs: list[Tensor], mask: Tensor | None, cache: KVCache | None) -> TransformerOutput:
+        if self.checkpoint and self.training and torch.is_grad_enabled():
+            return checkpoint_fn(self.model.forward_with_cache, inputs, mask = mask, cache = cache, use_reentrant = False)
+        return self.model.forward_with_cache(inputs, mask = mask, cache = cache)
+
+    # the latent recurrence, written once for training, evaluation, generation and hypotheses
+
+    def reason(self, prompt: Tensor, prompt_mask: Tensor | None, num_steps: int, row_steps: Tensor | None) -> Reasoned:
+        batch, c, hyps = prompt.shape[0], self.num_latents_per_step, self.num_hypotheses
+        dtype = self.end_of_thought.dtype
+
+        has_thoughts = (row_steps > 0) if exists(row_steps) else None
+
+        def slot_mask(active: Tensor | None, length: int, rows: int = batch) -> Tensor | None:
+            # which rows use a slot of `length` columns; None when all do
+            if not exists(active):
+                return None
+            return repeat(active, 'b -> (b h) n', h = rows // batch, n = length)
+
+        def with_rows(t: Tensor, rows: int) -> Tensor:
+            return repeat(t, '... -> r ...', r = rows)
+
+        if num_steps == 0:
+            out = self.run([prompt], prompt_mask, None)
+            return Reasoned(out.cache, [], None, [], out.hiddens, has_thoughts)
+
+        masks_with_prompt = lambda extra: None if not exists(prompt_mask) and not exists(extra) else torch.cat((
+            default(prompt_mask, torch.ones_like(prompt, dtype = torch.bool)),
+            default(extra, torch.ones((batch, c), dtype = torch.bool, device = prompt.device))
+        ), dim = -1)
+
+        # pause baseline: all slots known up front, one pass
+
+        if self.thought_mode == 'pause':
+            bot = with_rows(self.begin_of_thought[0], batch)
+            pauses = repeat(self.pause_embed, 'd -> b n d', b = batch, n = num_steps * c)
+
+            slot_masks = None
+            if exists(row_steps):
+                step_index = torch.arange(1, num_steps + 1, device = prompt.device)
+                slot_masks = repeat(row_steps[:, None] >= step_index, 'b s -> b (s c)', c = c)
+                slot_masks = torch.cat((slot_mask(has_thoughts, c), slot_masks), dim = -1)
+
+            mask = None
+            if exists(prompt_mask) or exists(slot_masks):
+                mask = torch.cat((
+                    default(prompt_mask, torch.ones_like(prompt, dtype = torch.bool)),
+                    default(slot_masks, torch.ones((batch, c * (num_steps + 1)), dtype = torch.bool, device = prompt.device))
+                ), dim = -1)
+
+            out = self.run([prompt, bot.to(dtype), pauses.to(dtype)], mask, None)
+            eot = repeat(self.end_of_thought, 'd -> b 1 d', b = batch)
+            return Reasoned(out.cache, [eot], slot_mask(has_thoughts, 1), [], out.hiddens[:, :prompt.shape[-1]], has_thoughts)
+
+        # continuous thoughts
+
+        rows = batch * hyps
+        row_steps_h = repeat(row_steps, 'b -> (b h)', h = hyps) if exists(row_steps) else None
+        active_at = lambda step: (row_steps_h >= step) if exists(row_steps_h) else None
+        step_mask = lambda step: repeat(active_at(step), 'r -> r n', n = c) if exists(row_steps_h) else None
+
+        bot = repeat(self.begin_of_thought, 'h c d -> (b h) c d', b = batch)
+        bot_mask = slot_mask(has_thoughts, c, rows)
+
+        if hyps == 1:
+            out = self.run([prompt, bot], masks_with_prompt(bot_mask), None)
+            prompt_hiddens = out.hiddens[:, :-c]
+        else:
+            prompt_out = self.run([prompt], prompt_mask, None)
+            prompt_hiddens = prompt_out.hiddens
+            out = self.run([bot], bot_mask, prompt_out.cache.repeat_batch(hyps))
+
+        cache = out.cache
+        thoughts = [out.hiddens[:, -c:]]
+
+        for step in range(1, num_steps):
+            out = self.run([thoughts[-1]], step_mask(step), cache)
+            cache = out.cache
+            thoughts.append(out.hiddens)
+
+        eot = repeat(self.end_of_thought, 'd -> b 1 d', b = batch)
+        eot_mask = slot_mask(has_thoughts, 1)
+
+        if hyps == 1:
+            tail_mask = None if not exists(row_steps) else torch.cat((step_mask(num_steps), eot_mask), dim = -1)
+            return Reasoned(cache, [thoughts[-1], eot], tail_mask, thoughts, prompt_hiddens, has_thoughts)
+
+        # hypotheses: the last thoughts enter their own streams' caches, then all streams fold into one row
+        cache = self.run([thoughts[-1]], step_mask(num_steps), cache).cache
+        prompt_segments = 1
+        cache = cache.merge_batch_segments(hyps, from_segment = prompt_segments)
+        return Reasoned(cache, [eot], eot_mask, thoughts, prompt_hiddens, has_thoughts)
+
+    def finish(self, reasoned: Reasoned, answer_inputs: Tensor | None, answer_mask: Tensor | None) -> tuple[Tensor, TransformerOutput | None]:
+        """Run the tail (last thoughts, <eot>) and the answer inputs; return logits predicting the answer tokens.
+
+        The first answer token is predicted at <eot>, or at the last prompt token for rows that do not think.
+        """
+        batch = reasoned.prompt_hiddens.shape[0]
+        tail_length = sum(t.shape[-2] for t in reasoned.tail)
+
+        segments = []
+        if tail_length > 0:
+            segments = [(torch.cat(reasoned.tail, dim = -2), reasoned.tail_mask)]
+        if exists(answer_inputs) and answer_inputs.shape[-1] > 0:
+            segments.append((answer_inputs, answer_mask))
+
+        last_prompt_hiddens = reasoned.prompt_hiddens[:, -1:]
+
+        if len(segments) == 0:
+            return self.model.to_logits(last_prompt_hiddens), None
+
+        inputs = [t for t, _ in segments]
+        mask = None
+        if any(exists(m) for _, m in segments):
+            ones = lambda t: torch.ones(t.shape[:2], dtype = torch.bool, device = self.device)
+            mask = torch.cat([default(m, ones(t)) for t, m in segments], dim = -1)
+
+        out = self.run(inputs, mask, reasoned.cache)
+        hiddens = out.hiddens
+
+        if tail_length > 0:
+            first = hiddens[:, tail_length - 1:tail_length]
+            if exists(reasoned.has_thoughts):
+                first = torch.where(rearrange(reasoned.has_thoughts, 'b -> b 1 1'), first, last_prompt_hiddens)
+            hiddens = torch.cat((first, hiddens[:, tail_length:]), dim = -2)
+        else:
+            hiddens = torch.cat((last_prompt_hiddens, hiddens), dim = -2)
+
+        return self.model.to_logits(hiddens), out
+
+    # inputs
+
+    def prepare(self, prompt, num_reasoning_steps):
+        prompt = as_padded_ids(prompt, 'prompt', self.num_tokens, device = self.device)
+        num_steps, row_steps = check_reasoning_steps(default(num_reasoning_steps, self.num_reasoning_steps), prompt.shape[0], self.device)
+        return prompt, num_steps, row_steps
+
+    # training and teacher-forced evaluation
+
+    def forward(
+        self,
+        prompt: Tensor | Sequence[Tensor],
+        answer: Tensor | Sequence[Tensor] | None = None,
+        return_loss: bool = True,
+        return_intermediates: bool = False,
+        num_reasoning_steps: int | Tensor | None = None
+    ):
+        """Loss of the answer given the prompt and the thoughts, or the intermediates.
+
+        Args:
+            prompt: (b, n) ids with -1 padding, or a list of 1-d id tensors.
+            answer: (b, m) ids with -1 padding (ignored by the loss), or a list of 1-d id tensors.
+            return_loss: False returns `Intermediates(prompt_logits, latent_tokens, answer_logits, cache)`.
+            return_intermediates: with the loss, return `(loss, (LossBreakdown, *Intermediates))`.
+            num_reasoning_steps: overrides the default; an int, or a (b,) tensor giving each row its own.
+
+        Returns the scalar loss (mean cross-entropy over real answer tokens, plus the weighted <bot> loss).
+        """
+        prompt, num_steps, row_steps = self.prepare(prompt, num_reasoning_steps)
+        batch = prompt.shape[0]
+
+        if exists(answer):
+            answer = as_padded_ids(answer, 'answer', self.num_tokens, device = self.device, require_tokens = False)
+            if answer.shape[0] != batch:
+                raise ValueError(f'prompt and answer must have the same batch size, got {batch} and {answer.shape[0]}')
+            if answer.shape[-1] == 0 and return_loss:
+                raise ValueError('answer is empty; the loss needs at least one answer token')
+
+        if return_loss and not exists(answer):
+            return_loss = False
+
+        aligned = left_align(prompt)
+        reasoned = self.reason(aligned.ids, aligned.mask, num_steps, row_steps)
+
+        answer_inputs = answer_mask = None
+        if exists(answer):
+            # the answer pass always builds an attention mask (it follows a cache), so its key mask costs nothing
+            answer_inputs = answer[:, :-1]
+            answer_mask = answer_inputs != PAD_ID
+            answer_inputs = answer_inputs.clamp(min = 0)
+
+        answer_logits, final = self.finish(reasoned, answer_inputs, answer_mask)
+        cache = final.cache if exists(final) else reasoned.cache
+
+        latent_tokens = self.stack_thoughts(reasoned.thoughts, batch)
+
+        want_prompt_logits = not return_loss or return_intermediates
+        prompt_logits = self.prompt_logits(reasoned.prompt_hiddens, aligned.order) if want_prompt_logits else None
+
+        intermediates = Intermediates(prompt_logits, latent_tokens, answer_logits, cache)
+
+        if not return_loss:
+            return intermediates
+
+        answer_loss = F.cross_entropy(
+            rearrange(answer_logits, 'b m v -> b v m'),
+            answer,
+            ignore_index = PAD_ID
+        )
+
+        loss = answer_loss
+        begin_thought_loss = None
+
+        if self.learn_begin_of_thought:
+            begin_thought_loss = self.begin_thought_loss(reasoned.prompt_hiddens, aligned.mask, num_steps, row_steps)
+            loss = loss + begin_thought_loss * self.begin_thought_loss_weight
+
+        if not return_intermediates:
+            return loss
+
+        return loss, (LossBreakdown(answer_loss, begin_thought_loss), *intermediates)
+
+    def begin_thought_loss(self, prompt_hiddens: Tensor, prompt_mask: Tensor | None, num_steps: int, row_steps: Tensor | None) -> Tensor:
+        """Binary loss: thinking begins right after the last real prompt token (for rows that think), nowhere else."""
+        logits = rearrange(self.to_begin_thought_logit(prompt_hiddens), 'b n 1 -> b n')
+        targets = torch.zeros_like(logits)
+
+        thinks = (row_steps > 0) if exists(row_steps) else torch.full((logits.shape[0],), num_steps > 0, device = logits.device)
+        targets[:, -1] = thinks.to(logits.dtype)
+
+        losses = F.binary_cross_entropy_with_logits(logits, targets, reduction = 'none')
+        if not exists(prompt_mask):
+            return losses.mean()
+        return losses[prompt_mask].mean()
+
+    def stack_thoughts(self, thoughts: list[Tensor], batch: int) -> Tensor:
+        if len(thoughts) == 0:
+            return torch.empty((batch, 0, self.model.dim), device = self.device, dtype = self.end_of_thought.dtype)
+
+        stacked = torch.cat(thoughts, dim = -2)
+        if self.num_hypotheses > 1:
+            stacked = rearrange(stacked, '(b h) n d -> b h n d', h = self.num_hypotheses)
+        return stacked
+
+    def prompt_logits(self, prompt_hiddens: Tensor, order: Tensor) -> Tensor:
+        """Logits of the left-aligned prompt, put back in the columns the prompt was given in."""
+        logits = self.model.to_logits(prompt_hiddens)
+        restored = torch.empty_like(logits)
+        restored.scatter_(1, repeat(order, 'b n -> b n v', v = logits.shape[-1]), logits)
+        return restored
+
+    # generation
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: Tensor | Sequence[Tensor],
+        max_length: int,
+        temperature: float = 1.,
+        filter_fn: Callable[..., Tensor] = min_p_filter,
+        filter_kwargs: dict | None = None,
+        eos_token_id: int | None = None,
+        num_reasoning_steps: int | Tensor | None = None,
+        generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Think, then decode up to `max_length` tokens with the KV cache.
+
+        Args:
+            prompt: (b, n) ids with -1 padding, or a list of 1-d id tensors of any lengths.
+            max_length: number of tokens to generate.
+            temperature: 0. is greedy.
+            filter_fn, filter_kwargs: logit filter applied before sampling (`min_p_filter`, `top_k_filter`).
+            eos_token_id: rows that emit it stop; their later positions are -1.
+            num_reasoning_steps: overrides the default; an int or a (b,) tensor.
+            generator: a torch.Generator for reproducible sampling.
+
+        Returns (b, max_length) token ids.
+        """
+        check_positive_int(max_length, 'max_length')
+        if not isinstance(temperature, (int, float)) or temperature < 0:
+            raise ValueError(f'temperature must be a number >= 0, got {temperature!r}')
+        if exists(eos_token_id) and not (isinstance(eos_token_id, int) and 0 <= eos_token_id < self.num_tokens):
+            raise ValueError(f'eos_token_id must be an int in [0, {self.num_tokens}), got {eos_token_id!r}')
+
+        filter_kwargs = default(filter_kwargs, {})
+        prompt, num_steps, row_steps = self.prepare(prompt, num_reasoning_steps)
+        batch = prompt.shape[0]
+
+        aligned = left_align(prompt)
+        reasoned = self.reason(aligned.ids, aligned.mask, num_steps, row_steps)
+        logits, final = self.finish(reasoned, None, None)
+        cache = (final.cache if exists(final) else reasoned.cache).compact()
+
+        sample = lambda logits: gumbel_sample(filter_fn(logits, **filter_kwargs) if temperature > 0 else logits, temperature, generator = generator)
+
+        tokens = torch.full((batch, max_length), PAD_ID, dtype = torch.long, device = self.device)
+        done = torch.zeros(batch, dtype = torch.bool, device = self.device)
+
+        for index in range(max_length):
+            token = sample(logits[:, -1])
+            tokens[:, index] = token.masked_fill(done, PAD_ID)
+
+            if exists(eos_token_id):
+                done = done | (token == eos_token_id)
+                if bool(done.all()):
+                    break
+
+            if index == max_length - 1:
+                break
+
+            out = self.model.forward_with_cache([token[:, None]], cache = cache)
+            cache = out.cache.compact()
+            logits = self.model.to_logits(out.hiddens)
+
+        return tokens

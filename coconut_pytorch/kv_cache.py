@@ -1,0 +1,159 @@
+"""The key/value cache shared by the thought recurrence and generation.
+
+A `KVCache` is immutable: `append` returns a new cache. Keys and values are kept as a list of segments, one per
+forward call (the prompt, each thought step, the answer, each generated token), and joined only when attention
+reads them. Two reasons:
+
+- checkpointing replays a thought step in backward; a step that mutated the cache would append twice;
+- a checkpointed step then keeps only its own segment alive, so memory grows by one step's keys and values
+  per thought, not by a copy of the whole cache.
+
+Shapes: b batch, h heads, n tokens of a segment, d dim_head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from einops import rearrange, repeat
+
+
+def exists(v) -> bool:
+    return v is not None
+
+
+@dataclass(frozen = True)
+class KVCache:
+    keys: tuple[tuple[Tensor, ...], ...]    # [layer][segment] (b, h, n, d), rotary already applied
+    values: tuple[tuple[Tensor, ...], ...]  # [layer][segment] (b, h, n, d), after the value residual mix
+    masks: tuple[Tensor | None, ...]        # [segment] (b, n) bool, False is padding; None: all real
+    lengths: tuple[int, ...]                # [segment] n
+    next_position: Tensor                   # (b,) rotary position of the next real token
+
+    @classmethod
+    def empty(cls, batch: int, depth: int, device = None) -> KVCache:
+        return cls(
+            keys = ((),) * depth,
+            values = ((),) * depth,
+            masks = (),
+            lengths = (),
+            next_position = torch.zeros(batch, dtype = torch.long, device = device)
+        )
+
+    @property
+    def batch(self) -> int:
+        return self.next_position.shape[0]
+
+    @property
+    def length(self) -> int:
+        """Number of key columns, padding included."""
+        return sum(self.lengths)
+
+    @property
+    def has_padding(self) -> bool:
+        return any(exists(mask) for mask in self.masks)
+
+    def layer(self, index: int) -> tuple[Tensor | None, Tensor | None]:
+        """All keys and values of one layer, (b, h, length, d) each, or (None, None) when empty."""
+        keys, values = self.keys[index], self.values[index]
+        if len(keys) == 0:
+            return None, None
+        if len(keys) == 1:
+            return keys[0], values[0]
+        return torch.cat(keys, dim = -2), torch.cat(values, dim = -2)
+
+    def key_mask(self) -> Tensor | None:
+        """(b, length) bool over every cached column, or None when nothing is padded."""
+        return self.key_mask_with(None, 0)
+
+    def key_mask_with(self, new_mask: Tensor | None, new_length: int) -> Tensor | None:
+        """Key mask over the cached columns followed by `new_length` new ones; None when nothing is padded."""
+        masks = (*self.masks, new_mask)
+        lengths = (*self.lengths, new_length)
+
+        if not any(exists(mask) for mask in masks):
+            return None
+
+        device = self.next_position.device
+        full = [mask if exists(mask) else torch.ones((self.batch, length), dtype = torch.bool, device = device) for mask, length in zip(masks, lengths)]
+        return torch.cat(full, dim = -1)
+
+    def append(self, new_keys: list[Tensor], new_values: list[Tensor], mask: Tensor | None, length: int) -> KVCache:
+        """A new cache with one more segment of `length` tokens (mask (b, n) or None)."""
+        added = mask.long().sum(dim = -1) if exists(mask) else length
+
+        return KVCache(
+            keys = tuple((*layer, k) for layer, k in zip(self.keys, new_keys)),
+            values = tuple((*layer, v) for layer, v in zip(self.values, new_values)),
+            masks = (*self.masks, mask),
+            lengths = (*self.lengths, length),
+            next_position = self.next_position + added
+        )
+
+    def compact(self) -> KVCache:
+        """The same cache as a single segment; cheaper to read when many segments accumulated (generation)."""
+        if len(self.lengths) <= 1:
+            return self
+
+        keys, values = zip(*[self.layer(index) for index in range(len(self.keys))])
+        key_mask = self.key_mask()
+
+        return replace(
+            self,
+            keys = tuple((k,) for k in keys),
+            values = tuple((v,) for v in values),
+            masks = (key_mask,),
+            lengths = (self.length,)
+        )
+
+    def repeat_batch(self, times: int) -> KVCache:
+        """Each row repeated `times` times in place, (b ...) -> (b times ...): hypotheses share one prompt cache."""
+        expand = lambda t: repeat(t, 'b ... -> (b r) ...', r = times)
+
+        return KVCache(
+            keys = tuple(tuple(expand(k) for k in layer) for layer in self.keys),
+            values = tuple(tuple(expand(v) for v in layer) for layer in self.values),
+            masks = tuple(expand(mask) if exists(mask) else None for mask in self.masks),
+            lengths = self.lengths,
+            next_position = expand(self.next_position)
+        )
+
+    def merge_batch_segments(self, times: int, from_segment: int) -> KVCache:
+        """Fold `times` consecutive rows into one along the sequence, for segments from `from_segment` on.
+
+        Segments before it must hold identical rows (they were `repeat_batch`ed); the rest are joined so that one
+        row sees every hypothesis' tokens side by side, (b times) h n d -> b h (times n) d.
+        """
+        take_first = lambda t: rearrange(t, '(b r) ... -> b r ...', r = times)[:, 0]
+        fold = lambda t: rearrange(t, '(b r) h n d -> b h (r n) d', r = times)
+
+        def merge_layer(segments):
+            shared = tuple(take_first(t) for t in segments[:from_segment])
+            rest = segments[from_segment:]
+            if len(rest) == 0:
+                return shared
+            return (*shared, fold(torch.cat(rest, dim = -2)))
+
+        rest_masks = self.masks[from_segment:]
+        rest_lengths = self.lengths[from_segment:]
+        rest_mask = None
+
+        if any(exists(mask) for mask in rest_masks):
+            device = self.next_position.device
+            full = [mask if exists(mask) else torch.ones((self.batch, length), dtype = torch.bool, device = device) for mask, length in zip(rest_masks, rest_lengths)]
+            rest_mask = rearrange(torch.cat(full, dim = -1), '(b r) n -> b (r n)', r = times)
+
+        shared_masks = tuple(take_first(mask) if exists(mask) else None for mask in self.masks[:from_segment])
+        merged_length = (times * sum(rest_lengths),) if len(rest_lengths) > 0 else ()
+
+        return KVCache(
+            keys = tuple(merge_layer(layer) for layer in self.keys),
+            values = tuple(merge_layer(layer) for layer in self.values),
+            masks = (*shared_masks, *((rest_mask,) if len(rest_lengths) > 0 else ())),
+            lengths = (*self.lengths[:from_segment], *merged_length),
+            # every hypothesis advanced by the same number of real tokens, so any row's position serves
+            next_position = take_first(self.next_position)
+        )

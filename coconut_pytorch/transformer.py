@@ -1,0 +1,324 @@
+"""The decoder-only Transformer that Coconut thinks with.
+
+Pre-norm RMSNorm blocks with rotary attention (through `scaled_dot_product_attention`), value residual learning,
+gated feedforwards and several residual streams mixed by hyper-connections. What makes it fit for Coconut:
+
+- its input may mix token ids and embedding tensors (continuous thoughts are embeddings);
+- it runs against a `KVCache`, so every thought step and every generated token attends to all that came before
+  without recomputing it, and returns the new cache instead of mutating the old one (checkpointing replays a step,
+  which must not append twice);
+- a key-padding mask travels with the cache and positions are counted over real tokens only, so a padded example
+  gets exactly what it gets alone.
+
+Shapes: b batch, n new tokens, k all keys (cache + new), h heads, d dim_head, s residual streams, D model dim.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn import Module, ModuleList
+
+from einops import rearrange
+from hyper_connections import get_init_and_expand_reduce_stream_functions
+from x_transformers.x_transformers import RotaryEmbedding, apply_rotary_pos_emb
+
+from coconut_pytorch.kv_cache import KVCache
+
+
+def exists(v) -> bool:
+    return v is not None
+
+
+def default(v, d):
+    return v if exists(v) else d
+
+
+# attention mask
+
+def attention_mask(key_mask: Tensor | None, num_queries: int, num_keys: int, device) -> Tensor | None:
+    """Boolean (b or 1, 1, n, k) mask for the new queries, which sit at the last `num_queries` key columns.
+
+    Returns None when SDPA's own `is_causal` is exact (no cache, no padding) or no mask is needed at all
+    (a single query with no padding), so the flash kernel can run.
+    A query always sees itself: a padding query would otherwise have no key at all, which gives NaN in some
+    SDPA backends; its output is never attended to, so this changes nothing real.
+    """
+    offset = num_keys - num_queries
+    if not exists(key_mask) and (num_queries == 1 or offset == 0):
+        return None
+
+    query_columns = torch.arange(offset, num_keys, device = device)
+    key_columns = torch.arange(num_keys, device = device)
+    causal = key_columns[None, :] <= query_columns[:, None]                      # (n, k)
+
+    if not exists(key_mask):
+        return rearrange(causal, 'n k -> 1 1 n k')
+
+    diagonal = key_columns[None, :] == query_columns[:, None]
+    mask = (causal & rearrange(key_mask, 'b k -> b 1 k')) | diagonal               # (b, n, k)
+    return rearrange(mask, 'b n k -> b 1 n k')
+
+
+# blocks
+
+class Attention(Module):
+    def __init__(self, dim: int, dim_head: int = 64, heads: int = 8, dropout: float = 0., learned_value_residual_mix: bool = False):
+        super().__init__()
+        self.heads = heads
+        self.dim_head = dim_head
+        self.dropout = dropout
+        dim_inner = dim_head * heads
+
+        self.norm = nn.RMSNorm(dim)
+        self.to_qkv = nn.Linear(dim, dim_inner * 3, bias = False)
+        self.to_out = nn.Linear(dim_inner, dim, bias = False)
+
+        # value residual learning: later layers mix in the first layer's values, per token and head
+        self.to_value_residual_mix = nn.Linear(dim, heads) if learned_value_residual_mix else None
+
+    def forward(
+        self,
+        x: Tensor,                          # (b, n, D)
+        *,
+        rotary: tuple[Tensor, Tensor],      # freqs (b, n, d), scale
+        past_keys: Tensor | None,           # (b, h, k - n, d), rotary applied
+        past_values: Tensor | None,
+        mask: Tensor | None,                # (b or 1, 1, n, k) bool
+        is_causal: bool,
+        first_values: Tensor | None = None  # (b, h, n, d), the first layer's values of these tokens
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        normed = self.norm(x)
+        q, k, v = rearrange(self.to_qkv(normed), 'b n (qkv h d) -> qkv b h n d', qkv = 3, h = self.heads)
+
+        raw_values = v
+
+        if exists(self.to_value_residual_mix) and exists(first_values):
+            mix = rearrange(self.to_value_residual_mix(normed).sigmoid(), 'b n h -> b h n 1')
+            v = v * (1. - mix) + first_values * mix
+
+        freqs, scale = rotary
+        q = apply_rotary_pos_emb(q, freqs, scale)
+        k = apply_rotary_pos_emb(k, freqs, scale)
+
+        new_keys, new_values = k, v
+
+        if exists(past_keys):
+            k = torch.cat((past_keys, k), dim = -2)
+            v = torch.cat((past_values, v), dim = -2)
+
+        out = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask = mask,
+            is_causal = is_causal,
+            dropout_p = self.dropout if self.training else 0.
+        )
+
+        out = rearrange(out, 'b h n d -> b n (h d)')
+        return self.to_out(out), new_keys, new_values, raw_values
+
+
+class FeedForward(Module):
+    """Gated feedforward: SwiGLU or GEGLU."""
+
+    def __init__(self, dim: int, mult: float = 4, glu: str = 'swiglu', dropout: float = 0.):
+        super().__init__()
+        if glu not in ('swiglu', 'geglu'):
+            raise ValueError(f'ff_glu must be "swiglu" or "geglu", got {glu!r}')
+
+        dim_inner = int(dim * mult)
+        self.activation = F.silu if glu == 'swiglu' else F.gelu
+
+        self.norm = nn.RMSNorm(dim)
+        self.proj_in = nn.Linear(dim, dim_inner * 2, bias = False)
+        self.dropout = nn.Dropout(dropout)
+        self.proj_out = nn.Linear(dim_inner, dim, bias = False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        hidden, gate = self.proj_in(self.norm(x)).chunk(2, dim = -1)
+        return self.proj_out(self.dropout(hidden * self.activation(gate)))
+
+
+# the transformer
+
+class TransformerOutput(NamedTuple):
+    hiddens: Tensor     # (b, n, D) final-normed hidden states of the new tokens: what a continuous thought is
+    cache: KVCache      # the input cache extended by the new tokens
+
+
+SUPPORTED_ATTEND_KWARGS = {'dropout', 'flash'}
+
+
+class Transformer(Module):
+    """Decoder-only Transformer with rotary attention, value residual learning and hyper-connections.
+
+    Args:
+        num_tokens: vocabulary size.
+        dim: model width.
+        depth: number of attention + feedforward blocks.
+        dim_head, heads: attention head size and count.
+        ff_mult: feedforward inner width as a multiple of `dim`.
+        attend_kwargs: `dropout` (attention dropout) and `flash` (accepted for compatibility; SDPA picks its kernel).
+        num_residual_streams: residual streams mixed by hyper-connections; 1 gives a plain residual.
+        ff_glu: 'swiglu' or 'geglu'.
+        value_residual: mix the first layer's values into later layers through a learned gate.
+        rotary_base: base of the rotary frequencies.
+    """
+
+    def __init__(
+        self,
+        num_tokens: int,
+        dim: int,
+        depth: int,
+        dim_head: int = 64,
+        heads: int = 8,
+        ff_mult: float = 4,
+        attend_kwargs: dict | None = None,
+        num_residual_streams: int = 4,
+        ff_glu: str = 'swiglu',
+        ff_dropout: float = 0.,
+        value_residual: bool = True,
+        rotary_base: float = 10000.
+    ):
+        super().__init__()
+        for name, value in dict(num_tokens = num_tokens, dim = dim, depth = depth, dim_head = dim_head, heads = heads, num_residual_streams = num_residual_streams).items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f'{name} must be a positive integer, got {value!r}')
+
+        if dim_head % 2 != 0:
+            raise ValueError(f'dim_head must be even for rotary embeddings, got {dim_head}')
+
+        attend_kwargs = dict(default(attend_kwargs, {}))
+        unknown = set(attend_kwargs) - SUPPORTED_ATTEND_KWARGS
+        if unknown:
+            raise ValueError(f'attend_kwargs has unsupported keys {sorted(unknown)}; supported: {sorted(SUPPORTED_ATTEND_KWARGS)}')
+
+        self.num_tokens = num_tokens
+        self.dim = dim
+        self.depth = depth
+        self.heads = heads
+        self.dim_head = dim_head
+        self.num_residual_streams = num_residual_streams
+
+        self.token_emb = nn.Embedding(num_tokens, dim)
+        self.rotary = RotaryEmbedding(dim_head, base = rotary_base)
+
+        init_hyper_conn, self.expand_streams, self.reduce_streams = get_init_and_expand_reduce_stream_functions(
+            num_residual_streams, disable = num_residual_streams == 1
+        )
+
+        self.layers = ModuleList([])
+        for index in range(depth):
+            attn = Attention(dim, dim_head, heads, dropout = attend_kwargs.get('dropout', 0.), learned_value_residual_mix = value_residual and index > 0)
+            ff = FeedForward(dim, ff_mult, glu = ff_glu, dropout = ff_dropout)
+
+            # explicit layer indices: the library picks a random stream otherwise, and seeds must reproduce models
+            self.layers.append(ModuleList([
+                init_hyper_conn(dim = dim, layer_index = 2 * index),
+                attn,
+                init_hyper_conn(dim = dim, layer_index = 2 * index + 1),
+                ff
+            ]))
+
+        self.value_residual = value_residual
+        self.final_norm = nn.RMSNorm(dim)
+        self.to_logits = nn.Linear(dim, num_tokens, bias = False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.token_emb.weight.device
+
+    def embed(self, inputs: Tensor | Sequence[Tensor]) -> Tensor:
+        """Token ids (b, n) and/or embeddings (b, n, D), given alone or as a list, to one (b, n, D) tensor."""
+        if torch.is_tensor(inputs):
+            inputs = [inputs]
+
+        embeds = [self.token_emb(t) if t.dtype in (torch.long, torch.int) else t for t in inputs]
+        return torch.cat(embeds, dim = -2)
+
+    def empty_cache(self, batch: int) -> KVCache:
+        return KVCache.empty(batch, self.depth, device = self.device)
+
+    def forward_with_cache(
+        self,
+        inputs: Tensor | Sequence[Tensor],
+        *,
+        mask: Tensor | None = None,
+        cache: KVCache | None = None
+    ) -> TransformerOutput:
+        """Run new tokens against a cache.
+
+        Args:
+            inputs: ids (b, n) and/or embeddings (b, n, D), alone or in a list concatenated along n.
+            mask: (b, n) bool, False marks padding among the new tokens; None means all real.
+            cache: what came before; None for a fresh sequence.
+
+        Returns the final-normed hidden states of the new tokens and the extended cache.
+        """
+        x = self.embed(inputs)
+        batch, seq_len = x.shape[:2]
+        if not exists(cache):
+            cache = self.empty_cache(batch)
+
+        # positions count real tokens only, so padding anywhere shifts nothing
+        if exists(mask):
+            positions = cache.next_position[:, None] + mask.long().cumsum(dim = -1) - 1
+            positions = positions.clamp(min = 0)
+        else:
+            positions = cache.next_position[:, None] + torch.arange(seq_len, device = x.device)
+
+        rotary = self.rotary(positions)
+
+        key_mask = cache.key_mask_with(mask, seq_len)
+        num_keys = cache.length + seq_len
+        attn_mask = attention_mask(key_mask, seq_len, num_keys, x.device)
+        is_causal = not exists(attn_mask) and cache.length == 0 and seq_len > 1
+
+        x = self.expand_streams(x)
+
+        new_keys, new_values = [], []
+        first_values = None
+
+        for layer_index, (attn_hyper_conn, attn, ff_hyper_conn, ff) in enumerate(self.layers):
+            past_keys, past_values = cache.layer(layer_index)
+
+            branch_input, add_attn_residual = attn_hyper_conn(x)
+            attn_out, keys, values, raw_values = attn(
+                branch_input,
+                rotary = rotary,
+                past_keys = past_keys,
+                past_values = past_values,
+                mask = attn_mask,
+                is_causal = is_causal,
+                first_values = first_values
+            )
+            x = add_attn_residual(attn_out)
+
+            if layer_index == 0 and self.value_residual:
+                first_values = raw_values
+
+            branch_input, add_ff_residual = ff_hyper_conn(x)
+            x = add_ff_residual(ff(branch_input))
+
+            new_keys.append(keys)
+            new_values.append(values)
+
+        x = self.reduce_streams(x)
+        hiddens = self.final_norm(x)
+
+        return TransformerOutput(hiddens, cache.append(new_keys, new_values, mask, seq_len))
+
+    def forward(
+        self,
+        inputs: Tensor | Sequence[Tensor],
+        mask: Tensor | None = None,
+        cache: KVCache | None = None,
+        return_cache: bool = False
+    ) -> Tensor | tuple[Tensor, KVCache]:
+        """Logits (b, n, num_tokens) of the new tokens; with `return_cache`, also the extended cache."""
+        hiddens, cache = self.forward_with_cache(inputs, mask = mask, cache = cache)
+        logits = self.to_logits(hiddens)
+        return (logits, cache) if return_cache else logits

@@ -1,0 +1,32 @@
+from setuptools import find_packages, setup
+
+setup(
+    name = 'coconut-pytorch',
+    packages = find_packages(exclude = ['tests', 'tests.*', 'benchmarks', 'scripts']),
+    package_data = {'coconut_pytorch': ['data/tasks/*.json']},
+    version = '0.1.0',
+    license = 'MIT',
+    description = 'Coconut (Chain of Continuous Thought) in PyTorch: latent reasoning with a Transformer of its own',
+    long_description = open('README.md').read() if __import__('os').path.exists('README.md') else '',
+    long_description_content_type = 'text/markdown',
+    keywords = ['artificial intelligence', 'deep learning', 'transformers', 'latent reasoning', 'chain of thought'],
+    python_requires = '>=3.9',
+    install_requires = [
+        'torch>=2.4',
+        'einops>=0.8',
+        'x-transformers>=2.0',
+        'hyper-connections>=0.1.15',
+        'tqdm',
+        'matplotlib',
+    ],
+    extras_require = {
+        'test': ['pytest'],
+    },
+    classifiers = [
+        'Development Status :: 4 - Beta',
+        'Intended Audience :: Science/Research',
+        'Topic :: Scientific/Engineering :: Artificial Intelligence',
+        'License :: OSI Approved :: MIT License',
+        'Programming Language :: Python :: 3',
+    ],
+)

@@ -1,0 +1,250 @@
+"""Equivalence tests for the latent recurrence and the KV cache, in float64.
+
+Each compares two computations that must agree exactly (up to float64 rounding):
+cached vs recomputed, batched vs alone, checkpointed vs plain, generated vs teacher-forced.
+"""
+
+import pytest
+import torch
+
+from coconut_pytorch import Coconut, Transformer
+
+TOL = dict(atol = 1e-8, rtol = 1e-8)
+NUM_TOKENS = 32
+
+
+def make_model(num_residual_streams = 2, num_latents_per_step = 1, num_reasoning_steps = 2, seed = 0, **kwargs):
+    torch.manual_seed(seed)
+    model = Coconut(
+        num_reasoning_steps = num_reasoning_steps,
+        num_latents_per_step = num_latents_per_step,
+        transformer = dict(num_tokens = NUM_TOKENS, dim = 32, depth = 2, dim_head = 8, heads = 4, num_residual_streams = num_residual_streams),
+        **kwargs
+    )
+    return model.double().eval()
+
+
+def naive_answer_logits(model: Coconut, prompt: torch.Tensor, answer: torch.Tensor, num_steps: int) -> torch.Tensor:
+    """Coconut without a cache: every thought step re-runs the whole sequence from the start (the paper's way)."""
+    transformer, c = model.model, model.num_latents_per_step
+    seq = transformer.embed(prompt)
+    first_answer_position = seq.shape[1] - 1
+
+    if num_steps > 0:
+        seq = torch.cat((seq, model.begin_of_thought[0][None].expand(prompt.shape[0], -1, -1)), dim = 1)
+        for _ in range(num_steps):
+            hiddens = transformer.forward_with_cache([seq]).hiddens
+            seq = torch.cat((seq, hiddens[:, -c:]), dim = 1)
+        seq = torch.cat((seq, model.end_of_thought.expand(prompt.shape[0], 1, -1)), dim = 1)
+        first_answer_position = seq.shape[1] - 1
+
+    seq = torch.cat((seq, transformer.embed(answer[:, :-1])), dim = 1)
+    hiddens = transformer.forward_with_cache([seq]).hiddens
+    return transformer.to_logits(hiddens[:, first_answer_position:])
+
+
+@pytest.mark.parametrize('num_residual_streams', [1, 4])
+@pytest.mark.parametrize('num_latents_per_step', [1, 3])
+@pytest.mark.parametrize('num_steps', [0, 1, 3])
+def test_cached_recurrence_equals_full_recompute(num_residual_streams, num_latents_per_step, num_steps):
+    model = make_model(num_residual_streams, num_latents_per_step)
+    prompt = torch.randint(0, NUM_TOKENS, (3, 7))
+    answer = torch.randint(0, NUM_TOKENS, (3, 5))
+
+    cached = model(prompt, answer, return_loss = False, num_reasoning_steps = num_steps).answer_logits
+    recomputed = naive_answer_logits(model, prompt, answer, num_steps)
+
+    assert cached.shape == recomputed.shape == (3, 5, NUM_TOKENS)
+    torch.testing.assert_close(cached, recomputed, **TOL)
+
+
+def test_transformer_cache_equals_single_pass():
+    torch.manual_seed(0)
+    transformer = Transformer(num_tokens = NUM_TOKENS, dim = 32, depth = 3, dim_head = 8, heads = 4).double().eval()
+    ids = torch.randint(0, NUM_TOKENS, (2, 12))
+
+    full = transformer(ids)
+
+    cache, chunks = None, []
+    for piece in ids.split([5, 1, 3, 1, 2], dim = -1):
+        logits, cache = transformer(piece, cache = cache, return_cache = True)
+        chunks.append(logits)
+
+    torch.testing.assert_close(torch.cat(chunks, dim = 1), full, **TOL)
+
+
+@pytest.mark.parametrize('num_residual_streams', [1, 2, 4])
+@pytest.mark.parametrize('num_latents_per_step', [1, 2, 3])
+@pytest.mark.parametrize('num_steps', [0, 1, 2, 4])
+def test_greedy_generate_matches_teacher_forced_argmax(num_residual_streams, num_latents_per_step, num_steps):
+    model = make_model(num_residual_streams, num_latents_per_step, seed = num_steps)
+    prompt = torch.randint(0, NUM_TOKENS, (2, 6))
+
+    generated = model.generate(prompt, max_length = 12, temperature = 0., num_reasoning_steps = num_steps)
+    logits = model(prompt, generated, return_loss = False, num_reasoning_steps = num_steps).answer_logits
+
+    assert generated.shape == (2, 12)
+    assert torch.equal(logits.argmax(dim = -1), generated)
+
+
+def ragged_prompts():
+    return [torch.randint(0, NUM_TOKENS, (length,)) for length in (3, 8, 5)]
+
+
+@pytest.mark.parametrize('as_list', [True, False])
+@pytest.mark.parametrize('num_steps', [0, 2])
+def test_padded_batch_equals_each_example_alone(as_list, num_steps):
+    model = make_model(num_residual_streams = 4, num_latents_per_step = 2)
+    prompts = ragged_prompts()
+    answers = [torch.randint(0, NUM_TOKENS, (length,)) for length in (4, 2, 6)]
+
+    if as_list:
+        prompt, answer = prompts, answers
+    else:
+        # right padding with -1, as users write it; padding on either side must work
+        prompt = torch.nn.utils.rnn.pad_sequence(prompts, batch_first = True, padding_value = -1)
+        answer = torch.nn.utils.rnn.pad_sequence(answers, batch_first = True, padding_value = -1)
+
+    batched = model(prompt, answer, return_loss = False, num_reasoning_steps = num_steps)
+    generated = model.generate(prompt, max_length = 10, temperature = 0., num_reasoning_steps = num_steps)
+
+    for index, (p, a) in enumerate(zip(prompts, answers)):
+        alone = model(p[None], a[None], return_loss = False, num_reasoning_steps = num_steps)
+        torch.testing.assert_close(batched.answer_logits[index, :len(a)], alone.answer_logits[0], **TOL)
+        torch.testing.assert_close(batched.prompt_logits[index, :len(p)], alone.prompt_logits[0], **TOL)
+        assert torch.equal(generated[index], model.generate(p[None], max_length = 10, temperature = 0., num_reasoning_steps = num_steps)[0])
+
+    # the loss of the batch is the token-weighted mean of the examples' losses
+    losses = [model(p[None], a[None], num_reasoning_steps = num_steps) * len(a) for p, a in zip(prompts, answers)]
+    torch.testing.assert_close(model(prompt, answer, num_reasoning_steps = num_steps), sum(losses) / sum(len(a) for a in answers), **TOL)
+
+
+@pytest.mark.parametrize('thought_mode', ['continuous', 'pause'])
+def test_mixed_steps_per_row_equal_each_row_alone(thought_mode):
+    model = make_model(num_latents_per_step = 2, thought_mode = thought_mode)
+    prompts = ragged_prompts()
+    answer = torch.randint(0, NUM_TOKENS, (3, 4))
+    steps = torch.tensor([0, 3, 1])
+
+    batched = model(prompts, answer, return_loss = False, num_reasoning_steps = steps).answer_logits
+    generated = model.generate(prompts, max_length = 6, temperature = 0., num_reasoning_steps = steps)
+
+    for index, p in enumerate(prompts):
+        num_steps = int(steps[index])
+        alone = model(p[None], answer[index:index + 1], return_loss = False, num_reasoning_steps = num_steps).answer_logits
+        torch.testing.assert_close(batched[index], alone[0], **TOL)
+        assert torch.equal(generated[index], model.generate(p[None], max_length = 6, temperature = 0., num_reasoning_steps = num_steps)[0])
+
+
+def test_hypotheses_generate_and_padding():
+    model = make_model(num_latents_per_step = 2, num_hypotheses = 3)
+    prompts = ragged_prompts()
+
+    generated = model.generate(prompts, max_length = 8, temperature = 0.)
+    out = model(prompts, generated, return_loss = False)
+    assert out.latent_tokens.shape == (3, 3, 2 * 2, 32)
+    assert torch.equal(out.answer_logits.argmax(dim = -1), generated)
+
+    for index, p in enumerate(prompts):
+        alone = model(p[None], generated[index:index + 1], return_loss = False).answer_logits
+        torch.testing.assert_close(out.answer_logits[index], alone[0], **TOL)
+
+    # the streams differ: each starts from its own <bot>
+    first_thoughts = out.latent_tokens[:, :, 0]
+    assert (first_thoughts[:, 0] - first_thoughts[:, 1]).abs().amax() > 1e-6
+
+
+@pytest.mark.parametrize('num_hypotheses', [1, 2])
+def test_checkpoint_gives_same_loss_and_gradients(num_hypotheses):
+    model = make_model(num_residual_streams = 4, num_latents_per_step = 2, num_reasoning_steps = 3, num_hypotheses = num_hypotheses, learn_begin_of_thought = True).train()
+    prompt = ragged_prompts()
+    answer = torch.randint(0, NUM_TOKENS, (3, 5))
+
+    def loss_and_grads(use_checkpoint):
+        model.checkpoint = use_checkpoint
+        model.zero_grad()
+        loss = model(prompt, answer)
+        loss.backward()
+        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    plain_loss, plain_grads = loss_and_grads(False)
+    ckpt_loss, ckpt_grads = loss_and_grads(True)
+
+    torch.testing.assert_close(plain_loss, ckpt_loss, **TOL)
+    assert plain_grads.keys() == ckpt_grads.keys()
+    assert 'begin_of_thought' in plain_grads and 'model.token_emb.weight' in plain_grads
+    for name in plain_grads:
+        torch.testing.assert_close(plain_grads[name], ckpt_grads[name], **TOL, msg = name)
+
+
+def test_gradients_flow_through_every_thought():
+    model = make_model(num_reasoning_steps = 4).train()
+    prompt = torch.randint(0, NUM_TOKENS, (2, 5))
+    answer = torch.randint(0, NUM_TOKENS, (2, 3))
+
+    # the final norm's output of each forward call is that pass's hidden states: the thoughts it produces
+    pass_outputs = []
+    def keep(module, args, output):
+        output.retain_grad()
+        pass_outputs.append(output)
+    handle = model.model.final_norm.register_forward_hook(keep)
+
+    model(prompt, answer).backward()
+    handle.remove()
+
+    # prompt + <bot>, 3 more thought steps, then last thought + <eot> + answer
+    assert len(pass_outputs) == 5
+    for step, output in enumerate(pass_outputs[:4]):
+        thought_grad = output.grad[:, -1]
+        assert (thought_grad.abs().sum(dim = -1) > 0).all(), f'thought {step + 1} got no gradient from the answer loss'
+    assert model.begin_of_thought.grad.abs().sum() > 0
+
+
+def test_state_dict_round_trip(tmp_path):
+    model = make_model(num_latents_per_step = 2, learn_begin_of_thought = True)
+    prompt = ragged_prompts()
+    answer = torch.randint(0, NUM_TOKENS, (3, 4))
+
+    path = tmp_path / 'model.pt'
+    torch.save(model.state_dict(), path)
+
+    restored = make_model(num_latents_per_step = 2, learn_begin_of_thought = True, seed = 123)
+    restored.load_state_dict(torch.load(path))
+
+    assert torch.equal(model(prompt, answer), restored(prompt, answer))
+    assert torch.equal(model.generate(prompt, 6, temperature = 0.), restored.generate(prompt, 6, temperature = 0.))
+
+
+def test_return_intermediates_structure():
+    model = make_model(num_latents_per_step = 2, num_reasoning_steps = 3, learn_begin_of_thought = True)
+    prompt = torch.randint(0, NUM_TOKENS, (2, 6))
+    answer = torch.randint(0, NUM_TOKENS, (2, 4))
+
+    loss, (breakdown, prompt_logits, latents, answer_logits, cache) = model(prompt, answer, return_intermediates = True)
+    torch.testing.assert_close(loss, breakdown.answer_loss + breakdown.begin_thought_loss)
+    assert prompt_logits.shape == (2, 6, NUM_TOKENS)
+    assert latents.shape == (2, 6, 32)
+    assert answer_logits.shape == (2, 4, NUM_TOKENS)
+    # prompt, <bot> x 2, 3 steps x 2 thoughts, <eot>, answer[:-1]
+    assert cache.length == 6 + 2 + 6 + 1 + 3
+
+    prompt_logits_2, latents_2, answer_logits_2, _ = model(prompt, answer, return_loss = False)
+    torch.testing.assert_close(answer_logits, answer_logits_2)
+
+
+def test_sampling_is_reproducible_with_a_generator_and_eos_pads():
+    model = make_model()
+    prompt = torch.randint(0, NUM_TOKENS, (4, 5))
+
+    first = model.generate(prompt, 10, temperature = 1., generator = torch.Generator().manual_seed(7))
+    second = model.generate(prompt, 10, temperature = 1., generator = torch.Generator().manual_seed(7))
+    assert torch.equal(first, second)
+
+    greedy = model.generate(prompt, 10, temperature = 0.)
+    eos = int(greedy[0, 2])
+    stopped = model.generate(prompt, 10, temperature = 0., eos_token_id = eos)
+    for row, full in zip(stopped, greedy):
+        hits = (full == eos).nonzero()
+        end = int(hits[0]) + 1 if len(hits) else len(full)
+        assert torch.equal(row[:end], full[:end])
+        assert (row[end:] == -1).all()
