@@ -3,7 +3,7 @@ from setuptools import find_packages, setup
 setup(
     name = 'coconut-pytorch',
     packages = find_packages(exclude = ['tests', 'tests.*', 'benchmarks', 'scripts']),
-    package_data = {'coconut_pytorch': ['data/tasks/*.json']},
+    package_data = {'coconut_pytorch.data.tasks': ['*.json']},
     version = '0.1.0',
     license = 'MIT',
     description = 'Coconut (Chain of Continuous Thought) in PyTorch: latent reasoning with a Transformer of its own',
