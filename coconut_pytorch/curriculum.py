@@ -1,0 +1,189 @@
+"""The paper's multi-stage curriculum, its baselines and ablations, as training examples.
+
+Stage 0 is full language chain-of-thought: question -> steps -> answer, loss on steps and answer.
+Stage k replaces the first k language steps by k x c continuous thoughts (c = thoughts per step); the remaining
+steps and the answer stay in language, with loss. Every method below is the same Coconut model fed differently:
+
+    coconut                 the curriculum, continuous thoughts
+    coconut_no_curriculum   the last stage from the first epoch
+    no_thoughts             the curriculum removes steps but puts no thought in their place
+    pause_as_thought        the curriculum, with learned pause embeddings in the thought slots
+    pause                   no steps, max_latent_stage x c pause embeddings before the answer, from the start
+    cot                     stage 0 throughout
+    no_cot                  question -> answer
+
+A target is the remaining steps, each followed by <sep>, then the answer and <eos>. Prompts are the question ids.
+The number of thoughts travels per example, so a batch may mix stages (`uniform_prob`) and stays exact.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
+
+from coconut_pytorch.data.example import Example
+from coconut_pytorch.data.tokenizer import WordTokenizer
+from coconut_pytorch.inputs import PAD_ID
+
+METHODS = ('coconut', 'coconut_no_curriculum', 'no_thoughts', 'pause_as_thought', 'pause', 'cot', 'no_cot')
+
+PAUSE_METHODS = ('pause', 'pause_as_thought')
+
+
+@dataclass(frozen = True)
+class Curriculum:
+    """When each stage runs and what an example looks like at a stage.
+
+    Args:
+        method: one of METHODS.
+        thoughts_per_step: c, continuous thoughts that replace one language step.
+        max_latent_stage: the last stage (number of steps replaced); later steps stay in language.
+        epochs_per_stage: epochs spent at each stage before the next.
+        pad_latent_to_max: an example with fewer steps than the stage still gets stage x c thoughts
+            (True), or only as many as its own steps (False).
+        uniform_prob: probability that an example is drawn at a uniformly random stage <= max_latent_stage
+            instead of the current one (the paper's mixing of earlier stages).
+        one_thought_at_a_time: stages add one thought at a time instead of c (a step leaves language once
+            its c thoughts are in); the paper's authors report that adding more than 2 at a switch destabilises.
+    """
+
+    method: str = 'coconut'
+    thoughts_per_step: int = 1
+    max_latent_stage: int = 3
+    epochs_per_stage: int = 3
+    pad_latent_to_max: bool = False
+    uniform_prob: float = 0.
+    one_thought_at_a_time: bool = False
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f'method must be one of {METHODS}, got {self.method!r}')
+        for name in ('thoughts_per_step', 'epochs_per_stage'):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f'{name} must be a positive int, got {value!r}')
+        if not isinstance(self.max_latent_stage, int) or self.max_latent_stage < 0:
+            raise ValueError(f'max_latent_stage must be an int >= 0, got {self.max_latent_stage!r}')
+        if not 0. <= self.uniform_prob <= 1.:
+            raise ValueError(f'uniform_prob must be in [0, 1], got {self.uniform_prob}')
+
+    @property
+    def uses_curriculum(self) -> bool:
+        return self.method in ('coconut', 'no_thoughts', 'pause_as_thought')
+
+    @property
+    def thought_mode(self) -> str:
+        return 'pause' if self.method in PAUSE_METHODS else 'continuous'
+
+    @property
+    def num_stages(self) -> int:
+        """Stages the curriculum walks through, the final one included."""
+        if not self.uses_curriculum:
+            return 1
+        units = self.thoughts_per_step if self.one_thought_at_a_time else 1
+        return self.max_latent_stage * units + 1
+
+    @property
+    def total_epochs(self) -> int:
+        return self.num_stages * self.epochs_per_stage
+
+    def stage_at_epoch(self, epoch: int) -> int:
+        """Stage index for an epoch; the final stage continues past the schedule."""
+        if not self.uses_curriculum:
+            return self.final_stage
+        return min(epoch // self.epochs_per_stage, self.final_stage)
+
+    @property
+    def final_stage(self) -> int:
+        return self.num_stages - 1 if self.uses_curriculum else 0
+
+    def layout(self, stage: int, num_steps: int) -> tuple[int, int]:
+        """(language steps removed, thoughts) for an example with `num_steps` steps at `stage`."""
+        c, method = self.thoughts_per_step, self.method
+
+        if method == 'cot':
+            return 0, 0
+        if method == 'no_cot':
+            return num_steps, 0
+        if method == 'pause':
+            return num_steps, self.max_latent_stage * c
+        if method == 'coconut_no_curriculum':
+            thoughts = self.max_latent_stage if self.pad_latent_to_max else min(self.max_latent_stage, num_steps)
+            return num_steps, thoughts * c
+
+        # curriculum methods; a stage counts thoughts when they come one at a time
+        thought_units = stage if self.one_thought_at_a_time else stage * c
+        removed = min(thought_units // c, num_steps)
+
+        if self.pad_latent_to_max:
+            thoughts = thought_units
+        else:
+            thoughts = min(thought_units, num_steps * c)
+
+        if stage == self.final_stage:
+            # as in the paper, the last stage drops whatever language steps remain: thoughts, then the answer
+            removed = num_steps
+
+        if method == 'no_thoughts':
+            thoughts = 0
+        return removed, thoughts
+
+
+class StagedExample(NamedTuple):
+    prompt: Tensor      # (n,) question ids
+    target: Tensor      # (m,) remaining steps with <sep> after each, then answer and <eos>
+    num_thoughts: int
+
+
+def encode_at_stage(example: Example, tokenizer: WordTokenizer, curriculum: Curriculum, stage: int) -> StagedExample:
+    """One example laid out for a stage of a method."""
+    question, steps, answer = tokenizer.encode_example(example)
+    removed, thoughts = curriculum.layout(stage, len(steps))
+
+    target = []
+    for step in steps[removed:]:
+        target.extend(step + [tokenizer.sep_id])
+    target.extend(answer)
+
+    return StagedExample(torch.tensor(question), torch.tensor(target), thoughts)
+
+
+def staged_examples(
+    examples: Sequence[Example],
+    tokenizer: WordTokenizer,
+    curriculum: Curriculum,
+    stage: int,
+    rng: random.Random | None = None
+) -> list[StagedExample]:
+    """Lay out examples at `stage`; with `uniform_prob`, some at a random stage instead (drawn from `rng`)."""
+    rng = rng if rng is not None else random.Random(0)
+    mix = curriculum.uniform_prob > 0 and curriculum.uses_curriculum
+
+    staged = []
+    for example in examples:
+        example_stage = stage
+        if mix and rng.random() < curriculum.uniform_prob:
+            example_stage = rng.randint(0, curriculum.final_stage)
+        staged.append(encode_at_stage(example, tokenizer, curriculum, example_stage))
+    return staged
+
+
+class Batch(NamedTuple):
+    prompt: Tensor          # (b, n) -1 padded
+    target: Tensor          # (b, m) -1 padded
+    num_thoughts: Tensor    # (b,)
+
+    def to(self, device) -> Batch:
+        return Batch(*(t.to(device) for t in self))
+
+
+def collate(staged: Sequence[StagedExample]) -> Batch:
+    prompt = pad_sequence([s.prompt for s in staged], batch_first = True, padding_value = PAD_ID)
+    target = pad_sequence([s.target for s in staged], batch_first = True, padding_value = PAD_ID)
+    num_thoughts = torch.tensor([s.num_thoughts for s in staged])
+    return Batch(prompt, target, num_thoughts)

@@ -1,0 +1,325 @@
+"""Training a Coconut model on a task with a curriculum: the loop behind `train_toy.py`.
+
+One fixed training set per run (generated from the seed), shuffled anew each epoch by (seed, epoch), so a run
+resumed from its checkpoint continues exactly where it stopped. The optimizer is rebuilt at every stage change
+(as in the paper), and gradients accumulate over `grad_accum` batches (the paper's effective batch is 128).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from coconut_pytorch.coconut import Coconut
+from coconut_pytorch.curriculum import Curriculum, collate, staged_examples
+from coconut_pytorch.data.tasks import get_task
+from coconut_pytorch.data.tokenizer import WordTokenizer
+from coconut_pytorch.evaluate import evaluate_examples
+from coconut_pytorch.inputs import PAD_ID
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved in its checkpoint."""
+
+    task: str = 'pointer_chase'
+    task_kwargs: dict = field(default_factory = dict)
+    method: str = 'coconut'
+
+    # curriculum
+    c_thought: int = 1
+    max_latent_stage: int | None = None     # default: the task's largest number of steps
+    epochs_per_stage: int = 2
+    final_epochs: int = 4                   # extra epochs at the last stage, after the schedule
+    pad_latent_to_max: bool = True          # inference cannot know an example's step count, so train with the max
+    uniform_prob: float = 0.
+    one_thought_at_a_time: bool = False
+    reset_optimizer: bool = True
+
+    # data and optimisation
+    train_size: int = 8000
+    eval_size: int = 500
+    batch_size: int = 64
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    max_grad_norm: float = 1.
+
+    # model
+    dim: int = 128
+    depth: int = 3
+    heads: int = 4
+    dim_head: int = 32
+    num_residual_streams: int = 2
+    checkpoint: bool = False
+
+    # run
+    seed: int = 0
+    device: str = 'cpu'
+    bf16: bool = False
+    compile: bool = False
+    time_budget: float | None = None        # seconds; stop after the epoch that crosses it (resume later)
+
+    def curriculum(self, task_max_steps: int) -> Curriculum:
+        return Curriculum(
+            method = self.method,
+            thoughts_per_step = self.c_thought,
+            max_latent_stage = self.max_latent_stage if self.max_latent_stage is not None else task_max_steps,
+            epochs_per_stage = self.epochs_per_stage,
+            pad_latent_to_max = self.pad_latent_to_max,
+            uniform_prob = self.uniform_prob,
+            one_thought_at_a_time = self.one_thought_at_a_time
+        )
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})
+
+
+def build_model(config: TrainConfig, num_tokens: int, curriculum: Curriculum) -> Coconut:
+    torch.manual_seed(config.seed)
+    return Coconut(
+        num_reasoning_steps = 0,
+        num_latents_per_step = 1,   # thoughts come one per position, as in the paper; the curriculum counts them
+        transformer = dict(
+            num_tokens = num_tokens,
+            dim = config.dim,
+            depth = config.depth,
+            heads = config.heads,
+            dim_head = config.dim_head,
+            num_residual_streams = config.num_residual_streams
+        ),
+        checkpoint = config.checkpoint,
+        thought_mode = curriculum.thought_mode
+    )
+
+
+def inference_info(curriculum: Curriculum, max_target_length: int) -> dict:
+    """How a trained model is run: thoughts at the final stage (the most any example got) and a token budget."""
+    _, num_thoughts = curriculum.layout(curriculum.final_stage, num_steps = 10 ** 6)
+    return dict(num_thoughts = num_thoughts, max_new_tokens = max_target_length + 8)
+
+
+def max_target_length(examples, tokenizer: WordTokenizer) -> int:
+    """Tokens of the longest full language target (all steps, then the answer): a cap for generation."""
+    longest = 0
+    for example in examples:
+        _, steps, answer = tokenizer.encode_example(example)
+        longest = max(longest, sum(len(step) + 1 for step in steps) + len(answer))
+    return longest
+
+
+def make_optimizer(model: Coconut, config: TrainConfig) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    groups = [dict(params = decay, weight_decay = config.weight_decay), dict(params = no_decay, weight_decay = 0.)]
+    fused = config.device.startswith('cuda')
+    return torch.optim.AdamW(groups, lr = config.lr, betas = (0.9, 0.98), fused = fused)
+
+
+def save_atomic(state: dict, path: Path):
+    tmp = path.with_suffix('.tmp')
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_trained(path: str | Path, device: str = 'cpu'):
+    """(model, tokenizer, config, inference info) from a checkpoint written by `train`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f'checkpoint {path} does not exist')
+    try:
+        state = torch.load(path, map_location = device, weights_only = False)
+    except Exception as error:
+        raise ValueError(f'checkpoint {path} could not be read: {error}') from None
+    if not isinstance(state, dict) or 'config' not in state or 'model' not in state:
+        raise ValueError(f'checkpoint {path} was not written by coconut_pytorch.training')
+
+    config = TrainConfig.from_dict(state['config'])
+    tokenizer = WordTokenizer.from_dict(state['tokenizer'])
+    curriculum = Curriculum(**state['curriculum'])
+    model = build_model(config, len(tokenizer), curriculum).to(device)
+    model.load_state_dict(state['model'])
+    model.eval()
+    return model, tokenizer, config, state['inference']
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    progress: Callable | None = None
+) -> dict:
+    """Train, evaluate on held-out generated examples, save checkpoint and plot; returns the results.
+
+    `progress(iterable, **kwargs)` wraps the batch loop (e.g. tqdm); it gets `set_postfix` calls if it has them.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents = True, exist_ok = True)
+    checkpoint_path = out_dir / 'checkpoint.pt'
+    device = torch.device(config.device)
+
+    task = get_task(config.task, **config.task_kwargs)
+    tokenizer = WordTokenizer(task.vocabulary())
+    curriculum = config.curriculum(task.num_steps_range[1])
+
+    train_set = task.generate(config.train_size, seed = config.seed)
+    eval_set = task.generate(config.eval_size, seed = config.seed + 10 ** 6)
+
+    model = build_model(config, len(tokenizer), curriculum).to(device)
+    optimizer = make_optimizer(model, config)
+
+    start_epoch, history, elapsed, step = 0, [], 0., 0
+
+    if resume:
+        if not checkpoint_path.is_file():
+            raise ValueError(f'--resume: no checkpoint at {checkpoint_path}')
+        state = torch.load(checkpoint_path, map_location = device, weights_only = False)
+        if TrainConfig.from_dict(state['config']) != config:
+            saved = TrainConfig.from_dict(state['config'])
+            changed = [f.name for f in fields(TrainConfig) if getattr(saved, f.name) != getattr(config, f.name) and f.name not in ('time_budget', 'device')]
+            if changed:
+                raise ValueError(f'--resume: the configuration differs from the checkpoint in {changed}')
+        model.load_state_dict(state['model'])
+        optimizer.load_state_dict(state['optimizer'])
+        start_epoch, history, elapsed, step = state['epoch'] + 1, state['history'], state['elapsed'], state['step']
+
+    if config.compile:
+        model.model.forward_with_cache = torch.compile(model.model.forward_with_cache, dynamic = True)
+
+    autocast = dict(device_type = device.type, dtype = torch.bfloat16, enabled = config.bf16)
+    # every method trains as many epochs as the coconut schedule, so baselines get the same budget
+    schedule = Curriculum(**{**asdict(curriculum), 'method': 'coconut'})
+    total_epochs = schedule.total_epochs + config.final_epochs
+    info = inference_info(curriculum, max_target_length(train_set, tokenizer))
+    run_start = time.perf_counter()
+    stopped_early = False
+
+    for epoch in range(start_epoch, total_epochs):
+        stage = curriculum.stage_at_epoch(epoch)
+        if config.reset_optimizer and epoch > 0 and stage != curriculum.stage_at_epoch(epoch - 1):
+            optimizer = make_optimizer(model, config)
+
+        rng = random.Random(config.seed * 100_003 + epoch)
+        order = list(range(len(train_set)))
+        rng.shuffle(order)
+        staged = staged_examples([train_set[i] for i in order], tokenizer, curriculum, stage, rng)
+
+        batches = [staged[i:i + config.batch_size] for i in range(0, len(staged), config.batch_size)]
+        iterator = progress(batches, desc = f'epoch {epoch + 1}/{total_epochs} stage {stage}', leave = False) if progress else batches
+
+        model.train()
+        loss_sum = torch.zeros((), device = device)
+        correct = torch.zeros((), device = device)
+        counted = torch.zeros((), device = device)
+
+        for batch_index, chunk in enumerate(iterator):
+            batch = collate(chunk).to(device)
+
+            with torch.autocast(**autocast):
+                loss, (_, _, _, answer_logits, _) = model(batch.prompt, batch.target, num_reasoning_steps = batch.num_thoughts, return_intermediates = True)
+
+            (loss / config.grad_accum).backward()
+
+            real = batch.target != PAD_ID
+            loss_sum += loss.detach()
+            correct += ((answer_logits.argmax(dim = -1) == batch.target) & real).sum()
+            counted += real.sum()
+
+            if (batch_index + 1) % config.grad_accum == 0 or batch_index == len(batches) - 1:
+                lr_scale = min(1., (step + 1) / max(1, config.warmup_steps))
+                for group in optimizer.param_groups:
+                    group['lr'] = config.lr * lr_scale
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none = True)
+                step += 1
+
+            if hasattr(iterator, 'set_postfix') and batch_index % 20 == 0:
+                iterator.set_postfix(loss = f'{loss.item():.3f}', stage = stage, acc = f'{(correct / counted.clamp(min = 1)).item():.3f}')
+
+        record = dict(epoch = epoch, stage = stage, loss = (loss_sum / len(batches)).item(), token_accuracy = (correct / counted.clamp(min = 1)).item())
+        history.append(record)
+        if progress:
+            print(json.dumps(record), flush = True)
+
+        elapsed_now = elapsed + time.perf_counter() - run_start
+        save_atomic(dict(
+            config = asdict(config), curriculum = asdict(curriculum), tokenizer = tokenizer.to_dict(),
+            model = model.state_dict(), optimizer = optimizer.state_dict(),
+            epoch = epoch, step = step, history = history, elapsed = elapsed_now,
+            inference = info
+        ), checkpoint_path)
+
+        if config.time_budget is not None and time.perf_counter() - run_start > config.time_budget and epoch < total_epochs - 1:
+            stopped_early = True
+            break
+
+    seconds = elapsed + time.perf_counter() - run_start
+    state = torch.load(checkpoint_path, map_location = device, weights_only = False)
+
+    plot_history(state['history'], out_dir / 'training.png', title = f'{config.task} / {config.method}')
+
+    if stopped_early:
+        return dict(finished = False, epoch = state['epoch'], seconds = seconds, method = config.method, task = config.task)
+
+    result = evaluate_examples(
+        model, tokenizer, eval_set,
+        num_thoughts = info['num_thoughts'],
+        max_new_tokens = info['max_new_tokens'],
+        autocast_dtype = torch.bfloat16 if config.bf16 else None
+    )
+    result.pop('predictions')
+
+    return dict(
+        finished = True,
+        accuracy = result['accuracy'],
+        n = result['n'],
+        seconds = seconds,
+        method = config.method,
+        task = config.task,
+        num_thoughts = info['num_thoughts'],
+        mean_new_tokens = result['mean_new_tokens'],
+        epochs = len(state['history']),
+        checkpoint = str(checkpoint_path)
+    )
+
+
+def plot_history(history: list[dict], path: Path, title: str = ''):
+    """Loss and teacher-forced token accuracy by epoch, with the curriculum's stage changes marked."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    epochs = [h['epoch'] + 1 for h in history]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize = (10, 3.6))
+
+    loss_ax.plot(epochs, [h['loss'] for h in history], marker = 'o', markersize = 3)
+    loss_ax.set_yscale('log')
+    loss_ax.set_ylabel('training loss')
+    acc_ax.plot(epochs, [h['token_accuracy'] for h in history], marker = 'o', markersize = 3, color = 'tab:green')
+    acc_ax.set_ylabel('token accuracy (teacher forced)')
+    acc_ax.set_ylim(0, 1.02)
+
+    for ax in (loss_ax, acc_ax):
+        ax.set_xlabel('epoch')
+        ax.grid(alpha = 0.3)
+        for previous, current in zip(history, history[1:]):
+            if current['stage'] != previous['stage']:
+                ax.axvline(current['epoch'] + 0.5, color = 'gray', linestyle = '--', linewidth = 0.8)
+                ax.text(current['epoch'] + 0.6, ax.get_ylim()[1], f"stage {current['stage']}", fontsize = 7, va = 'top', color = 'gray')
+
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi = 120)
+    plt.close(fig)

@@ -1,0 +1,178 @@
+"""Stage construction for every method, mixed-stage batches, training, resuming and evaluation."""
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from coconut_pytorch import Coconut
+from coconut_pytorch.curriculum import METHODS, Curriculum, collate, encode_at_stage, staged_examples
+from coconut_pytorch.data import Example, WordTokenizer, save_json_examples
+from coconut_pytorch.evaluate import answer_text, evaluate_examples
+from coconut_pytorch.training import TrainConfig, load_trained, train
+
+EXAMPLE = Example(question = 'q1 q2 q3', steps = ['s1 a', 's2 b', 's3 c', 's4 d'], answer = 'ans')
+TOKENIZER = WordTokenizer.from_texts([EXAMPLE.question, *EXAMPLE.steps, EXAMPLE.answer])
+
+
+def layout(method, stage, **kwargs):
+    curriculum = Curriculum(method = method, **{'thoughts_per_step': 2, 'max_latent_stage': 3, **kwargs})
+    staged = encode_at_stage(EXAMPLE, TOKENIZER, curriculum, stage)
+    return TOKENIZER.decode(staged.target, skip_special = False), staged.num_thoughts
+
+
+SEP, EOS = '<sep>', '<eos>'
+
+
+@pytest.mark.parametrize('method, stage, target, thoughts', [
+    ('coconut', 0, f's1 a {SEP} s2 b {SEP} s3 c {SEP} s4 d {SEP} ans {EOS}', 0),
+    ('coconut', 1, f's2 b {SEP} s3 c {SEP} s4 d {SEP} ans {EOS}', 2),
+    ('coconut', 2, f's3 c {SEP} s4 d {SEP} ans {EOS}', 4),
+    # the last stage drops the remaining language steps
+    ('coconut', 3, f'ans {EOS}', 6),
+    ('coconut_no_curriculum', 0, f'ans {EOS}', 6),
+    ('no_thoughts', 2, f's3 c {SEP} s4 d {SEP} ans {EOS}', 0),
+    ('no_thoughts', 3, f'ans {EOS}', 0),
+    ('pause_as_thought', 1, f's2 b {SEP} s3 c {SEP} s4 d {SEP} ans {EOS}', 2),
+    ('pause', 0, f'ans {EOS}', 6),
+    ('cot', 0, f's1 a {SEP} s2 b {SEP} s3 c {SEP} s4 d {SEP} ans {EOS}', 0),
+    ('no_cot', 0, f'ans {EOS}', 0),
+])
+def test_stage_layout_per_method(method, stage, target, thoughts):
+    assert layout(method, stage) == (target, thoughts)
+
+
+def test_one_thought_at_a_time_schedule():
+    curriculum = Curriculum(method = 'coconut', thoughts_per_step = 2, max_latent_stage = 3, one_thought_at_a_time = True)
+    assert curriculum.num_stages == 7
+    # a step leaves language only once both of its thoughts are in
+    assert layout('coconut', 1, one_thought_at_a_time = True) == (f's1 a {SEP} s2 b {SEP} s3 c {SEP} s4 d {SEP} ans {EOS}', 1)
+    assert layout('coconut', 2, one_thought_at_a_time = True)[1] == 2
+    assert layout('coconut', 3, one_thought_at_a_time = True) == (f's2 b {SEP} s3 c {SEP} s4 d {SEP} ans {EOS}', 3)
+
+
+def test_pad_latent_to_max_caps_short_examples():
+    short = Example(question = 'q1', steps = ['s1 a'], answer = 'ans')
+    padded = Curriculum(method = 'coconut', thoughts_per_step = 2, max_latent_stage = 3, pad_latent_to_max = True)
+    capped = Curriculum(method = 'coconut', thoughts_per_step = 2, max_latent_stage = 3, pad_latent_to_max = False)
+    assert encode_at_stage(short, TOKENIZER, padded, 2).num_thoughts == 4
+    assert encode_at_stage(short, TOKENIZER, capped, 2).num_thoughts == 2
+
+
+def test_stage_schedule_and_bad_settings():
+    curriculum = Curriculum(method = 'coconut', max_latent_stage = 2, epochs_per_stage = 3)
+    assert [curriculum.stage_at_epoch(e) for e in range(11)] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2]
+    assert Curriculum(method = 'cot').stage_at_epoch(5) == 0
+
+    for bad in (dict(method = 'magic'), dict(thoughts_per_step = 0), dict(uniform_prob = 1.5), dict(epochs_per_stage = 0)):
+        with pytest.raises(ValueError, match = next(iter(bad))):
+            Curriculum(**bad)
+
+
+def test_uniform_prob_mixes_stages():
+    curriculum = Curriculum(method = 'coconut', max_latent_stage = 3, uniform_prob = 0.5)
+    staged = staged_examples([EXAMPLE] * 200, TOKENIZER, curriculum, stage = 3, rng = random.Random(0))
+    counts = {s.num_thoughts for s in staged}
+    assert counts == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize('method', ['coconut', 'pause_as_thought'])
+def test_mixed_stage_batch_equals_each_example_alone(method):
+    examples = [
+        Example(question = 'q1 q2', steps = ['s1 a', 's2 b'], answer = 'ans'),
+        Example(question = 'q3 q1 q2 q3 q1', steps = ['s3 c', 's4 d', 's1 a'], answer = 'ans'),
+        Example(question = 'q2', steps = ['s2 b'], answer = 'ans'),
+    ]
+    curriculum = Curriculum(method = method, thoughts_per_step = 2, max_latent_stage = 3)
+    staged = [encode_at_stage(example, TOKENIZER, curriculum, stage) for example, stage in zip(examples, (1, 2, 0))]
+    batch = collate(staged)
+    assert batch.num_thoughts.tolist() == [2, 4, 0]
+
+    torch.manual_seed(0)
+    model = Coconut(num_reasoning_steps = 0, transformer = dict(num_tokens = len(TOKENIZER), dim = 32, depth = 2, dim_head = 8, heads = 4), thought_mode = curriculum.thought_mode).double().eval()
+
+    batched = model(batch.prompt, batch.target, return_loss = False, num_reasoning_steps = batch.num_thoughts).answer_logits
+    for index, s in enumerate(staged):
+        alone = model(s.prompt[None], s.target[None], return_loss = False, num_reasoning_steps = s.num_thoughts).answer_logits
+        torch.testing.assert_close(batched[index, :len(s.target)], alone[0], atol = 1e-8, rtol = 1e-8)
+
+
+def test_answer_text_takes_what_follows_the_last_separator():
+    tokenizer = WordTokenizer(['Tom', 'is', 'a', 'wumpus', '.'])
+    ids = tokenizer.encode('Tom is a wumpus.')
+    generated = ids + [tokenizer.sep_id] + ids + [tokenizer.eos_id] + ids + [-1, -1]
+    assert answer_text(generated, tokenizer) == 'Tom is a wumpus.'
+    assert answer_text(ids, tokenizer) == 'Tom is a wumpus.'
+
+
+SMALL = dict(task = 'running_sum', task_kwargs = dict(num_digits = 3), train_size = 512, eval_size = 64, batch_size = 64,
+             epochs_per_stage = 1, final_epochs = 1, dim = 32, depth = 1, heads = 2, dim_head = 16, warmup_steps = 5)
+
+
+@pytest.mark.parametrize('method', METHODS)
+def test_every_method_trains_saves_and_evaluates(tmp_path, method):
+    result = train(TrainConfig(method = method, **SMALL), tmp_path)
+    assert result['finished'] and result['n'] == 64 and 0. <= result['accuracy'] <= 1.
+    assert (tmp_path / 'training.png').stat().st_size > 0
+
+    model, tokenizer, config, info = load_trained(tmp_path / 'checkpoint.pt')
+    assert config.method == method
+    expected_thoughts = {'coconut': 2, 'coconut_no_curriculum': 2, 'pause': 2, 'pause_as_thought': 2}.get(method, 0)
+    assert info['num_thoughts'] == expected_thoughts
+
+
+def test_resume_continues_exactly(tmp_path):
+    config = TrainConfig(method = 'coconut', **SMALL)
+
+    straight = train(config, tmp_path / 'straight')
+
+    # stop after the first epoch (a zero budget), then resume to the end
+    first = train(TrainConfig(**{**config.__dict__, 'time_budget': 0.}), tmp_path / 'resumed')
+    assert not first['finished'] and first['epoch'] == 0
+    resumed = train(config, tmp_path / 'resumed', resume = True)
+
+    straight_state = torch.load(tmp_path / 'straight' / 'checkpoint.pt', weights_only = False)
+    resumed_state = torch.load(tmp_path / 'resumed' / 'checkpoint.pt', weights_only = False)
+    assert [h['loss'] for h in straight_state['history']] == pytest.approx([h['loss'] for h in resumed_state['history']], rel = 1e-5)
+    for name, tensor in straight_state['model'].items():
+        torch.testing.assert_close(tensor, resumed_state['model'][name], rtol = 1e-5, atol = 1e-6)
+    assert resumed['accuracy'] == straight['accuracy']
+
+    with pytest.raises(ValueError, match = 'differs'):
+        train(TrainConfig(**{**config.__dict__, 'lr': 0.5}), tmp_path / 'resumed', resume = True)
+
+
+def test_training_run_learns(tmp_path):
+    config = TrainConfig(method = 'coconut', task = 'running_sum', task_kwargs = dict(num_digits = 3), train_size = 2000, eval_size = 200,
+                         batch_size = 64, epochs_per_stage = 2, final_epochs = 10, dim = 64, depth = 2, heads = 4, dim_head = 16, lr = 2e-3)
+    result = train(config, tmp_path)
+    assert result['accuracy'] >= 0.9, result
+
+
+def test_evaluate_command_on_files(tmp_path):
+    train(TrainConfig(method = 'coconut', **SMALL), tmp_path)
+    checkpoint = tmp_path / 'checkpoint.pt'
+
+    data = tmp_path / 'data.json'
+    save_json_examples([Example(question = '1 2 3', steps = ['3', '6'], answer = '6'), Example(question = '4 4 4', steps = ['8', '2'], answer = '2')], data)
+
+    run = lambda *args: subprocess.run([sys.executable, '-m', 'coconut_pytorch.evaluate', '--checkpoint', str(checkpoint), *args], capture_output = True, text = True)
+
+    done = run('--data', str(data), '--device', 'cpu', '--num-thoughts', '0', '--limit', '1')
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result['n'] == 1 and result['num_thoughts'] == 0 and set(result) >= {'accuracy', 'n', 'mean_new_tokens', 'seconds'}
+
+    unknown = tmp_path / 'unknown.json'
+    save_json_examples([Example(question = '1 2 3', steps = [], answer = '6'), Example(question = 'what is this', steps = [], answer = '6')], unknown)
+    failed = run('--data', str(unknown), '--device', 'cpu')
+    assert failed.returncode != 0 and 'example 1' in failed.stderr and 'what' in failed.stderr
+
+    broken = tmp_path / 'broken.json'
+    broken.write_text('[{"question": "1 2"')
+    failed = run('--data', str(broken), '--device', 'cpu')
+    assert failed.returncode != 0 and 'broken.json' in failed.stderr

@@ -1,0 +1,68 @@
+"""Train Coconut on a reasoning task, from scratch, with the paper's curriculum.
+
+    python train_toy.py                                  # pointer chasing on CPU, a few minutes
+    python train_toy.py --task prosqa --device cuda --bf16
+    python train_toy.py --method cot                     # or no_cot, pause, coconut_no_curriculum, ...
+    python train_toy.py --resume                         # continue the run in --out where it stopped
+
+The last line printed is one JSON object: accuracy (exact match through generation on held-out examples), n,
+seconds, method, task, and more.
+"""
+
+import argparse
+import json
+
+from tqdm import tqdm
+
+from coconut_pytorch.curriculum import METHODS
+from coconut_pytorch.data.tasks import TASKS
+from coconut_pytorch.training import TrainConfig, train
+
+
+def parse_args():
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(description = __doc__, formatter_class = argparse.RawDescriptionHelpFormatter)
+    arg = parser.add_argument
+
+    arg('--task', default = defaults.task, choices = sorted(TASKS))
+    arg('--task-kwargs', type = json.loads, default = {}, help = 'JSON settings for the task, e.g. \'{"num_digits_a": 5, "num_digits_b": 5}\'')
+    arg('--method', default = defaults.method, choices = METHODS)
+    arg('--c-thought', type = int, default = defaults.c_thought, help = 'continuous thoughts per replaced step')
+    arg('--max-latent-stage', type = int, default = None, help = "default: the task's largest number of steps")
+    arg('--epochs-per-stage', type = int, default = defaults.epochs_per_stage)
+    arg('--final-epochs', type = int, default = defaults.final_epochs)
+    arg('--no-pad-latent-to-max', dest = 'pad_latent_to_max', action = 'store_false')
+    arg('--uniform-prob', type = float, default = defaults.uniform_prob)
+    arg('--one-thought-at-a-time', action = 'store_true')
+    arg('--train-size', type = int, default = defaults.train_size)
+    arg('--eval-size', type = int, default = defaults.eval_size)
+    arg('--batch-size', type = int, default = defaults.batch_size)
+    arg('--grad-accum', type = int, default = defaults.grad_accum)
+    arg('--lr', type = float, default = defaults.lr)
+    arg('--dim', type = int, default = defaults.dim)
+    arg('--depth', type = int, default = defaults.depth)
+    arg('--heads', type = int, default = defaults.heads)
+    arg('--dim-head', type = int, default = defaults.dim_head)
+    arg('--num-residual-streams', type = int, default = defaults.num_residual_streams)
+    arg('--checkpoint-activations', dest = 'checkpoint', action = 'store_true', help = 'recompute thought steps in backward')
+    arg('--device', default = defaults.device)
+    arg('--bf16', action = 'store_true')
+    arg('--compile', action = 'store_true')
+    arg('--seed', type = int, default = defaults.seed)
+    arg('--time-budget', type = float, default = None, help = 'seconds; stop after the epoch that crosses it, --resume later')
+    arg('--out', default = 'runs/toy')
+    arg('--resume', action = 'store_true')
+    return parser.parse_args()
+
+
+def main():
+    args = vars(parse_args())
+    out, resume = args.pop('out'), args.pop('resume')
+    config = TrainConfig(**args)
+
+    result = train(config, out, resume = resume, progress = tqdm)
+    print(json.dumps(result))
+
+
+if __name__ == '__main__':
+    main()
