@@ -30,7 +30,7 @@ from coconut_pytorch.inputs import PAD_ID
 class TrainConfig:
     """Everything a run depends on; saved in its checkpoint."""
 
-    task: str = 'pointer_chase'
+    task: str = 'running_sum'
     task_kwargs: dict = field(default_factory = dict)
     method: str = 'coconut'
 
@@ -38,7 +38,7 @@ class TrainConfig:
     c_thought: int = 1
     max_latent_stage: int | None = None     # default: the task's largest number of steps
     epochs_per_stage: int = 2
-    final_epochs: int = 4                   # extra epochs at the last stage, after the schedule
+    final_epochs: int = 6                   # extra epochs at the last stage, after the schedule
     pad_latent_to_max: bool = True          # inference cannot know an example's step count, so train with the max
     uniform_prob: float = 0.
     one_thought_at_a_time: bool = False
@@ -49,16 +49,16 @@ class TrainConfig:
     eval_size: int = 500
     batch_size: int = 64
     grad_accum: int = 1
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.01
     warmup_steps: int = 50
     max_grad_norm: float = 1.
 
     # model
-    dim: int = 128
-    depth: int = 3
+    dim: int = 96
+    depth: int = 2
     heads: int = 4
-    dim_head: int = 32
+    dim_head: int = 24
     num_residual_streams: int = 2
     checkpoint: bool = False
 
@@ -104,10 +104,10 @@ def build_model(config: TrainConfig, num_tokens: int, curriculum: Curriculum) ->
     )
 
 
-def inference_info(curriculum: Curriculum, max_target_length: int) -> dict:
-    """How a trained model is run: thoughts at the final stage (the most any example got) and a token budget."""
-    _, num_thoughts = curriculum.layout(curriculum.final_stage, num_steps = 10 ** 6)
-    return dict(num_thoughts = num_thoughts, max_new_tokens = max_target_length + 8)
+def inference_info(curriculum: Curriculum, stage: int, max_target_length: int) -> dict:
+    """How a model trained up to `stage` is run: that stage's thoughts (the most any example got) and a token budget."""
+    _, num_thoughts = curriculum.layout(stage, num_steps = 10 ** 6)
+    return dict(num_thoughts = num_thoughts, max_new_tokens = max_target_length + 8, stage = stage, final_stage = curriculum.final_stage)
 
 
 def max_target_length(examples, tokenizer: WordTokenizer) -> int:
@@ -201,7 +201,7 @@ def train(
     # every method trains as many epochs as the coconut schedule, so baselines get the same budget
     schedule = Curriculum(**{**asdict(curriculum), 'method': 'coconut'})
     total_epochs = schedule.total_epochs + config.final_epochs
-    info = inference_info(curriculum, max_target_length(train_set, tokenizer))
+    longest_target = max_target_length(train_set, tokenizer)
     run_start = time.perf_counter()
     stopped_early = False
 
@@ -258,7 +258,7 @@ def train(
             config = asdict(config), curriculum = asdict(curriculum), tokenizer = tokenizer.to_dict(),
             model = model.state_dict(), optimizer = optimizer.state_dict(),
             epoch = epoch, step = step, history = history, elapsed = elapsed_now,
-            inference = info
+            inference = inference_info(curriculum, stage, longest_target)
         ), checkpoint_path)
 
         if config.time_budget is not None and time.perf_counter() - run_start > config.time_budget and epoch < total_epochs - 1:
@@ -270,27 +270,27 @@ def train(
 
     plot_history(state['history'], out_dir / 'training.png', title = f'{config.task} / {config.method}')
 
-    if stopped_early:
-        return dict(finished = False, epoch = state['epoch'], seconds = seconds, method = config.method, task = config.task)
-
+    # a run stopped by its time budget is still evaluated, at the stage it reached (and says so)
+    info = state['inference']
     result = evaluate_examples(
         model, tokenizer, eval_set,
         num_thoughts = info['num_thoughts'],
         max_new_tokens = info['max_new_tokens'],
         autocast_dtype = torch.bfloat16 if config.bf16 else None
     )
-    result.pop('predictions')
 
     return dict(
-        finished = True,
+        finished = not stopped_early,
         accuracy = result['accuracy'],
         n = result['n'],
         seconds = seconds,
         method = config.method,
         task = config.task,
         num_thoughts = info['num_thoughts'],
+        stage = info['stage'],
+        final_stage = info['final_stage'],
+        epoch = state['epoch'],
         mean_new_tokens = result['mean_new_tokens'],
-        epochs = len(state['history']),
         checkpoint = str(checkpoint_path)
     )
 
