@@ -18,7 +18,7 @@ Shapes: b batch, n prompt length, m answer length, c latents per step, S steps, 
 
 from __future__ import annotations
 
-from functools import partial
+from numbers import Integral
 from typing import Callable, NamedTuple, Sequence
 
 import torch
@@ -44,7 +44,7 @@ def default(v, d):
 
 
 def check_positive_int(value, name: str):
-    if not isinstance(value, int) or isinstance(value, bool):
+    if not isinstance(value, Integral) or isinstance(value, bool):
         raise TypeError(f'{name} must be an int, got {type(value).__name__}')
     if value < 1:
         raise ValueError(f'{name} must be >= 1, got {value}')
@@ -106,7 +106,7 @@ class Coconut(Module):
         if isinstance(num_latents_per_step, (dict, Transformer)):
             raise TypeError('num_latents_per_step must be an int; pass the transformer by keyword: transformer = dict(...)')
 
-        if not isinstance(num_reasoning_steps, int) or isinstance(num_reasoning_steps, bool):
+        if not isinstance(num_reasoning_steps, Integral) or isinstance(num_reasoning_steps, bool):
             raise TypeError(f'num_reasoning_steps must be an int, got {type(num_reasoning_steps).__name__}')
         if num_reasoning_steps < 0:
             raise ValueError(f'num_reasoning_steps must be >= 0, got {num_reasoning_steps}')
@@ -318,8 +318,8 @@ class Coconut(Module):
             answer = as_padded_ids(answer, 'answer', self.num_tokens, device = self.device, require_tokens = False)
             if answer.shape[0] != batch:
                 raise ValueError(f'prompt and answer must have the same batch size, got {batch} and {answer.shape[0]}')
-            if answer.shape[-1] == 0 and return_loss:
-                raise ValueError('answer is empty; the loss needs at least one answer token')
+            if return_loss and (answer.shape[-1] == 0 or bool((answer == PAD_ID).all())):
+                raise ValueError('answer has no tokens (empty or all -1 padding); the loss needs at least one answer token')
 
         if return_loss and not exists(answer):
             return_loss = False

@@ -7,6 +7,7 @@ thoughts and answers that follow line up across the batch; masks and positions k
 
 from __future__ import annotations
 
+from numbers import Integral
 from typing import NamedTuple, Sequence
 
 import torch
@@ -100,10 +101,10 @@ def check_reasoning_steps(num_reasoning_steps, batch: int, device) -> tuple[int,
     if isinstance(num_reasoning_steps, bool):
         raise TypeError('num_reasoning_steps must be an int or a 1-d integer tensor, got a bool')
 
-    if isinstance(num_reasoning_steps, int):
+    if isinstance(num_reasoning_steps, Integral):
         if num_reasoning_steps < 0:
             raise ValueError(f'num_reasoning_steps must be >= 0, got {num_reasoning_steps}')
-        return num_reasoning_steps, None
+        return int(num_reasoning_steps), None
 
     if torch.is_tensor(num_reasoning_steps):
         steps = num_reasoning_steps

@@ -195,7 +195,7 @@ def train(
         start_epoch, history, elapsed, step = state['epoch'] + 1, state['history'], state['elapsed'], state['step']
 
     if config.compile:
-        model.model.forward_with_cache = torch.compile(model.model.forward_with_cache, dynamic = True)
+        model.model.compile_blocks()
 
     autocast = dict(device_type = device.type, dtype = torch.bfloat16, enabled = config.bf16)
     # every method trains as many epochs as the coconut schedule, so baselines get the same budget

@@ -231,6 +231,17 @@ class Transformer(Module):
     def device(self) -> torch.device:
         return self.token_emb.weight.device
 
+    def compile_blocks(self, **compile_kwargs):
+        """`torch.compile` each attention and feedforward block in place.
+
+        Blocks, not the whole forward: the cache's structure grows with every thought step, which would make a
+        whole-forward graph recompile each step; a block sees only tensors.
+        """
+        for _, attn, _, ff in self.layers:
+            attn.compile(dynamic = True, **compile_kwargs)
+            ff.compile(dynamic = True, **compile_kwargs)
+        return self
+
     def embed(self, inputs: Tensor | Sequence[Tensor]) -> Tensor:
         """Token ids (b, n) and/or embeddings (b, n, D), given alone or as a list, to one (b, n, D) tensor."""
         if torch.is_tensor(inputs):

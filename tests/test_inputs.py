@@ -40,6 +40,8 @@ BAD_CALLS = [
     ('2-d tensor inside a list', lambda m: m([PROMPT], ANSWER), ValueError, 'prompt[0]'),
     ('list of ints', lambda m: m([[1, 2, 3]], ANSWER), TypeError, 'prompt[0]'),
     ('numpy-ish / string', lambda m: m('hello', ANSWER), TypeError, 'prompt'),
+    ('all-pad answer', lambda m: m(PROMPT, torch.full((2, 3), -1)), ValueError, 'answer'),
+    ('empty answer', lambda m: m(PROMPT, torch.empty((2, 0), dtype = torch.long)), ValueError, 'answer'),
     ('batch mismatch', lambda m: m(PROMPT, ANSWER[:1]), ValueError, 'batch size'),
     ('negative steps', lambda m: m(PROMPT, ANSWER, num_reasoning_steps = -1), ValueError, 'num_reasoning_steps'),
     ('negative steps per row', lambda m: m(PROMPT, ANSWER, num_reasoning_steps = torch.tensor([1, -1])), ValueError, 'num_reasoning_steps'),
