@@ -30,7 +30,7 @@ from torch.utils.checkpoint import checkpoint as checkpoint_fn
 from einops import rearrange, repeat
 
 from coconut_pytorch.inputs import PAD_ID, as_padded_ids, check_reasoning_steps, left_align
-from coconut_pytorch.kv_cache import KVCache
+from coconut_pytorch.kv_cache import KVCache, join_masks
 from coconut_pytorch.sampling import gumbel_sample, min_p_filter
 from coconut_pytorch.transformer import Transformer, TransformerOutput
 
@@ -160,66 +160,47 @@ class Coconut(Module):
     # the latent recurrence, written once for training, evaluation, generation and hypotheses
 
     def reason(self, prompt: Tensor, prompt_mask: Tensor | None, num_steps: int, row_steps: Tensor | None) -> Reasoned:
-        batch, c, hyps = prompt.shape[0], self.num_latents_per_step, self.num_hypotheses
-        dtype = self.end_of_thought.dtype
-
+        batch, prompt_length, c, hyps = *prompt.shape, self.num_latents_per_step, self.num_hypotheses
+        device = prompt.device
         has_thoughts = (row_steps > 0) if exists(row_steps) else None
 
-        def slot_mask(active: Tensor | None, length: int, rows: int = batch) -> Tensor | None:
-            # which rows use a slot of `length` columns; None when all do
-            if not exists(active):
-                return None
-            return repeat(active, 'b -> (b h) n', h = rows // batch, n = length)
+        def used_by(active: Tensor | None, length: int, streams: int = 1) -> Tensor | None:
+            # (b streams, length) mask of a slot that only rows with `active` (b,) use; None when every row does
+            return repeat(active, 'b -> (b h) n', h = streams, n = length) if exists(active) else None
 
-        def with_rows(t: Tensor, rows: int) -> Tensor:
-            return repeat(t, '... -> r ...', r = rows)
+        def at_step(step: int) -> Tensor | None:
+            return (row_steps >= step) if exists(row_steps) else None
 
         if num_steps == 0:
             out = self.run([prompt], prompt_mask, None)
             return Reasoned(out.cache, [], None, [], out.hiddens, has_thoughts)
 
-        masks_with_prompt = lambda extra: None if not exists(prompt_mask) and not exists(extra) else torch.cat((
-            default(prompt_mask, torch.ones_like(prompt, dtype = torch.bool)),
-            default(extra, torch.ones((batch, c), dtype = torch.bool, device = prompt.device))
-        ), dim = -1)
+        eot = repeat(self.end_of_thought, 'd -> b 1 d', b = batch)
+        eot_mask = used_by(has_thoughts, 1)
 
-        # pause baseline: all slots known up front, one pass
+        # pause baseline: every slot is known up front, so one pass runs them all
 
         if self.thought_mode == 'pause':
-            bot = with_rows(self.begin_of_thought[0], batch)
-            pauses = repeat(self.pause_embed, 'd -> b n d', b = batch, n = num_steps * c)
+            bot = repeat(self.begin_of_thought[0], 'c d -> b c d', b = batch)
+            pauses = repeat(self.pause_embed, 'd -> b n d', b = batch, n = c)
 
-            slot_masks = None
-            if exists(row_steps):
-                step_index = torch.arange(1, num_steps + 1, device = prompt.device)
-                slot_masks = repeat(row_steps[:, None] >= step_index, 'b s -> b (s c)', c = c)
-                slot_masks = torch.cat((slot_mask(has_thoughts, c), slot_masks), dim = -1)
+            segments = [(prompt, prompt_mask), (bot, used_by(has_thoughts, c))]
+            segments += [(pauses, used_by(at_step(step), c)) for step in range(1, num_steps + 1)]
 
-            mask = None
-            if exists(prompt_mask) or exists(slot_masks):
-                mask = torch.cat((
-                    default(prompt_mask, torch.ones_like(prompt, dtype = torch.bool)),
-                    default(slot_masks, torch.ones((batch, c * (num_steps + 1)), dtype = torch.bool, device = prompt.device))
-                ), dim = -1)
+            mask = join_masks([(m, t.shape[1]) for t, m in segments], batch, device)
+            out = self.run([t for t, _ in segments], mask, None)
+            return Reasoned(out.cache, [eot], eot_mask, [], out.hiddens[:, :prompt_length], has_thoughts)
 
-            out = self.run([prompt, bot.to(dtype), pauses.to(dtype)], mask, None)
-            eot = repeat(self.end_of_thought, 'd -> b 1 d', b = batch)
-            return Reasoned(out.cache, [eot], slot_mask(has_thoughts, 1), [], out.hiddens[:, :prompt.shape[-1]], has_thoughts)
-
-        # continuous thoughts
-
-        rows = batch * hyps
-        row_steps_h = repeat(row_steps, 'b -> (b h)', h = hyps) if exists(row_steps) else None
-        active_at = lambda step: (row_steps_h >= step) if exists(row_steps_h) else None
-        step_mask = lambda step: repeat(active_at(step), 'r -> r n', n = c) if exists(row_steps_h) else None
+        # continuous thoughts: step 1 reads the hidden states at <bot>, each later step those of the step before
 
         bot = repeat(self.begin_of_thought, 'h c d -> (b h) c d', b = batch)
-        bot_mask = slot_mask(has_thoughts, c, rows)
+        bot_mask = used_by(has_thoughts, c, hyps)
 
         if hyps == 1:
-            out = self.run([prompt, bot], masks_with_prompt(bot_mask), None)
+            out = self.run([prompt, bot], join_masks([(prompt_mask, prompt_length), (bot_mask, c)], batch, device), None)
             prompt_hiddens = out.hiddens[:, :-c]
         else:
+            # hypotheses share the prompt's cache and think as a batch of b x H rows, each from its own <bot>
             prompt_out = self.run([prompt], prompt_mask, None)
             prompt_hiddens = prompt_out.hiddens
             out = self.run([bot], bot_mask, prompt_out.cache.repeat_batch(hyps))
@@ -228,21 +209,20 @@ class Coconut(Module):
         thoughts = [out.hiddens[:, -c:]]
 
         for step in range(1, num_steps):
-            out = self.run([thoughts[-1]], step_mask(step), cache)
+            out = self.run([thoughts[-1]], used_by(at_step(step), c, hyps), cache)
             cache = out.cache
             thoughts.append(out.hiddens)
 
-        eot = repeat(self.end_of_thought, 'd -> b 1 d', b = batch)
-        eot_mask = slot_mask(has_thoughts, 1)
+        last_mask = used_by(at_step(num_steps), c, hyps)
 
         if hyps == 1:
-            tail_mask = None if not exists(row_steps) else torch.cat((step_mask(num_steps), eot_mask), dim = -1)
+            tail_mask = join_masks([(last_mask, c), (eot_mask, 1)], batch, device)
             return Reasoned(cache, [thoughts[-1], eot], tail_mask, thoughts, prompt_hiddens, has_thoughts)
 
-        # hypotheses: the last thoughts enter their own streams' caches, then all streams fold into one row
-        cache = self.run([thoughts[-1]], step_mask(num_steps), cache).cache
-        prompt_segments = 1
-        cache = cache.merge_batch_segments(hyps, from_segment = prompt_segments)
+        # the last thoughts enter their own streams' caches; then the streams fold into one row per example,
+        # side by side after the shared prompt (segment 0), so <eot> and the answer attend to every hypothesis
+        cache = self.run([thoughts[-1]], last_mask, cache).cache
+        cache = cache.merge_batch_segments(hyps, from_segment = 1)
         return Reasoned(cache, [eot], eot_mask, thoughts, prompt_hiddens, has_thoughts)
 
     def finish(self, reasoned: Reasoned, answer_inputs: Tensor | None, answer_mask: Tensor | None) -> tuple[Tensor, TransformerOutput | None]:
@@ -265,10 +245,7 @@ class Coconut(Module):
             return self.model.to_logits(last_prompt_hiddens), None
 
         inputs = [t for t, _ in segments]
-        mask = None
-        if any(exists(m) for _, m in segments):
-            ones = lambda t: torch.ones(t.shape[:2], dtype = torch.bool, device = self.device)
-            mask = torch.cat([default(m, ones(t)) for t, m in segments], dim = -1)
+        mask = join_masks([(m, t.shape[1]) for t, m in segments], batch, self.device)
 
         out = self.run(inputs, mask, reasoned.cache)
         hiddens = out.hiddens

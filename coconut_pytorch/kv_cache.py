@@ -25,6 +25,14 @@ def exists(v) -> bool:
     return v is not None
 
 
+def join_masks(parts: list[tuple[Tensor | None, int]], batch: int, device = None) -> Tensor | None:
+    """Concatenate per-segment masks ((b, n) bool, or None for all real) into one (b, sum n); None if all are None."""
+    if not any(exists(mask) for mask, _ in parts):
+        return None
+    full = [mask if exists(mask) else torch.ones((batch, length), dtype = torch.bool, device = device) for mask, length in parts]
+    return torch.cat(full, dim = -1)
+
+
 @dataclass(frozen = True)
 class KVCache:
     keys: tuple[tuple[Tensor, ...], ...]    # [layer][segment] (b, h, n, d), rotary already applied
@@ -71,15 +79,8 @@ class KVCache:
 
     def key_mask_with(self, new_mask: Tensor | None, new_length: int) -> Tensor | None:
         """Key mask over the cached columns followed by `new_length` new ones; None when nothing is padded."""
-        masks = (*self.masks, new_mask)
-        lengths = (*self.lengths, new_length)
-
-        if not any(exists(mask) for mask in masks):
-            return None
-
-        device = self.next_position.device
-        full = [mask if exists(mask) else torch.ones((self.batch, length), dtype = torch.bool, device = device) for mask, length in zip(masks, lengths)]
-        return torch.cat(full, dim = -1)
+        parts = [*zip(self.masks, self.lengths), (new_mask, new_length)]
+        return join_masks(parts, self.batch, self.next_position.device)
 
     def append(self, new_keys: list[Tensor], new_values: list[Tensor], mask: Tensor | None, length: int) -> KVCache:
         """A new cache with one more segment of `length` tokens (mask (b, n) or None)."""
@@ -137,14 +138,10 @@ class KVCache:
                 return shared
             return (*shared, fold(torch.cat(rest, dim = -2)))
 
-        rest_masks = self.masks[from_segment:]
         rest_lengths = self.lengths[from_segment:]
-        rest_mask = None
-
-        if any(exists(mask) for mask in rest_masks):
-            device = self.next_position.device
-            full = [mask if exists(mask) else torch.ones((self.batch, length), dtype = torch.bool, device = device) for mask, length in zip(rest_masks, rest_lengths)]
-            rest_mask = rearrange(torch.cat(full, dim = -1), '(b r) n -> b (r n)', r = times)
+        rest_mask = join_masks(list(zip(self.masks[from_segment:], rest_lengths)), self.batch, self.next_position.device)
+        if exists(rest_mask):
+            rest_mask = rearrange(rest_mask, '(b r) n -> b (r n)', r = times)
 
         shared_masks = tuple(take_first(mask) if exists(mask) else None for mask in self.masks[:from_segment])
         merged_length = (times * sum(rest_lengths),) if len(rest_lengths) > 0 else ()
