@@ -24,7 +24,7 @@ from torch.nn import Module, ModuleList
 
 from einops import rearrange
 from hyper_connections import get_init_and_expand_reduce_stream_functions
-from x_transformers.x_transformers import RotaryEmbedding, apply_rotary_pos_emb
+from x_transformers.x_transformers import RotaryEmbedding, rotate_half
 
 from coconut_pytorch.kv_cache import KVCache
 
@@ -84,7 +84,7 @@ class Attention(Module):
         self,
         x: Tensor,                          # (b, n, D)
         *,
-        rotary: tuple[Tensor, Tensor],      # freqs (b, n, d), scale
+        rotary: tuple[Tensor, Tensor],      # cos, sin (b, 1, n, d) of the new tokens' positions
         past_keys: Tensor | None,           # (b, h, k - n, d), rotary applied
         past_values: Tensor | None,
         mask: Tensor | None,                # (b or 1, 1, n, k) bool
@@ -100,9 +100,9 @@ class Attention(Module):
             mix = rearrange(self.to_value_residual_mix(normed).sigmoid(), 'b n h -> b h n 1')
             v = v * (1. - mix) + first_values * mix
 
-        freqs, scale = rotary
-        q = apply_rotary_pos_emb(q, freqs, scale)
-        k = apply_rotary_pos_emb(k, freqs, scale)
+        cos, sin = rotary
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
 
         new_keys, new_values = k, v
 
@@ -281,7 +281,11 @@ class Transformer(Module):
         else:
             positions = cache.next_position[:, None] + torch.arange(seq_len, device = x.device)
 
-        rotary = self.rotary(positions)
+        # cos and sin once per call, shared by every layer, in the compute dtype (no float32 round trip per layer)
+        freqs, _ = self.rotary(positions)
+        compute_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        freqs = rearrange(freqs, 'b n d -> b 1 n d')
+        rotary = (freqs.cos().to(compute_dtype), freqs.sin().to(compute_dtype))
 
         key_mask = cache.key_mask_with(mask, seq_len)
         num_keys = cache.length + seq_len
