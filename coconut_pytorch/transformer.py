@@ -37,6 +37,18 @@ def default(v, d):
     return v if exists(v) else d
 
 
+def autocast_dtype(device_type: str, default: torch.dtype) -> torch.dtype:
+    """The dtype autocast computes in on this device, or `default` when autocast is off."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+        return torch.get_autocast_dtype(device_type) if enabled else default
+    except (TypeError, AttributeError):
+        # torch < 2.4 has only the per-device getters
+        if device_type == 'cuda':
+            return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else default
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else default
+
+
 # attention mask
 
 def attention_mask(key_mask: Tensor | None, num_queries: int, num_keys: int, device) -> Tensor | None:
@@ -283,7 +295,7 @@ class Transformer(Module):
 
         # cos and sin once per call, shared by every layer, in the compute dtype (no float32 round trip per layer)
         freqs, _ = self.rotary(positions)
-        compute_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        compute_dtype = autocast_dtype(x.device.type, default = x.dtype)
         freqs = rearrange(freqs, 'b n d -> b 1 n d')
         rotary = (freqs.cos().to(compute_dtype), freqs.sin().to(compute_dtype))
 
