@@ -77,6 +77,14 @@ def attention_mask(key_mask: Tensor | None, num_queries: int, num_keys: int, dev
 
 # blocks
 
+class RMSNorm(nn.RMSNorm):
+    """`nn.RMSNorm` whose weight follows the input's dtype: under bf16 autocast the input is bf16, and a float32
+    weight would push it off the fused kernel onto a slower fallback."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
+
+
 class Attention(Module):
     def __init__(self, dim: int, dim_head: int = 64, heads: int = 8, dropout: float = 0., learned_value_residual_mix: bool = False):
         super().__init__()
@@ -85,7 +93,7 @@ class Attention(Module):
         self.dropout = dropout
         dim_inner = dim_head * heads
 
-        self.norm = nn.RMSNorm(dim)
+        self.norm = RMSNorm(dim)
         self.to_qkv = nn.Linear(dim, dim_inner * 3, bias = False)
         self.to_out = nn.Linear(dim_inner, dim, bias = False)
 
@@ -144,7 +152,7 @@ class FeedForward(Module):
         dim_inner = int(dim * mult)
         self.activation = F.silu if glu == 'swiglu' else F.gelu
 
-        self.norm = nn.RMSNorm(dim)
+        self.norm = RMSNorm(dim)
         self.proj_in = nn.Linear(dim, dim_inner * 2, bias = False)
         self.dropout = nn.Dropout(dropout)
         self.proj_out = nn.Linear(dim_inner, dim, bias = False)
@@ -236,7 +244,7 @@ class Transformer(Module):
             ]))
 
         self.value_residual = value_residual
-        self.final_norm = nn.RMSNorm(dim)
+        self.final_norm = RMSNorm(dim)
         self.to_logits = nn.Linear(dim, num_tokens, bias = False)
 
     @property

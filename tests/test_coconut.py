@@ -248,3 +248,22 @@ def test_sampling_is_reproducible_with_a_generator_and_eos_pads():
         end = int(hits[0]) + 1 if len(hits) else len(full)
         assert torch.equal(row[:end], full[:end])
         assert (row[end:] == -1).all()
+
+
+def test_bf16_autocast_trains_without_dtype_fallbacks():
+    import warnings
+
+    model = make_model(num_residual_streams = 4).float().train()
+    prompt = ragged_prompts()
+    answer = torch.randint(0, NUM_TOKENS, (3, 4))
+
+    with warnings.catch_warnings(record = True) as caught:
+        warnings.simplefilter('always')
+        with torch.autocast('cpu', dtype = torch.bfloat16):
+            loss = model(prompt, answer)
+            tokens = model.generate(prompt, max_length = 3, temperature = 0.)
+        loss.backward()
+
+    assert torch.isfinite(loss) and tokens.shape == (3, 3)
+    mismatches = [str(w.message) for w in caught if 'dtype' in str(w.message).lower()]
+    assert mismatches == []
