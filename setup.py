@@ -15,7 +15,7 @@ setup(
         'torch>=2.4',
         'einops>=0.8',
         'x-transformers>=2.0',
-        'hyper-connections>=0.1.15',
+        'hyper-connections>=0.4.11',  # the version this package is tested with; its API moves fast
         'tqdm',
         'matplotlib',
     ],
