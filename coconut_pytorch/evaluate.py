@@ -116,28 +116,27 @@ def main(argv: Sequence[str] | None = None):
 
     from coconut_pytorch.training import load_trained
 
-    model, tokenizer, config, info = load_trained(args.checkpoint, device = args.device)
-    examples = load_examples(args.data)
+    if args.limit is not None and args.limit < 1:
+        parser.error(f'--limit must be >= 1, got {args.limit}')
+    if args.num_thoughts is not None and args.num_thoughts < 0:
+        parser.error(f'--num-thoughts must be >= 0, got {args.num_thoughts}')
 
-    if args.limit is not None:
-        if args.limit < 1:
-            parser.error(f'--limit must be >= 1, got {args.limit}')
-        examples = examples[:args.limit]
+    try:
+        model, tokenizer, config, info = load_trained(args.checkpoint, device = args.device)
+        examples = load_examples(args.data)[:args.limit]
+        num_thoughts = args.num_thoughts if args.num_thoughts is not None else info['num_thoughts']
 
-    num_thoughts = args.num_thoughts if args.num_thoughts is not None else info['num_thoughts']
-    if num_thoughts < 0:
-        parser.error(f'--num-thoughts must be >= 0, got {num_thoughts}')
-
-    max_new_tokens = args.max_new_tokens or info['max_new_tokens']
-
-    result = evaluate_examples(
-        model, tokenizer, examples,
-        num_thoughts = num_thoughts,
-        max_new_tokens = max_new_tokens,
-        batch_size = args.batch_size,
-        source = str(args.data),
-        autocast_dtype = torch.bfloat16 if args.bf16 else None
-    )
+        result = evaluate_examples(
+            model, tokenizer, examples,
+            num_thoughts = num_thoughts,
+            max_new_tokens = args.max_new_tokens or info['max_new_tokens'],
+            batch_size = args.batch_size,
+            source = str(args.data),
+            autocast_dtype = torch.bfloat16 if args.bf16 else None
+        )
+    except ValueError as error:
+        # bad files are the user's to fix: say what and where, without a traceback
+        parser.exit(2, f'error: {error}\n')
 
     result.pop('predictions')
     print(json.dumps(dict(**result, num_thoughts = num_thoughts, method = config.method, task = config.task, data = str(args.data))))
