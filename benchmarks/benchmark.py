@@ -416,8 +416,9 @@ def table_rows(records: list[dict]) -> list[list[str]]:
             step = r.get('step_ms') if ok else None
             ratio_i = ratio_ii = None
             if model == 'coconut' and ok:
-                ratio_i = step / rec['ceiling_i']['step_ms'] if rec['ceiling_i'].get('step_ms') else None
-                ratio_ii = step / rec['ceiling_ii']['step_ms'] if rec['ceiling_ii'].get('step_ms') else None
+                ceiling_ms = lambda key: (rec.get(key) or {}).get('step_ms')
+                ratio_i = step / ceiling_ms('ceiling_i') if ceiling_ms('ceiling_i') else None
+                ratio_ii = step / ceiling_ms('ceiling_ii') if ceiling_ms('ceiling_ii') else None
             gen_ms = r.get('gen_ms')
             rows.append([
                 rec['name'],

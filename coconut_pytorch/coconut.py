@@ -431,7 +431,8 @@ class Coconut(Module):
                 break
 
             out = self.model.forward_with_cache([token[:, None]], cache = cache)
-            cache = out.cache.compact()
+            # tokens are read segment by segment; joining them now and then keeps the segment count small
+            cache = out.cache.compact() if len(out.cache.lengths) > 16 else out.cache
             logits = self.model.to_logits(out.hiddens)
 
         return tokens

@@ -75,6 +75,30 @@ def attention_mask(key_mask: Tensor | None, num_queries: int, num_keys: int, dev
     return rearrange(mask, 'b n k -> b 1 n k')
 
 
+# attention over cache segments
+
+# a thought step or a generated token queries a few positions against a long cache: reading the long prompt segment
+# in place costs (queries x keys) scores instead of a copy of every key and value, and autograd then keeps a reference
+# to the prompt's keys and values, not a fresh concatenation of them per step
+SEGMENTED_QUERY_LIMIT = 16
+
+
+def segmented_attention(q: Tensor, keys: Sequence[Tensor], values: Sequence[Tensor], mask: Tensor | None) -> Tensor:
+    """Softmax attention of q (b, h, n, d) over keys and values given as segments along the sequence.
+
+    mask: (b or 1, 1, n, k) bool over the joined keys, True = attend; None = attend to all.
+    """
+    scale = q.shape[-1] ** -0.5
+    scores = torch.cat([q @ k.transpose(-1, -2) for k in keys], dim = -1) * scale   # (b, h, n, k)
+
+    if exists(mask):
+        scores = scores.masked_fill(~mask, float('-inf'))
+
+    probs = scores.softmax(dim = -1).to(values[0].dtype)
+    weights = probs.split([v.shape[-2] for v in values], dim = -1)
+    return sum(w @ v for w, v in zip(weights, values))
+
+
 # blocks
 
 class RMSNorm(nn.RMSNorm):
@@ -105,8 +129,8 @@ class Attention(Module):
         x: Tensor,                          # (b, n, D)
         *,
         rotary: tuple[Tensor, Tensor],      # cos, sin (b, 1, n, d) of the new tokens' positions
-        past_keys: Tensor | None,           # (b, h, k - n, d), rotary applied
-        past_values: Tensor | None,
+        past_keys: tuple[Tensor, ...],      # cached segments, each (b, h, n_i, d), rotary applied
+        past_values: tuple[Tensor, ...],
         mask: Tensor | None,                # (b or 1, 1, n, k) bool
         is_causal: bool,
         first_values: Tensor | None = None  # (b, h, n, d), the first layer's values of these tokens
@@ -124,18 +148,26 @@ class Attention(Module):
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
 
+        # contiguous once here, so attention over the cache later reads these segments without copying them
+        k, v = k.contiguous(), v.contiguous()
         new_keys, new_values = k, v
 
-        if exists(past_keys):
-            k = torch.cat((past_keys, k), dim = -2)
-            v = torch.cat((past_values, v), dim = -2)
+        if len(past_keys) > 0 and q.shape[-2] <= SEGMENTED_QUERY_LIMIT and not (self.training and self.dropout > 0.):
+            # the first segment (the prompt) is read in place; the short segments after it are joined, which is cheap
+            keys = (past_keys[0], torch.cat((*past_keys[1:], k), dim = -2))
+            values = (past_values[0], torch.cat((*past_values[1:], v), dim = -2))
+            out = segmented_attention(q, keys, values, mask)
+        else:
+            if len(past_keys) > 0:
+                k = torch.cat((*past_keys, k), dim = -2)
+                v = torch.cat((*past_values, v), dim = -2)
 
-        out = F.scaled_dot_product_attention(
-            q, k, v,
-            attn_mask = mask,
-            is_causal = is_causal,
-            dropout_p = self.dropout if self.training else 0.
-        )
+            out = F.scaled_dot_product_attention(
+                q, k, v,
+                attn_mask = mask,
+                is_causal = is_causal,
+                dropout_p = self.dropout if self.training else 0.
+            )
 
         out = rearrange(out, 'b h n d -> b n (h d)')
         return self.to_out(out), new_keys, new_values, raw_values
@@ -318,7 +350,7 @@ class Transformer(Module):
         first_values = None
 
         for layer_index, (attn_hyper_conn, attn, ff_hyper_conn, ff) in enumerate(self.layers):
-            past_keys, past_values = cache.layer(layer_index)
+            past_keys, past_values = cache.keys[layer_index], cache.values[layer_index]
 
             branch_input, add_attn_residual = attn_hyper_conn(x)
             attn_out, keys, values, raw_values = attn(

@@ -267,3 +267,27 @@ def test_bf16_autocast_trains_without_dtype_fallbacks():
     assert torch.isfinite(loss) and tokens.shape == (3, 3)
     mismatches = [str(w.message) for w in caught if 'dtype' in str(w.message).lower()]
     assert mismatches == []
+
+
+def test_thought_steps_keep_no_copy_of_the_cache_for_backward():
+    """Without checkpointing, what an extra thought step saves for backward is far smaller than the KV cache:
+    attention reads the cached segments in place instead of saving a fresh concatenation every step."""
+    torch.manual_seed(0)
+    batch, prompt_length, dim, depth = 4, 512, 64, 2
+    model = Coconut(num_reasoning_steps = 1, num_latents_per_step = 2, transformer = dict(num_tokens = NUM_TOKENS, dim = dim, depth = depth, dim_head = 16, heads = 4))
+    prompt = torch.randint(0, NUM_TOKENS, (batch, prompt_length))
+    answer = torch.randint(0, NUM_TOKENS, (batch, 8))
+
+    def saved_bytes(steps):
+        storages = {}
+        def pack(t):
+            storage = t.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(prompt, answer, num_reasoning_steps = steps)
+        return sum(storages.values())
+
+    per_step = (saved_bytes(8) - saved_bytes(4)) / 4
+    whole_cache = depth * 2 * batch * prompt_length * dim * 4   # keys and values of every layer, float32
+    assert per_step < 0.4 * whole_cache, f'{per_step / 1e6:.2f} MB saved per step; the cache is {whole_cache / 1e6:.2f} MB'
