@@ -291,3 +291,18 @@ def test_thought_steps_keep_no_copy_of_the_cache_for_backward():
     per_step = (saved_bytes(8) - saved_bytes(4)) / 4
     whole_cache = depth * 2 * batch * prompt_length * dim * 4   # keys and values of every layer, float32
     assert per_step < 0.4 * whole_cache, f'{per_step / 1e6:.2f} MB saved per step; the cache is {whole_cache / 1e6:.2f} MB'
+
+
+@pytest.mark.parametrize('num_steps', [0, 2])
+def test_long_answers_cross_both_attention_paths(num_steps):
+    """A teacher-forced pass of more than SEGMENTED_QUERY_LIMIT tokens goes through SDPA over the joined cache,
+    token-by-token decoding through attention over segments: the two must agree."""
+    from coconut_pytorch.transformer import SEGMENTED_QUERY_LIMIT
+
+    model = make_model(num_residual_streams = 2, num_latents_per_step = 2)
+    prompt = ragged_prompts()
+    length = SEGMENTED_QUERY_LIMIT + 8
+
+    generated = model.generate(prompt, max_length = length, temperature = 0., num_reasoning_steps = num_steps)
+    logits = model(prompt, generated, return_loss = False, num_reasoning_steps = num_steps).answer_logits
+    assert torch.equal(logits.argmax(dim = -1), generated)
