@@ -29,7 +29,7 @@ from torch.utils.checkpoint import checkpoint as checkpoint_fn
 
 from einops import rearrange, repeat
 
-from coconut_pytorch.inputs import PAD_ID, as_padded_ids, check_reasoning_steps, left_align
+from coconut_pytorch.inputs import PAD_ID, AlignedPrompt, as_padded_ids, check_reasoning_steps, left_align
 from coconut_pytorch.kv_cache import KVCache, join_masks
 from coconut_pytorch.sampling import gumbel_sample, min_p_filter
 from coconut_pytorch.transformer import Transformer, TransformerOutput
@@ -262,10 +262,11 @@ class Coconut(Module):
 
     # inputs
 
-    def prepare(self, prompt, num_reasoning_steps):
-        prompt = as_padded_ids(prompt, 'prompt', self.num_tokens, device = self.device)
-        num_steps, row_steps = check_reasoning_steps(default(num_reasoning_steps, self.num_reasoning_steps), prompt.shape[0], self.device)
-        return prompt, num_steps, row_steps
+    def prepare(self, prompt, num_reasoning_steps) -> tuple[AlignedPrompt, int, Tensor | None]:
+        """Check the prompt and the step counts, and left-align the prompt."""
+        checked = as_padded_ids(prompt, 'prompt', self.num_tokens, device = self.device)
+        num_steps, row_steps = check_reasoning_steps(default(num_reasoning_steps, self.num_reasoning_steps), checked.ids.shape[0], self.device)
+        return left_align(checked.ids, checked.has_padding), num_steps, row_steps
 
     # training and teacher-forced evaluation
 
@@ -288,20 +289,17 @@ class Coconut(Module):
 
         Returns the scalar loss (mean cross-entropy over real answer tokens, plus the weighted <bot> loss).
         """
-        prompt, num_steps, row_steps = self.prepare(prompt, num_reasoning_steps)
-        batch = prompt.shape[0]
+        aligned, num_steps, row_steps = self.prepare(prompt, num_reasoning_steps)
+        batch = aligned.ids.shape[0]
 
         if exists(answer):
-            answer = as_padded_ids(answer, 'answer', self.num_tokens, device = self.device, require_tokens = False)
+            answer = as_padded_ids(answer, 'answer', self.num_tokens, device = self.device, require_tokens = False, require_any_token = return_loss).ids
             if answer.shape[0] != batch:
                 raise ValueError(f'prompt and answer must have the same batch size, got {batch} and {answer.shape[0]}')
-            if return_loss and (answer.shape[-1] == 0 or bool((answer == PAD_ID).all())):
-                raise ValueError('answer has no tokens (empty or all -1 padding); the loss needs at least one answer token')
 
         if return_loss and not exists(answer):
             return_loss = False
 
-        aligned = left_align(prompt)
         reasoned = self.reason(aligned.ids, aligned.mask, num_steps, row_steps)
 
         answer_inputs = answer_mask = None
@@ -405,10 +403,9 @@ class Coconut(Module):
             raise ValueError(f'eos_token_id must be an int in [0, {self.num_tokens}), got {eos_token_id!r}')
 
         filter_kwargs = default(filter_kwargs, {})
-        prompt, num_steps, row_steps = self.prepare(prompt, num_reasoning_steps)
-        batch = prompt.shape[0]
+        aligned, num_steps, row_steps = self.prepare(prompt, num_reasoning_steps)
+        batch = aligned.ids.shape[0]
 
-        aligned = left_align(prompt)
         reasoned = self.reason(aligned.ids, aligned.mask, num_steps, row_steps)
         logits, final = self.finish(reasoned, None, None)
         cache = (final.cache if exists(final) else reasoned.cache).compact()

@@ -19,17 +19,23 @@ PAD_ID = -1
 INTEGER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
+class CheckedIds(NamedTuple):
+    ids: Tensor             # (b, n) long, -1 padded
+    has_padding: bool       # whether any -1 is present (known from the checks, so it costs no extra host sync)
+
+
 def as_padded_ids(
     sequences: Tensor | Sequence[Tensor],
     name: str,
     num_tokens: int,
     device: torch.device | None = None,
-    require_tokens: bool = True
-) -> Tensor:
+    require_tokens: bool = True,
+    require_any_token: bool = False
+) -> CheckedIds:
     """A (b, n) long tensor with -1 padding, after checking dtype, shape and id range.
 
     Raises TypeError for non-integer or non-tensor input and ValueError for wrong shapes, out-of-range ids,
-    an empty batch, or (with `require_tokens`) a row with no real token.
+    an empty batch, a row with no real token (`require_tokens`), or no real token at all (`require_any_token`).
     """
     if isinstance(sequences, (list, tuple)):
         if len(sequences) == 0:
@@ -58,15 +64,17 @@ def as_padded_ids(
         raise TypeError(f'{name} must be a LongTensor (batch, seq) or a list of 1-d LongTensors, got {type(sequences).__name__}')
 
     if sequences.shape[-1] == 0:
-        if require_tokens:
-            raise ValueError(f'{name} is empty; every example needs at least one token')
-        return sequences
+        if require_tokens or require_any_token:
+            raise ValueError(f'{name} is empty; it needs at least one token')
+        return CheckedIds(sequences, False)
 
     # one host sync for all checks
-    lowest, highest, fewest_real = torch.stack((
+    real_per_row = (sequences != PAD_ID).sum(dim = -1)
+    lowest, highest, fewest_real, total_real = torch.stack((
         sequences.amin(),
         sequences.amax(),
-        (sequences != PAD_ID).sum(dim = -1).amin()
+        real_per_row.amin(),
+        real_per_row.sum()
     )).tolist()
 
     if lowest < PAD_ID or highest >= num_tokens:
@@ -75,7 +83,10 @@ def as_padded_ids(
     if require_tokens and fewest_real == 0:
         raise ValueError(f'{name} has an example with no tokens (all padding); every example needs at least one token')
 
-    return sequences
+    if require_any_token and total_real == 0:
+        raise ValueError(f'{name} has no tokens (all -1 padding); at least one is needed')
+
+    return CheckedIds(sequences, lowest == PAD_ID)
 
 
 class AlignedPrompt(NamedTuple):
@@ -84,16 +95,14 @@ class AlignedPrompt(NamedTuple):
     order: Tensor       # (b, n) the column each aligned entry came from, to put per-token outputs back
 
 
-def left_align(ids: Tensor) -> AlignedPrompt:
+def left_align(ids: Tensor, has_padding: bool) -> AlignedPrompt:
     """Move padding to the front of each row, keeping the order of real tokens (a stable sort on the mask)."""
     is_real = ids != PAD_ID
     order = is_real.long().argsort(dim = -1, stable = True)
 
     aligned = ids.gather(-1, order).clamp(min = 0)
-    mask = is_real.gather(-1, order)
-
-    has_padding = not bool(is_real.all())
-    return AlignedPrompt(aligned, mask if has_padding else None, order)
+    mask = is_real.gather(-1, order) if has_padding else None
+    return AlignedPrompt(aligned, mask, order)
 
 
 def check_reasoning_steps(num_reasoning_steps, batch: int, device) -> tuple[int, Tensor | None]:

@@ -60,10 +60,6 @@ class KVCache:
         """Number of key columns, padding included."""
         return sum(self.lengths)
 
-    @property
-    def has_padding(self) -> bool:
-        return any(exists(mask) for mask in self.masks)
-
     def layer(self, index: int) -> tuple[Tensor | None, Tensor | None]:
         """All keys and values of one layer, (b, h, length, d) each, or (None, None) when empty."""
         keys, values = self.keys[index], self.values[index]

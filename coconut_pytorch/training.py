@@ -8,7 +8,6 @@ resumed from its checkpoint continues exactly where it stopped. The optimizer is
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time

@@ -4,7 +4,6 @@ import json
 import random
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ import torch
 from coconut_pytorch import Coconut
 from coconut_pytorch.curriculum import METHODS, Curriculum, collate, encode_at_stage, staged_examples
 from coconut_pytorch.data import Example, WordTokenizer, save_json_examples
-from coconut_pytorch.evaluate import answer_text, evaluate_examples
+from coconut_pytorch.evaluate import answer_text
 from coconut_pytorch.training import TrainConfig, load_trained, train
 
 EXAMPLE = Example(question = 'q1 q2 q3', steps = ['s1 a', 's2 b', 's3 c', 's4 d'], answer = 'ans')
