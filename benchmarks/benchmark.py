@@ -188,14 +188,15 @@ def reset_dynamo():
 
 # compiling Coconut
 
-def compile_coconut(model: Coconut, mode: str):
+def compile_coconut(model: Coconut, mode: str, torch_mode: str | None = None):
     """Compile in place. whole: Coconut.forward (the unrolled thought loop in one graph, generation stays eager);
     transformer: Transformer.forward_with_cache (recompiles per cache layout); blocks: each attention, feedforward
     and hyper-connection (compile time independent of the number of thoughts)."""
+    kwargs = dict(mode = torch_mode) if torch_mode else {}
     if mode == 'whole':
-        model.forward = torch.compile(model.forward)
+        model.forward = torch.compile(model.forward, **kwargs)
     elif mode == 'transformer':
-        model.model.forward_with_cache = torch.compile(model.model.forward_with_cache)
+        model.model.forward_with_cache = torch.compile(model.model.forward_with_cache, **kwargs)
     elif mode == 'blocks':
         for layer in model.model.layers:
             for module in layer:
@@ -241,7 +242,7 @@ def measure_coconut(bench: Bench, run: dict) -> dict:
             prompt = bench.ids(cfg['batch'], cfg['prompt'])
             answer = bench.ids(cfg['batch'], cfg['answer'])
 
-            compile_coconut(model, mode)
+            compile_coconut(model, mode, args.torch_compile_mode if mode != 'eager' else None)
 
             def step():
                 with bench.autocast():
@@ -267,10 +268,17 @@ def measure_coconut(bench: Bench, run: dict) -> dict:
                     with bench.autocast():
                         model.generate(prompt, max_length = args.gen_tokens, temperature = 0.)
 
+                def gen_without_graphs():
+                    with bench.autocast():
+                        model.generate(prompt, max_length = args.gen_tokens, temperature = 0., cuda_graph = False)
+
                 try:
                     gen_times = bench.time_ms(gen, args.gen_runs, 1)
                     result.update(gen_ms = statistics.median(gen_times), gen_ms_all = gen_times, gen_peak_gib = bench.peak_gib(),
-                                  gen_compile = 'eager' if mode == 'whole' else mode)
+                                  gen_compile = 'eager' if mode == 'whole' else mode, gen_cuda_graph = bench.cuda)
+                    if bench.cuda and args.gen_compare:
+                        # the same generation with every step launched eagerly: what the CUDA graphs save
+                        result['gen_ms_no_graph'] = statistics.median(bench.time_ms(gen_without_graphs, args.gen_runs, 1))
                 except Exception as err:
                     if not is_oom(err):
                         raise
@@ -393,7 +401,7 @@ def device_name(bench: Bench) -> str:
     return f'{name} ({torch.get_num_threads()} threads)'
 
 
-HEADER = ['config', 'model', 'S x c', 'ckpt', 'compile', 'step ms', 'tok/s', 'peak GiB', 'x (i)', 'x (ii)', 'gen ms', 'gen tok/s']
+HEADER = ['config', 'model', 'S x c', 'ckpt', 'compile', 'step ms', 'tok/s', 'peak GiB', 'x (i)', 'x (ii)', 'gen ms', 'gen tok/s', 'gen ms, no graphs']
 
 
 def table_rows(records: list[dict]) -> list[list[str]]:
@@ -432,6 +440,7 @@ def table_rows(records: list[dict]) -> list[list[str]]:
                 fmt(ratio_ii, '.2f', '-' if model != 'coconut' else 'n/a'),
                 fmt(gen_ms, '.1f', '-'),
                 fmt(cfg['batch'] * rec['gen_tokens'] / gen_ms * 1e3 if gen_ms else None, ',.0f', '-'),
+                fmt(r.get('gen_ms_no_graph'), '.1f', '-'),
             ])
     for rec in records:  # reset for a second rendering
         for key in ('coconut', 'ceiling_i', 'ceiling_ii'):
@@ -463,8 +472,11 @@ def notes(bench: Bench) -> list[str]:
         'the positions Coconut runs. x (i), x (ii): coconut step time over the ceiling step time (1.00 = as fast).',
         f'step: forward + backward + AdamW{" (fused)" if bench.cuda else ""}, median of {bench.args.steps} after {bench.args.warmup} warm-up; '
         f'{"bf16 autocast" if bench.bf16 else "float32"}; generation: greedy, {bench.args.gen_tokens} new tokens, median of {bench.args.gen_runs}.',
-        'compile: whole = Coconut.forward compiled (generation eager); blocks = each attention / feedforward / hyper-connection '
-        'compiled; a failed compile falls back to eager with a warning. D runs eager unless --compile-mode says otherwise.',
+        'compile: whole = Coconut.forward compiled; blocks = each attention / feedforward / hyper-connection '
+        'compiled; a failed compile falls back to eager with a warning. D runs eager unless --compile-mode says otherwise.'
+        + (f' torch.compile mode: {bench.args.torch_compile_mode}.' if bench.args.torch_compile_mode else ''),
+        'generation is not compiled: the prompt runs eagerly into a static cache, and on CUDA every later step (thoughts, '
+        '<eot>, tokens) replays a CUDA graph; "gen ms, no graphs" (--gen-compare) is the same generation launched eagerly.',
     ]
 
 
@@ -498,6 +510,8 @@ def parse_args(argv = None):
     p.add_argument('--no-compile', dest = 'compile', action = 'store_false')
     p.add_argument('--compile-mode', choices = ('auto', 'whole', 'transformer', 'blocks'), default = 'auto',
                    help = 'how Coconut is compiled; auto: whole for A, B, C, A1 and eager for D')
+    p.add_argument('--torch-compile-mode', default = None, help = 'torch.compile mode for Coconut (e.g. reduce-overhead); default: torch default')
+    p.add_argument('--gen-compare', action = 'store_true', help = 'also time generation without CUDA graphs')
     p.add_argument('--bf16', dest = 'bf16', action = 'store_true', default = None, help = 'bf16 autocast (default on CUDA)')
     p.add_argument('--no-bf16', dest = 'bf16', action = 'store_false')
     p.add_argument('--gen-tokens', type = int, default = 64)
@@ -546,6 +560,7 @@ def main(argv = None):
         bf16 = bench.bf16,
         compile = bench.compile,
         compile_mode = args.compile_mode,
+        torch_compile_mode = args.torch_compile_mode,
         steps = args.steps,
         warmup = args.warmup,
         small = args.small,
@@ -561,7 +576,8 @@ def main(argv = None):
               f'S {cfg["steps"]} x c {cfg["latents"]} streams {cfg["streams"]} ckpt {run["checkpoint"]}', flush = True)
         coconut = measure_coconut(bench, run)
         print(f'  coconut: {coconut["status"]} {coconut.get("compile")} step {fmt(coconut.get("step_ms"), ".1f")} ms '
-              f'(first {fmt(coconut.get("first_step_s"), ".1f")} s) peak {fmt(coconut.get("peak_gib"), ".2f")} GiB gen {fmt(coconut.get("gen_ms"), ".1f")} ms', flush = True)
+              f'(first {fmt(coconut.get("first_step_s"), ".1f")} s) peak {fmt(coconut.get("peak_gib"), ".2f")} GiB gen {fmt(coconut.get("gen_ms"), ".1f")} ms'
+              f' (without CUDA graphs {fmt(coconut.get("gen_ms_no_graph"), ".1f")} ms)', flush = True)
 
         ceiling_i = ceiling_ii = None
         if not args.no_ceilings:

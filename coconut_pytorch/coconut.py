@@ -18,6 +18,7 @@ Shapes: b batch, n prompt length, m answer length, c latents per step, S steps, 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from numbers import Integral
 from typing import Callable, NamedTuple, Sequence
 
@@ -29,10 +30,11 @@ from torch.utils.checkpoint import checkpoint as checkpoint_fn
 
 from einops import rearrange, repeat
 
+from coconut_pytorch.decoding import DecodeGraphs
 from coconut_pytorch.inputs import PAD_ID, AlignedPrompt, as_padded_ids, check_reasoning_steps, left_align
-from coconut_pytorch.kv_cache import KVCache, join_masks
+from coconut_pytorch.kv_cache import KVCache, StaticKVCache, join_masks
 from coconut_pytorch.sampling import gumbel_sample, min_p_filter
-from coconut_pytorch.transformer import Transformer, TransformerOutput
+from coconut_pytorch.transformer import Transformer, TransformerOutput, autocast_dtype
 
 
 def exists(v) -> bool:
@@ -142,6 +144,15 @@ class Coconut(Module):
         self.begin_thought_loss_weight = begin_thought_loss_weight
         self.to_begin_thought_logit = nn.Linear(dim, 1) if learn_begin_of_thought else None
 
+        # static caches with their captured decode graphs, reused by later generate calls of the same shapes
+        self.graphed_caches: OrderedDict[tuple, StaticKVCache] = OrderedDict()
+
+    def __getstate__(self):
+        # CUDA graphs cannot be copied or pickled; a copy captures its own
+        state = self.__dict__.copy()
+        state['graphed_caches'] = OrderedDict()
+        return state
+
     @property
     def device(self) -> torch.device:
         return self.end_of_thought.device
@@ -159,7 +170,9 @@ class Coconut(Module):
 
     # the latent recurrence, written once for training, evaluation, generation and hypotheses
 
-    def reason(self, prompt: Tensor, prompt_mask: Tensor | None, num_steps: int, row_steps: Tensor | None) -> Reasoned:
+    def reason(self, prompt: Tensor, prompt_mask: Tensor | None, num_steps: int, row_steps: Tensor | None, cache: StaticKVCache | None = None) -> Reasoned:
+        """The prompt, <bot> and the thought steps. `cache`: an empty static cache to run into (generation), else a
+        fresh segment cache is built."""
         batch, prompt_length, c, hyps = *prompt.shape, self.num_latents_per_step, self.num_hypotheses
         device = prompt.device
         has_thoughts = (row_steps > 0) if exists(row_steps) else None
@@ -172,7 +185,7 @@ class Coconut(Module):
             return (row_steps >= step) if exists(row_steps) else None
 
         if num_steps == 0:
-            out = self.run([prompt], prompt_mask, None)
+            out = self.run([prompt], prompt_mask, cache)
             return Reasoned(out.cache, [], None, [], out.hiddens, has_thoughts)
 
         eot = repeat(self.end_of_thought, 'd -> b 1 d', b = batch)
@@ -188,7 +201,7 @@ class Coconut(Module):
             segments += [(pauses, used_by(at_step(step), c)) for step in range(1, num_steps + 1)]
 
             mask = join_masks([(m, t.shape[1]) for t, m in segments], batch, device)
-            out = self.run([t for t, _ in segments], mask, None)
+            out = self.run([t for t, _ in segments], mask, cache)
             return Reasoned(out.cache, [eot], eot_mask, [], out.hiddens[:, :prompt_length], has_thoughts)
 
         # continuous thoughts: step 1 reads the hidden states at <bot>, each later step those of the step before
@@ -197,9 +210,11 @@ class Coconut(Module):
         bot_mask = used_by(has_thoughts, c, hyps)
 
         if hyps == 1:
-            out = self.run([prompt, bot], join_masks([(prompt_mask, prompt_length), (bot_mask, c)], batch, device), None)
+            out = self.run([prompt, bot], join_masks([(prompt_mask, prompt_length), (bot_mask, c)], batch, device), cache)
             prompt_hiddens = out.hiddens[:, :-c]
         else:
+            if exists(cache):
+                raise ValueError('a static cache cannot hold hypotheses; load it from the reasoned segment cache instead')
             # hypotheses share the prompt's cache and think as a batch of b x H rows, each from its own <bot>
             prompt_out = self.run([prompt], prompt_mask, None)
             prompt_hiddens = prompt_out.hiddens
@@ -381,9 +396,14 @@ class Coconut(Module):
         filter_kwargs: dict | None = None,
         eos_token_id: int | None = None,
         num_reasoning_steps: int | Tensor | None = None,
-        generator: torch.Generator | None = None
+        generator: torch.Generator | None = None,
+        cuda_graph: bool | None = None
     ) -> Tensor:
-        """Think, then decode up to `max_length` tokens with the KV cache.
+        """Think, then decode up to `max_length` tokens.
+
+        The prompt runs once into a preallocated cache; every thought step, <eot> and each new token then writes
+        into it in place. On CUDA those steps are captured as CUDA graphs and replayed (`cuda_graph`, default on
+        for CUDA); the cache and its graphs are kept for later calls of the same batch size and cache length.
 
         Args:
             prompt: (b, n) ids with -1 padding, or a list of 1-d id tensors of any lengths.
@@ -393,6 +413,7 @@ class Coconut(Module):
             eos_token_id: rows that emit it stop; their later positions are -1.
             num_reasoning_steps: overrides the default; an int or a (b,) tensor.
             generator: a torch.Generator for reproducible sampling.
+            cuda_graph: replay decoding steps as CUDA graphs; None = on when the model is on a CUDA device.
 
         Returns (b, max_length) token ids.
         """
@@ -401,14 +422,27 @@ class Coconut(Module):
             raise ValueError(f'temperature must be a number >= 0, got {temperature!r}')
         if exists(eos_token_id) and not (isinstance(eos_token_id, int) and 0 <= eos_token_id < self.num_tokens):
             raise ValueError(f'eos_token_id must be an int in [0, {self.num_tokens}), got {eos_token_id!r}')
+        if cuda_graph and self.device.type != 'cuda':
+            raise ValueError(f'cuda_graph = True needs the model on a CUDA device, it is on {self.device}')
 
         filter_kwargs = default(filter_kwargs, {})
-        aligned, num_steps, row_steps = self.prepare(prompt, num_reasoning_steps)
-        batch = aligned.ids.shape[0]
+        cuda_graph = default(cuda_graph, self.device.type == 'cuda')
 
-        reasoned = self.reason(aligned.ids, aligned.mask, num_steps, row_steps)
-        logits, final = self.finish(reasoned, None, None)
-        cache = (final.cache if exists(final) else reasoned.cache).compact()
+        aligned, num_steps, row_steps = self.prepare(prompt, num_reasoning_steps)
+        batch, prompt_length = aligned.ids.shape
+
+        # everything the sequence can hold: prompt, H streams of <bot> and thoughts, <eot>, the new tokens
+        thought_columns = self.num_hypotheses * self.num_latents_per_step * (num_steps + 1) + 1 if num_steps > 0 else 0
+        cache = self.static_cache(batch, prompt_length + thought_columns + max_length, cuda_graph)
+
+        if self.num_hypotheses == 1:
+            reasoned = self.reason(aligned.ids, aligned.mask, num_steps, row_steps, cache = cache)
+        else:
+            reasoned = self.reason(aligned.ids, aligned.mask, num_steps, row_steps)
+            cache.load(reasoned.cache)
+            reasoned = reasoned._replace(cache = cache)
+
+        logits, _ = self.finish(reasoned, None, None)
 
         sample = lambda logits: gumbel_sample(filter_fn(logits, **filter_kwargs) if temperature > 0 else logits, temperature, generator = generator)
 
@@ -427,9 +461,33 @@ class Coconut(Module):
             if index == max_length - 1:
                 break
 
-            out = self.model.forward_with_cache([token[:, None]], cache = cache)
-            # tokens are read segment by segment; joining them now and then keeps the segment count small
-            cache = out.cache.compact() if len(out.cache.lengths) > 16 else out.cache
-            logits = self.model.to_logits(out.hiddens)
+            hiddens, _ = self.model.forward_with_cache([token[:, None]], cache = cache)
+            logits = self.model.to_logits(hiddens)
 
         return tokens
+
+    def static_cache(self, batch: int, length: int, cuda_graph: bool) -> StaticKVCache:
+        """An empty static cache for `length` columns; with `cuda_graph`, one (with its graphs) reused across calls."""
+        model = self.model
+        dtype = autocast_dtype(self.device.type, default = model.token_emb.weight.dtype)
+        # lengths round up, so prompts of similar lengths share a cache and its graphs
+        capacity = -(-length // 64) * 64
+        shape = (batch, model.depth, model.heads, model.dim_head, capacity, dtype, self.device)
+
+        if not cuda_graph:
+            return StaticKVCache(*shape)
+
+        # graphs read parameters and buffers at fixed addresses: moving or recasting the model must not reuse them
+        key = (*shape, self.training, tuple(p.data_ptr() for p in self.parameters()))
+        cache = self.graphed_caches.pop(key, None)
+
+        if exists(cache):
+            cache.reset()
+        else:
+            cache = StaticKVCache(*shape)
+            cache.graphs = DecodeGraphs(model, cache)
+
+        self.graphed_caches[key] = cache
+        while len(self.graphed_caches) > 4:
+            self.graphed_caches.popitem(last = False)
+        return cache

@@ -1,4 +1,4 @@
-"""The key/value cache shared by the thought recurrence and generation.
+"""The key/value caches: a segment cache for the thought recurrence (training and evaluation), a static one for generation.
 
 A `KVCache` is immutable: `append` returns a new cache. Keys and values are kept as a list of segments, one per
 forward call (the prompt, each thought step, the answer, each generated token), and joined only when attention
@@ -13,7 +13,7 @@ Shapes: b batch, h heads, n tokens of a segment, d dim_head.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -90,22 +90,6 @@ class KVCache:
             next_position = self.next_position + added
         )
 
-    def compact(self) -> KVCache:
-        """The same cache as a single segment; cheaper to read when many segments accumulated (generation)."""
-        if len(self.lengths) <= 1:
-            return self
-
-        keys, values = zip(*[self.layer(index) for index in range(len(self.keys))])
-        key_mask = self.key_mask()
-
-        return replace(
-            self,
-            keys = tuple((k,) for k in keys),
-            values = tuple((v,) for v in values),
-            masks = (key_mask,),
-            lengths = (self.length,)
-        )
-
     def repeat_batch(self, times: int) -> KVCache:
         """Each row repeated `times` times in place, (b ...) -> (b times ...): hypotheses share one prompt cache."""
         expand = lambda t: repeat(t, 'b ... -> (b r) ...', r = times)
@@ -150,3 +134,83 @@ class KVCache:
             # every hypothesis advanced by the same number of real tokens, so any row's position serves
             next_position = take_first(self.next_position)
         )
+
+
+class StaticKVCache:
+    """A preallocated, mutable cache for inference: every call writes its keys and values in place.
+
+    Generation appends one token at a time; with fixed buffers every step has the same shapes and addresses, so a
+    step can be captured once as a CUDA graph and replayed (`coconut_pytorch.decoding`). The write position lives
+    on the device (`write_index`), so a replayed graph advances it without the host; `length` mirrors it on the host.
+
+    Columns not yet written, and padding, are False in `key_mask` and never attended to.
+    Not for training: in-place writes would break autograd through earlier steps.
+    """
+
+    def __init__(self, batch: int, depth: int, heads: int, dim_head: int, capacity: int, dtype: torch.dtype, device = None):
+        shape = (batch, heads, capacity, dim_head)
+        self.keys = [torch.zeros(shape, dtype = dtype, device = device) for _ in range(depth)]
+        self.values = [torch.zeros(shape, dtype = dtype, device = device) for _ in range(depth)]
+        self.key_mask = torch.zeros((batch, capacity), dtype = torch.bool, device = device)
+        self.write_index = torch.zeros((1,), dtype = torch.long, device = device)
+        self.next_position = torch.zeros((batch,), dtype = torch.long, device = device)
+        self.length = 0
+        self.graphs = None      # a `DecodeGraphs` captured against these buffers, if any
+
+    @property
+    def batch(self) -> int:
+        return self.key_mask.shape[0]
+
+    @property
+    def capacity(self) -> int:
+        return self.key_mask.shape[1]
+
+    def reset(self):
+        """Empty again, keeping the buffers (and so any graph captured against them)."""
+        self.key_mask.zero_()
+        self.write_index.zero_()
+        self.next_position.zero_()
+        self.length = 0
+
+    def check_room(self, num_new: int):
+        if self.length + num_new > self.capacity:
+            raise ValueError(f'static cache holds {self.capacity} columns; {self.length} are used and {num_new} more were asked for')
+
+    def write(self, layer: int, keys: Tensor, values: Tensor):
+        """Write one layer's new keys and values (b, h, n, d) at the current write position."""
+        columns = self.write_index + torch.arange(keys.shape[-2], device = keys.device)
+        self.keys[layer].index_copy_(2, columns, keys.to(self.keys[layer].dtype))
+        self.values[layer].index_copy_(2, columns, values.to(self.values[layer].dtype))
+
+    def advance(self, mask: Tensor, num_new: int):
+        """Mark `num_new` columns written (mask (b, n) bool, False = padding) and move the write position past them."""
+        columns = self.write_index + torch.arange(num_new, device = mask.device)
+        self.key_mask.index_copy_(1, columns, mask)
+        self.next_position.add_(mask.long().sum(dim = -1))
+        self.write_index.add_(num_new)
+
+    def snapshot(self) -> tuple[Tensor, Tensor, Tensor, int]:
+        return self.key_mask.clone(), self.write_index.clone(), self.next_position.clone(), self.length
+
+    def restore(self, state: tuple[Tensor, Tensor, Tensor, int]):
+        key_mask, write_index, next_position, self.length = state
+        self.key_mask.copy_(key_mask)
+        self.write_index.copy_(write_index)
+        self.next_position.copy_(next_position)
+
+    def load(self, cache: KVCache):
+        """Take over everything in a segment cache (the prefill of a path the static cache does not run)."""
+        self.reset()
+        self.check_room(cache.length)
+        length = cache.length
+
+        for index in range(len(self.keys)):
+            keys, values = cache.layer(index)
+            self.keys[index][:, :, :length].copy_(keys)
+            self.values[index][:, :, :length].copy_(values)
+
+        key_mask = cache.key_mask()
+        self.key_mask[:, :length] = key_mask if exists(key_mask) else True
+        self.write_index.fill_(length)
+        self.next_position.copy_(cache.next_position)
+        self.length = length

@@ -15,7 +15,7 @@ Shapes: b batch, n new tokens, k all keys (cache + new), h heads, d dim_head, s 
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,7 @@ from einops import rearrange
 from hyper_connections import get_init_and_expand_reduce_stream_functions
 from x_transformers.x_transformers import RotaryEmbedding, rotate_half
 
-from coconut_pytorch.kv_cache import KVCache
+from coconut_pytorch.kv_cache import KVCache, StaticKVCache
 
 
 def exists(v) -> bool:
@@ -124,17 +124,8 @@ class Attention(Module):
         # value residual learning: later layers mix in the first layer's values, per token and head
         self.to_value_residual_mix = nn.Linear(dim, heads) if learned_value_residual_mix else None
 
-    def forward(
-        self,
-        x: Tensor,                          # (b, n, D)
-        *,
-        rotary: tuple[Tensor, Tensor],      # cos, sin (b, 1, n, d) of the new tokens' positions
-        past_keys: tuple[Tensor, ...],      # cached segments, each (b, h, n_i, d), rotary applied
-        past_values: tuple[Tensor, ...],
-        mask: Tensor | None,                # (b or 1, 1, n, k) bool
-        is_causal: bool,
-        first_values: Tensor | None = None  # (b, h, n, d), the first layer's values of these tokens
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def project(self, x: Tensor, rotary: tuple[Tensor, Tensor], first_values: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Queries, keys and values (b, h, n, d) of new tokens with rotary applied, and the values before the mix."""
         normed = self.norm(x)
         q, k, v = rearrange(self.to_qkv(normed), 'b n (qkv h d) -> qkv b h n d', qkv = 3, h = self.heads)
 
@@ -147,6 +138,20 @@ class Attention(Module):
         cos, sin = rotary
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
+        return q, k, v, raw_values
+
+    def forward(
+        self,
+        x: Tensor,                          # (b, n, D)
+        *,
+        rotary: tuple[Tensor, Tensor],      # cos, sin (b, 1, n, d) of the new tokens' positions
+        past_keys: tuple[Tensor, ...],      # cached segments, each (b, h, n_i, d), rotary applied
+        past_values: tuple[Tensor, ...],
+        mask: Tensor | None,                # (b or 1, 1, n, k) bool
+        is_causal: bool,
+        first_values: Tensor | None = None  # (b, h, n, d), the first layer's values of these tokens
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        q, k, v, raw_values = self.project(x, rotary, first_values)
 
         # contiguous once here, so attention over the cache later reads these segments without copying them
         k, v = k.contiguous(), v.contiguous()
@@ -156,21 +161,47 @@ class Attention(Module):
             # the first segment (the prompt) is read in place; the short segments after it are joined, which is cheap
             keys = (past_keys[0], torch.cat((*past_keys[1:], k), dim = -2))
             values = (past_values[0], torch.cat((*past_values[1:], v), dim = -2))
-            out = segmented_attention(q, keys, values, mask)
+            out = rearrange(segmented_attention(q, keys, values, mask), 'b h n d -> b n (h d)')
         else:
             if len(past_keys) > 0:
                 k = torch.cat((*past_keys, k), dim = -2)
                 v = torch.cat((*past_values, v), dim = -2)
 
-            out = F.scaled_dot_product_attention(
-                q, k, v,
-                attn_mask = mask,
-                is_causal = is_causal,
-                dropout_p = self.dropout if self.training else 0.
-            )
+            out = self.attend(q, k, v, mask, is_causal)
 
-        out = rearrange(out, 'b h n d -> b n (h d)')
         return self.to_out(out), new_keys, new_values, raw_values
+
+    def forward_static(
+        self,
+        x: Tensor,                          # (b, n, D)
+        *,
+        rotary: tuple[Tensor, Tensor],
+        cache: StaticKVCache,
+        layer_index: int,
+        mask: Tensor | None,                # (b, 1, n, capacity) over the cache after this write; for a first
+        is_causal: bool,                    # write into an empty cache, (b or 1, 1, n, n) over the new tokens
+        first_values: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Attention that writes its keys and values into a static cache and reads the whole buffer."""
+        q, k, v, raw_values = self.project(x, rotary, first_values)
+        cache.write(layer_index, k, v)
+
+        if cache.length == 0:
+            # the prefill attends to its own keys only, so it keeps the flash kernel
+            out = self.attend(q, k, v, mask, is_causal)
+        else:
+            out = self.attend(q, cache.keys[layer_index], cache.values[layer_index], mask, False)
+
+        return self.to_out(out), raw_values
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool) -> Tensor:
+        out = F.scaled_dot_product_attention(
+            q, k.to(q.dtype), v.to(q.dtype),
+            attn_mask = mask,
+            is_causal = is_causal,
+            dropout_p = self.dropout if self.training else 0.
+        )
+        return rearrange(out, 'b h n d -> b n (h d)')
 
 
 class FeedForward(Module):
@@ -310,58 +341,116 @@ class Transformer(Module):
         inputs: Tensor | Sequence[Tensor],
         *,
         mask: Tensor | None = None,
-        cache: KVCache | None = None
+        cache: KVCache | StaticKVCache | None = None
     ) -> TransformerOutput:
         """Run new tokens against a cache.
 
         Args:
             inputs: ids (b, n) and/or embeddings (b, n, D), alone or in a list concatenated along n.
             mask: (b, n) bool, False marks padding among the new tokens; None means all real.
-            cache: what came before; None for a fresh sequence.
+            cache: what came before; None for a fresh sequence. A `KVCache` is extended into a new one; a
+                `StaticKVCache` (inference) is written in place and returned.
 
         Returns the final-normed hidden states of the new tokens and the extended cache.
         """
         x = self.embed(inputs)
+        if isinstance(cache, StaticKVCache):
+            # after the prefill, a step of fixed shape: replay its CUDA graph when the cache has them
+            if exists(cache.graphs) and cache.length > 0:
+                return TransformerOutput(cache.graphs.step(x, mask), cache)
+            return TransformerOutput(self.forward_static(x, mask, cache), cache)
+
         batch, seq_len = x.shape[:2]
         if not exists(cache):
             cache = self.empty_cache(batch)
 
-        # positions count real tokens only, so padding anywhere shifts nothing
-        if exists(mask):
-            positions = cache.next_position[:, None] + mask.long().cumsum(dim = -1) - 1
-            positions = positions.clamp(min = 0)
-        else:
-            positions = cache.next_position[:, None] + torch.arange(seq_len, device = x.device)
-
-        # cos and sin once per call, shared by every layer, in the compute dtype (no float32 round trip per layer)
-        freqs, _ = self.rotary(positions)
-        compute_dtype = autocast_dtype(x.device.type, default = x.dtype)
-        freqs = rearrange(freqs, 'b n d -> b 1 n d')
-        rotary = (freqs.cos().to(compute_dtype), freqs.sin().to(compute_dtype))
+        rotary = self.rotary_for(cache.next_position, mask, seq_len, x)
 
         key_mask = cache.key_mask_with(mask, seq_len)
-        num_keys = cache.length + seq_len
-        attn_mask = attention_mask(key_mask, seq_len, num_keys, x.device)
+        attn_mask = attention_mask(key_mask, seq_len, cache.length + seq_len, x.device)
         is_causal = not exists(attn_mask) and cache.length == 0 and seq_len > 1
 
-        x = self.expand_streams(x)
-
         new_keys, new_values = [], []
-        first_values = None
 
-        for layer_index, (attn_hyper_conn, attn, ff_hyper_conn, ff) in enumerate(self.layers):
-            past_keys, past_values = cache.keys[layer_index], cache.values[layer_index]
-
-            branch_input, add_attn_residual = attn_hyper_conn(x)
-            attn_out, keys, values, raw_values = attn(
+        def attend(layer_index: int, attn: Attention, branch_input: Tensor, first_values: Tensor | None):
+            out, keys, values, raw_values = attn(
                 branch_input,
                 rotary = rotary,
-                past_keys = past_keys,
-                past_values = past_values,
+                past_keys = cache.keys[layer_index],
+                past_values = cache.values[layer_index],
                 mask = attn_mask,
                 is_causal = is_causal,
                 first_values = first_values
             )
+            new_keys.append(keys)
+            new_values.append(values)
+            return out, raw_values
+
+        hiddens = self.run_layers(x, attend)
+        return TransformerOutput(hiddens, cache.append(new_keys, new_values, mask, seq_len))
+
+    def forward_static(self, x: Tensor, mask: Tensor | None, cache: StaticKVCache) -> Tensor:
+        """Embeddings (b, n, D) through the layers against a static cache, written in place; returns the hiddens.
+
+        Free of host syncs and of shapes that depend on the cache's contents, so a step can be graph-captured.
+        """
+        seq_len = x.shape[1]
+        cache.check_room(seq_len)
+        new_mask = mask if exists(mask) else torch.ones(x.shape[:2], dtype = torch.bool, device = x.device)
+
+        rotary = self.rotary_for(cache.next_position, mask, seq_len, x)
+
+        if cache.length == 0:
+            attn_mask = attention_mask(mask, seq_len, seq_len, x.device)
+            is_causal = not exists(attn_mask) and seq_len > 1
+        else:
+            # the new queries see every real column written before them and themselves, causally among the new
+            columns = torch.arange(cache.capacity, device = x.device)
+            query_columns = cache.write_index + torch.arange(seq_len, device = x.device)         # (n,)
+            causal = columns[None, :] <= query_columns[:, None]                                 # (n, C)
+            written = cache.key_mask.index_copy(1, query_columns, new_mask)                      # (b, C)
+            diagonal = columns[None, :] == query_columns[:, None]
+            attn_mask = rearrange((causal & rearrange(written, 'b c -> b 1 c')) | diagonal, 'b n c -> b 1 n c')
+            is_causal = False
+
+        def attend(layer_index: int, attn: Attention, branch_input: Tensor, first_values: Tensor | None):
+            return attn.forward_static(
+                branch_input,
+                rotary = rotary,
+                cache = cache,
+                layer_index = layer_index,
+                mask = attn_mask,
+                is_causal = is_causal,
+                first_values = first_values
+            )
+
+        hiddens = self.run_layers(x, attend)
+        cache.advance(new_mask, seq_len)
+        cache.length += seq_len
+        return hiddens
+
+    def rotary_for(self, next_position: Tensor, mask: Tensor | None, seq_len: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        """cos and sin (b, 1, n, d) of the new tokens, once per call and shared by every layer, in the compute dtype
+        (no float32 round trip per layer). Positions count real tokens only, so padding anywhere shifts nothing."""
+        if exists(mask):
+            positions = (next_position[:, None] + mask.long().cumsum(dim = -1) - 1).clamp(min = 0)
+        else:
+            positions = next_position[:, None] + torch.arange(seq_len, device = x.device)
+
+        freqs, _ = self.rotary(positions)
+        compute_dtype = autocast_dtype(x.device.type, default = x.dtype)
+        freqs = rearrange(freqs, 'b n d -> b 1 n d')
+        return freqs.cos().to(compute_dtype), freqs.sin().to(compute_dtype)
+
+    def run_layers(self, x: Tensor, attend: Callable) -> Tensor:
+        """The residual streams through every block; `attend(layer_index, attn, branch_input, first_values)`
+        runs one attention against whichever cache the caller holds and returns (output, raw values)."""
+        x = self.expand_streams(x)
+        first_values = None
+
+        for layer_index, (attn_hyper_conn, attn, ff_hyper_conn, ff) in enumerate(self.layers):
+            branch_input, add_attn_residual = attn_hyper_conn(x)
+            attn_out, raw_values = attend(layer_index, attn, branch_input, first_values)
             x = add_attn_residual(attn_out)
 
             if layer_index == 0 and self.value_residual:
@@ -370,13 +459,8 @@ class Transformer(Module):
             branch_input, add_ff_residual = ff_hyper_conn(x)
             x = add_ff_residual(ff(branch_input))
 
-            new_keys.append(keys)
-            new_values.append(values)
-
         x = self.reduce_streams(x)
-        hiddens = self.final_norm(x)
-
-        return TransformerOutput(hiddens, cache.append(new_keys, new_values, mask, seq_len))
+        return self.final_norm(x)
 
     def forward(
         self,

@@ -4,10 +4,13 @@ Each compares two computations that must agree exactly (up to float64 rounding):
 cached vs recomputed, batched vs alone, checkpointed vs plain, generated vs teacher-forced.
 """
 
+import copy
+
 import pytest
 import torch
 
 from coconut_pytorch import Coconut, Transformer
+from coconut_pytorch.kv_cache import StaticKVCache
 
 TOL = dict(atol = 1e-8, rtol = 1e-8)
 NUM_TOKENS = 32
@@ -306,3 +309,61 @@ def test_long_answers_cross_both_attention_paths(num_steps):
     generated = model.generate(prompt, max_length = length, temperature = 0., num_reasoning_steps = num_steps)
     logits = model(prompt, generated, return_loss = False, num_reasoning_steps = num_steps).answer_logits
     assert torch.equal(logits.argmax(dim = -1), generated)
+
+
+# static cache and CUDA graphs
+
+def test_static_cache_steps_equal_one_pass():
+    # the static cache's prefill, thought-like embedding steps and padded steps give the logits of one pass
+    torch.manual_seed(0)
+    model = Transformer(num_tokens = 50, dim = 32, depth = 2, heads = 2, dim_head = 16, num_residual_streams = 2).double()
+    ids = torch.randint(0, 50, (3, 12))
+    mask = torch.ones(3, 12, dtype = torch.bool)
+    mask[0, 2:4] = False        # padding inside the prompt
+    mask[1, 9] = False          # and inside a later step
+
+    full = model(ids, mask = mask)
+
+    cache = StaticKVCache(3, 2, 2, 16, capacity = 20, dtype = torch.float64)
+    logits = []
+    for start, end in ((0, 6), (6, 7), (7, 10), (10, 12)):
+        out = model(ids[:, start:end], mask = mask[:, start:end], cache = cache)
+        logits.append(out)
+
+    stepped = torch.cat(logits, dim = 1)
+    assert torch.allclose(stepped[mask], full[mask], atol = 1e-9)
+    assert cache.length == 12 and int(cache.write_index) == 12
+    assert torch.equal(cache.next_position, mask.sum(dim = -1))
+
+    with pytest.raises(ValueError, match = 'static cache holds 20 columns'):
+        model(torch.randint(0, 50, (3, 9)), cache = cache)
+
+
+def test_generate_keeps_no_graph_state_on_cpu_and_copies():
+    model = Coconut(num_reasoning_steps = 2, transformer = dict(num_tokens = 20, dim = 16, depth = 1, heads = 2, dim_head = 8))
+    model.generate(torch.randint(0, 20, (2, 5)), max_length = 3, temperature = 0.)
+    assert len(model.graphed_caches) == 0
+    copy.deepcopy(model)
+    with pytest.raises(ValueError, match = 'cuda_graph'):
+        model.generate(torch.randint(0, 20, (2, 5)), max_length = 3, cuda_graph = True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason = 'needs CUDA')
+@pytest.mark.parametrize('hypotheses', (1, 2))
+def test_cuda_graph_generation_equals_eager(hypotheses):
+    torch.manual_seed(0)
+    model = Coconut(num_reasoning_steps = 3, num_latents_per_step = 2, num_hypotheses = hypotheses,
+                    transformer = dict(num_tokens = 64, dim = 64, depth = 2, heads = 4, dim_head = 16)).cuda().eval()
+    prompts = [torch.randint(0, 64, (n,)) for n in (7, 12, 3)]
+    steps = torch.tensor([3, 0, 2])
+
+    eager = model.generate(prompts, max_length = 20, temperature = 0., num_reasoning_steps = steps, cuda_graph = False)
+    graphed = model.generate(prompts, max_length = 20, temperature = 0., num_reasoning_steps = steps, cuda_graph = True)
+    again = model.generate(prompts, max_length = 20, temperature = 0., num_reasoning_steps = steps, cuda_graph = True)
+
+    assert torch.equal(eager, graphed) and torch.equal(graphed, again)
+    assert len(model.graphed_caches) == 1
+
+    with torch.autocast('cuda', dtype = torch.bfloat16):
+        bf16 = model.generate(prompts, max_length = 20, temperature = 0., num_reasoning_steps = steps)
+    assert bf16.shape == eager.shape and len(model.graphed_caches) == 2

@@ -1,0 +1,88 @@
+"""Decoding steps captured as CUDA graphs.
+
+A generated token (or a thought, or the <eot> marker) is a forward pass over one or a few positions: on a GPU its
+time goes to launching hundreds of small kernels (attention, feedforward, hyper-connection mixing per layer), not to
+computing them. Against a `StaticKVCache` every such step has fixed shapes and buffer addresses, so it is captured
+once as a CUDA graph and replayed: one launch per step instead of hundreds.
+
+`DecodeGraphs` is attached to a static cache (`cache.graphs`); `Transformer.forward_with_cache` then replays a graph
+for every call after the prefill. Graphs are captured per number of new positions and per autocast state.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from coconut_pytorch.kv_cache import StaticKVCache
+
+
+def exists(v) -> bool:
+    return v is not None
+
+
+def autocast_key(device_type: str) -> tuple:
+    enabled = torch.is_autocast_enabled(device_type) if device_type == 'cuda' else False
+    return (enabled, torch.get_autocast_dtype(device_type) if enabled else None)
+
+
+class DecodeGraphs:
+    """CUDA graphs of `transformer.forward_static` against one static cache.
+
+    Args:
+        transformer: the `Transformer` whose steps are captured.
+        cache: the `StaticKVCache` they read and write; the graphs are valid for its buffers only.
+        warmup: eager runs before each capture (lazy initialisation inside kernels must not happen during capture).
+    """
+
+    def __init__(self, transformer, cache: StaticKVCache, warmup: int = 2):
+        self.transformer = transformer
+        self.cache = cache
+        self.warmup = warmup
+        self.pool = None
+        self.captured: dict[tuple, tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]] = {}
+
+    def step(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """x (b, n, D) through the transformer against the cache, by replaying a graph; returns hiddens (b, n, D)."""
+        num_new = x.shape[1]
+        self.cache.check_room(num_new)
+
+        key = (num_new, x.dtype, autocast_key(x.device.type))
+        if key not in self.captured:
+            self.captured[key] = self.capture(x)
+
+        graph, static_x, static_mask, static_hiddens = self.captured[key]
+        static_x.copy_(x)
+        if exists(mask):
+            static_mask.copy_(mask)
+        else:
+            static_mask.fill_(True)
+
+        graph.replay()
+        self.cache.length += num_new
+        # the output buffer is overwritten by the next replay; callers keep thoughts across steps
+        return static_hiddens.clone()
+
+    def capture(self, x: Tensor) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]:
+        cache, transformer = self.cache, self.transformer
+        static_x = torch.zeros_like(x)
+        static_mask = torch.ones(x.shape[:2], dtype = torch.bool, device = x.device)
+
+        # warm-up and capture run the step, which writes the cache: put its state back after each
+        state = cache.snapshot()
+
+        side_stream = torch.cuda.Stream(device = x.device)
+        side_stream.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side_stream):
+            for _ in range(self.warmup):
+                transformer.forward_static(static_x, static_mask, cache)
+                cache.restore(state)
+        torch.cuda.current_stream(x.device).wait_stream(side_stream)
+
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool = self.pool):
+            static_hiddens = transformer.forward_static(static_x, static_mask, cache)
+        cache.restore(state)
+
+        self.pool = graph.pool()
+        return graph, static_x, static_mask, static_hiddens
