@@ -508,8 +508,8 @@ def parse_args(argv = None):
     p.add_argument('--warmup', type = int, default = 3, help = 'warm-up steps (compilation happens here)')
     p.add_argument('--compile', dest = 'compile', action = 'store_true', default = None, help = 'torch.compile (default on CUDA)')
     p.add_argument('--no-compile', dest = 'compile', action = 'store_false')
-    p.add_argument('--compile-mode', choices = ('auto', 'whole', 'transformer', 'blocks'), default = 'auto',
-                   help = 'how Coconut is compiled; auto: whole for A, B, C, A1 and eager for D')
+    p.add_argument('--compile-mode', choices = ('auto', 'whole', 'transformer', 'blocks', 'eager'), default = 'auto',
+                   help = 'how Coconut is compiled; auto: whole for A, B, C, A1 and eager for D; eager: not compiled (ceilings still are)')
     p.add_argument('--torch-compile-mode', default = None, help = 'torch.compile mode for Coconut (e.g. reduce-overhead); default: torch default')
     p.add_argument('--gen-compare', action = 'store_true', help = 'also time generation without CUDA graphs')
     p.add_argument('--bf16', dest = 'bf16', action = 'store_true', default = None, help = 'bf16 autocast (default on CUDA)')
