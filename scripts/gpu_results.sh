@@ -2,6 +2,7 @@
 # Issue 3's GPU results, one run after another on one GPU (processes sharing a GPU are time-sliced: far slower),
 # each with its own training time budget, then each checkpoint evaluated.
 #   bash scripts/gpu_results.sh OUT_DIR SUITE [BUDGET_SCALE]      SUITE: prosqa | mult
+#   ONLY="prosqa_pause mult5_no_cot" bash scripts/gpu_results.sh OUT all    # only the named runs
 #   SMOKE=1 bash scripts/gpu_results.sh /tmp/smoke prosqa 0.02   # tiny sizes on the CPU, to check the plumbing
 set -uo pipefail
 out=${1:?out dir}; suite=${2:?prosqa or mult}; scale=${3:-1}; valid=${VALID:-.devdata/prosqa_valid.json}
@@ -15,25 +16,29 @@ if [ "${SMOKE:-0}" = 1 ]; then
 fi
 
 run() {  # name, seconds of training, then train_toy.py arguments
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $1 "* ]]; then return; fi
   local name=$1 seconds; seconds=$(python -c "print(int($2 * $scale) + 1)"); shift 2
   python train_toy.py --device $device --time-budget "$seconds" --out "$out/$name" $model "$@" 2>/dev/null | grep '^{' > "$out/$name.log"
   echo "{\"run\": \"$name\", \"budget_s\": $seconds, \"train_toy\": $(tail -1 "$out/$name.log")}" | tee -a "$out/results.jsonl"
-  if [ "$suite" = prosqa ]; then
+  if [[ $name == prosqa* ]]; then
     echo "{\"run\": \"$name\", \"valid\": $(python -m coconut_pytorch.evaluate --checkpoint "$out/$name/checkpoint.pt" --data "$valid" --device $device | tail -1)}" | tee -a "$out/results.jsonl"
   fi
 }
 
-if [ "$suite" = prosqa ]; then
+if [ "$suite" = prosqa ] || [ "$suite" = all ]; then
   data="--task prosqa --max-latent-stage 6 --train-size 20000 --eval-size 500 --epochs-per-stage 2 --final-epochs 4"
   run prosqa_coconut 270 $data --method coconut
   run prosqa_cot     90  $data --method cot
   run prosqa_no_cot  50  $data --method no_cot
   run prosqa_pause   60  $data --method pause
-else
+fi
+if [ "$suite" = mult ] || [ "$suite" = all ]; then
   for digits in 4 5; do
     data="--task multiplication --task-kwargs {\"num_digits_a\":$digits,\"num_digits_b\":$digits} --c-thought 2 --train-size 40000 --eval-size 1000 --epochs-per-stage 1 --final-epochs 3"
     run mult${digits}_coconut 150 $data --method coconut
     run mult${digits}_cot     50  $data --method cot
     run mult${digits}_no_cot  40  $data --method no_cot
+    # a longer coconut run, so the curriculum finishes: the shorter one stopped at stage 3
+    run mult${digits}_coconut_long 260 $data --method coconut
   done
 fi
