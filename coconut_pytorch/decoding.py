@@ -15,15 +15,11 @@ import torch
 from torch import Tensor
 
 from coconut_pytorch.kv_cache import StaticKVCache
+from coconut_pytorch.transformer import autocast_dtype
 
 
 def exists(v) -> bool:
     return v is not None
-
-
-def autocast_key(device_type: str) -> tuple:
-    enabled = torch.is_autocast_enabled(device_type) if device_type == 'cuda' else False
-    return (enabled, torch.get_autocast_dtype(device_type) if enabled else None)
 
 
 class DecodeGraphs:
@@ -47,7 +43,8 @@ class DecodeGraphs:
         num_new = x.shape[1]
         self.cache.check_room(num_new)
 
-        key = (num_new, x.dtype, autocast_key(x.device.type))
+        # a graph bakes in the compute dtype it was captured under (None: autocast off)
+        key = (num_new, x.dtype, autocast_dtype(x.device.type, default = None))
         if key not in self.captured:
             self.captured[key] = self.capture(x)
 
