@@ -179,6 +179,16 @@ def set_recompile_limits():
             setattr(torch._dynamo.config, name, value)
 
 
+def decompose_small_matmuls():
+    """Let inductor turn batched matmuls with two tiny dimensions into multiply-adds (an experiment, off by default).
+
+    The hyper-connection stream mixing is such a matmul per token (streams x streams+1 against streams x dim).
+    Measured on an H100 (config A): it made the compiled LM ceiling slower, 30.0 -> 58.6 ms, as the decomposed
+    products tile badly; kept as a flag so the finding can be re-checked on other GPUs and torch versions."""
+    import torch._inductor.config as inductor_config
+    inductor_config.post_grad_fusion_options = {**inductor_config.post_grad_fusion_options, 'decompose_mm_pass': {}}
+
+
 def reset_dynamo():
     try:
         torch._dynamo.reset()
@@ -244,7 +254,12 @@ def measure_coconut(bench: Bench, run: dict) -> dict:
 
             compile_coconut(model, mode, args.torch_compile_mode if mode != 'eager' else None)
 
+            cudagraphs = args.torch_compile_mode in ('reduce-overhead', 'max-autotune') and mode != 'eager' and bench.cuda
+
             def step():
+                if cudagraphs:
+                    # one training iteration per call: the graphs' output buffers may be reused from here on
+                    torch.compiler.cudagraph_mark_step_begin()
                 with bench.autocast():
                     loss = model(prompt, answer)
                 loss.backward()
@@ -255,6 +270,9 @@ def measure_coconut(bench: Bench, run: dict) -> dict:
             step()                      # first call compiles; failures surface here
             bench.sync()
             result['first_step_s'] = time.perf_counter() - t0
+            if mode != 'eager':
+                from torch._dynamo.utils import counters
+                result['inductor_decomposed'] = {k: v for k, v in counters['inductor'].items() if k.startswith('decompose')}
 
             times = bench.time_ms(step, args.steps, max(args.warmup - 1, 0))
             result.update(compile = mode, step_ms = statistics.median(times), step_ms_all = times, peak_gib = bench.peak_gib())
@@ -474,7 +492,8 @@ def notes(bench: Bench) -> list[str]:
         f'{"bf16 autocast" if bench.bf16 else "float32"}; generation: greedy, {bench.args.gen_tokens} new tokens, median of {bench.args.gen_runs}.',
         'compile: whole = Coconut.forward compiled; blocks = each attention / feedforward / hyper-connection '
         'compiled; a failed compile falls back to eager with a warning. D runs eager unless --compile-mode says otherwise.'
-        + (f' torch.compile mode: {bench.args.torch_compile_mode}.' if bench.args.torch_compile_mode else ''),
+        + (f' torch.compile mode: {bench.args.torch_compile_mode}.' if bench.args.torch_compile_mode else '')
+        + (" inductor's decompose_mm_pass on (every compiled model)." if bench.args.decompose_small_mm else ''),
         'generation is not compiled: the prompt runs eagerly into a static cache, and on CUDA every later step (thoughts, '
         '<eot>, tokens) replays a CUDA graph; "gen ms, no graphs" (--gen-compare) is the same generation launched eagerly.',
     ]
@@ -510,7 +529,11 @@ def parse_args(argv = None):
     p.add_argument('--no-compile', dest = 'compile', action = 'store_false')
     p.add_argument('--compile-mode', choices = ('auto', 'whole', 'transformer', 'blocks', 'eager'), default = 'auto',
                    help = 'how Coconut is compiled; auto: whole for A, B, C, A1 and eager for D; eager: not compiled (ceilings still are)')
-    p.add_argument('--torch-compile-mode', default = None, help = 'torch.compile mode for Coconut (e.g. reduce-overhead); default: torch default')
+    p.add_argument('--torch-compile-mode', default = 'auto',
+                   help = "torch.compile mode for Coconut: auto = reduce-overhead (CUDA graphs of the compiled step) on CUDA "
+                          "and torch's default elsewhere; 'default' or any torch.compile mode")
+    p.add_argument('--decompose-small-mm', action = 'store_true',
+                   help = "inductor's decompose_mm_pass for every compiled model (an experiment: slower on an H100)")
     p.add_argument('--gen-compare', action = 'store_true', help = 'also time generation without CUDA graphs')
     p.add_argument('--bf16', dest = 'bf16', action = 'store_true', default = None, help = 'bf16 autocast (default on CUDA)')
     p.add_argument('--no-bf16', dest = 'bf16', action = 'store_false')
@@ -541,7 +564,14 @@ def main(argv = None):
         raise SystemExit('--steps must be >= 1')
 
     bench = Bench(args)
+    if args.torch_compile_mode == 'auto':
+        # the compiled step launches ~1,500 kernels; on an H100 launching them takes longer than running them
+        args.torch_compile_mode = 'reduce-overhead' if bench.cuda else None
+    elif args.torch_compile_mode == 'default':
+        args.torch_compile_mode = None
     set_recompile_limits()
+    if args.decompose_small_mm:
+        decompose_small_matmuls()
     if bench.cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -561,6 +591,7 @@ def main(argv = None):
         compile = bench.compile,
         compile_mode = args.compile_mode,
         torch_compile_mode = args.torch_compile_mode,
+        decompose_small_mm = args.decompose_small_mm,
         steps = args.steps,
         warmup = args.warmup,
         small = args.small,
@@ -577,7 +608,8 @@ def main(argv = None):
         coconut = measure_coconut(bench, run)
         print(f'  coconut: {coconut["status"]} {coconut.get("compile")} step {fmt(coconut.get("step_ms"), ".1f")} ms '
               f'(first {fmt(coconut.get("first_step_s"), ".1f")} s) peak {fmt(coconut.get("peak_gib"), ".2f")} GiB gen {fmt(coconut.get("gen_ms"), ".1f")} ms'
-              f' (without CUDA graphs {fmt(coconut.get("gen_ms_no_graph"), ".1f")} ms)', flush = True)
+              f' (without CUDA graphs {fmt(coconut.get("gen_ms_no_graph"), ".1f")} ms)'
+              + (f' decomposed {coconut["inductor_decomposed"]}' if coconut.get('inductor_decomposed') else ''), flush = True)
 
         ceiling_i = ceiling_ii = None
         if not args.no_ceilings:

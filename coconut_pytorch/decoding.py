@@ -11,6 +11,8 @@ for every call after the prefill. Graphs are captured per number of new position
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import Tensor
 
@@ -68,16 +70,21 @@ class DecodeGraphs:
         # warm-up and capture run the step, which writes the cache: put its state back after each
         state = cache.snapshot()
 
+        # autocast caches its low-precision copies of the weights until its context exits: a graph that read those
+        # copies would read freed memory in a later call, so under capture every cast happens inside the graph
+        compute_dtype = autocast_dtype(x.device.type, default = None)
+        casts = torch.autocast(x.device.type, dtype = compute_dtype, cache_enabled = False) if exists(compute_dtype) else nullcontext()
+
         side_stream = torch.cuda.Stream(device = x.device)
         side_stream.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(side_stream):
+        with torch.cuda.stream(side_stream), casts:
             for _ in range(self.warmup):
                 transformer.forward_static(static_x, static_mask, cache)
                 cache.restore(state)
         torch.cuda.current_stream(x.device).wait_stream(side_stream)
 
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool = self.pool):
+        with torch.cuda.graph(graph, pool = self.pool), casts:
             static_hiddens = transformer.forward_static(static_x, static_mask, cache)
         cache.restore(state)
 

@@ -364,6 +364,15 @@ def test_cuda_graph_generation_equals_eager(hypotheses):
     assert torch.equal(eager, graphed) and torch.equal(graphed, again)
     assert len(model.graphed_caches) == 1
 
-    with torch.autocast('cuda', dtype = torch.bfloat16):
-        bf16 = model.generate(prompts, max_length = 20, temperature = 0., num_reasoning_steps = steps)
-    assert bf16.shape == eager.shape and len(model.graphed_caches) == 2
+    # bf16 autocast: each call in its own autocast context, with allocations in between, so a graph that kept
+    # reading autocast's cached weight copies (freed when a context exits) would read other data
+    def bf16_generate(**kwargs):
+        junk = [torch.randn(p.shape, device = 'cuda').bfloat16() for p in model.parameters()]
+        with torch.autocast('cuda', dtype = torch.bfloat16):
+            out = model.generate(prompts, max_length = 20, temperature = 0., num_reasoning_steps = steps, **kwargs)
+        del junk
+        return out
+
+    bf16_eager = bf16_generate(cuda_graph = False)
+    bf16_runs = [bf16_generate() for _ in range(4)]
+    assert all(torch.equal(bf16_eager, run) for run in bf16_runs)
