@@ -297,6 +297,17 @@ def measure_coconut(bench: Bench, run: dict) -> dict:
                     if bench.cuda and args.gen_compare:
                         # the same generation with every step launched eagerly: what the CUDA graphs save
                         result['gen_ms_no_graph'] = statistics.median(bench.time_ms(gen_without_graphs, args.gen_runs, 1))
+                    if bench.cuda and args.gen_compile:
+                        # each step compiled before its graph is captured (the first call compiles)
+                        def gen_compiled():
+                            with bench.autocast():
+                                model.generate(prompt, max_length = args.gen_tokens, temperature = 0., compile_steps = True)
+
+                        t0 = time.perf_counter()
+                        gen_compiled()
+                        bench.sync()
+                        result['gen_compile_first_s'] = time.perf_counter() - t0
+                        result['gen_ms_compiled'] = statistics.median(bench.time_ms(gen_compiled, args.gen_runs, 1))
                 except Exception as err:
                     if not is_oom(err):
                         raise
@@ -419,7 +430,7 @@ def device_name(bench: Bench) -> str:
     return f'{name} ({torch.get_num_threads()} threads)'
 
 
-HEADER = ['config', 'model', 'S x c', 'ckpt', 'compile', 'step ms', 'tok/s', 'peak GiB', 'x (i)', 'x (ii)', 'gen ms', 'gen tok/s', 'gen ms, no graphs']
+HEADER = ['config', 'model', 'S x c', 'ckpt', 'compile', 'step ms', 'tok/s', 'peak GiB', 'x (i)', 'x (ii)', 'gen ms', 'gen tok/s', 'gen ms, no graphs', 'gen ms, compiled steps']
 
 
 def table_rows(records: list[dict]) -> list[list[str]]:
@@ -459,6 +470,7 @@ def table_rows(records: list[dict]) -> list[list[str]]:
                 fmt(gen_ms, '.1f', '-'),
                 fmt(cfg['batch'] * rec['gen_tokens'] / gen_ms * 1e3 if gen_ms else None, ',.0f', '-'),
                 fmt(r.get('gen_ms_no_graph'), '.1f', '-'),
+                fmt(r.get('gen_ms_compiled'), '.1f', '-'),
             ])
     for rec in records:  # reset for a second rendering
         for key in ('coconut', 'ceiling_i', 'ceiling_ii'):
@@ -495,7 +507,8 @@ def notes(bench: Bench) -> list[str]:
         + (f' torch.compile mode: {bench.args.torch_compile_mode}.' if bench.args.torch_compile_mode else '')
         + (" inductor's decompose_mm_pass on (every compiled model)." if bench.args.decompose_small_mm else ''),
         'generation is not compiled: the prompt runs eagerly into a static cache, and on CUDA every later step (thoughts, '
-        '<eot>, tokens) replays a CUDA graph; "gen ms, no graphs" (--gen-compare) is the same generation launched eagerly.',
+        '<eot>, tokens) replays a CUDA graph; "gen ms, no graphs" (--gen-compare) is the same generation launched eagerly; '
+        '"gen ms, compiled steps" (--gen-compile) compiles each step before capturing it (generate(compile_steps=True)).',
     ]
 
 
@@ -535,6 +548,7 @@ def parse_args(argv = None):
     p.add_argument('--decompose-small-mm', action = 'store_true',
                    help = "inductor's decompose_mm_pass for every compiled model (an experiment: slower on an H100)")
     p.add_argument('--gen-compare', action = 'store_true', help = 'also time generation without CUDA graphs')
+    p.add_argument('--gen-compile', action = 'store_true', help = 'also time generation with compiled, graph-captured steps (compile_steps=True)')
     p.add_argument('--bf16', dest = 'bf16', action = 'store_true', default = None, help = 'bf16 autocast (default on CUDA)')
     p.add_argument('--no-bf16', dest = 'bf16', action = 'store_false')
     p.add_argument('--gen-tokens', type = int, default = 64)
@@ -608,7 +622,7 @@ def main(argv = None):
         coconut = measure_coconut(bench, run)
         print(f'  coconut: {coconut["status"]} {coconut.get("compile")} step {fmt(coconut.get("step_ms"), ".1f")} ms '
               f'(first {fmt(coconut.get("first_step_s"), ".1f")} s) peak {fmt(coconut.get("peak_gib"), ".2f")} GiB gen {fmt(coconut.get("gen_ms"), ".1f")} ms'
-              f' (without CUDA graphs {fmt(coconut.get("gen_ms_no_graph"), ".1f")} ms)'
+              f' (without CUDA graphs {fmt(coconut.get("gen_ms_no_graph"), ".1f")} ms, compiled steps {fmt(coconut.get("gen_ms_compiled"), ".1f")} ms)'
               + (f' decomposed {coconut["inductor_decomposed"]}' if coconut.get('inductor_decomposed') else ''), flush = True)
 
         ceiling_i = ceiling_ii = None

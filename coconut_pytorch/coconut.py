@@ -397,7 +397,8 @@ class Coconut(Module):
         eos_token_id: int | None = None,
         num_reasoning_steps: int | Tensor | None = None,
         generator: torch.Generator | None = None,
-        cuda_graph: bool | None = None
+        cuda_graph: bool | None = None,
+        compile_steps: bool = False
     ) -> Tensor:
         """Think, then decode up to `max_length` tokens.
 
@@ -414,6 +415,8 @@ class Coconut(Module):
             num_reasoning_steps: overrides the default; an int or a (b,) tensor.
             generator: a torch.Generator for reproducible sampling.
             cuda_graph: replay decoding steps as CUDA graphs; None = on when the model is on a CUDA device.
+            compile_steps: `torch.compile` each decoding step before its graph is captured (needs `cuda_graph`):
+                fewer, fused kernels per step; the first call of a shape compiles for tens of seconds.
 
         Returns (b, max_length) token ids.
         """
@@ -427,13 +430,15 @@ class Coconut(Module):
 
         filter_kwargs = default(filter_kwargs, {})
         cuda_graph = default(cuda_graph, self.device.type == 'cuda')
+        if compile_steps and not cuda_graph:
+            raise ValueError('compile_steps = True needs CUDA graphs (cuda_graph not False, the model on a CUDA device): a compiled step is captured once and replayed')
 
         aligned, num_steps, row_steps = self.prepare(prompt, num_reasoning_steps)
         batch, prompt_length = aligned.ids.shape
 
         # everything the sequence can hold: prompt, H streams of <bot> and thoughts, <eot>, the new tokens
         thought_columns = self.num_hypotheses * self.num_latents_per_step * (num_steps + 1) + 1 if num_steps > 0 else 0
-        cache = self.static_cache(batch, prompt_length + thought_columns + max_length, cuda_graph)
+        cache = self.static_cache(batch, prompt_length + thought_columns + max_length, cuda_graph, compile_steps)
 
         if self.num_hypotheses == 1:
             reasoned = self.reason(aligned.ids, aligned.mask, num_steps, row_steps, cache = cache)
@@ -466,7 +471,7 @@ class Coconut(Module):
 
         return tokens
 
-    def static_cache(self, batch: int, length: int, cuda_graph: bool) -> StaticKVCache:
+    def static_cache(self, batch: int, length: int, cuda_graph: bool, compile_steps: bool = False) -> StaticKVCache:
         """An empty static cache for `length` columns; with `cuda_graph`, one (with its graphs) reused across calls."""
         model = self.model
         dtype = autocast_dtype(self.device.type, default = model.token_emb.weight.dtype)
@@ -478,14 +483,14 @@ class Coconut(Module):
             return StaticKVCache(*shape)
 
         # graphs read parameters and buffers at fixed addresses: moving or recasting the model must not reuse them
-        key = (*shape, self.training, tuple(p.data_ptr() for p in self.parameters()))
+        key = (*shape, self.training, compile_steps, tuple(p.data_ptr() for p in self.parameters()))
         cache = self.graphed_caches.pop(key, None)
 
         if exists(cache):
             cache.reset()
         else:
             cache = StaticKVCache(*shape)
-            cache.graphs = DecodeGraphs(model, cache)
+            cache.graphs = DecodeGraphs(model, cache, compile_steps = compile_steps)
 
         self.graphed_caches[key] = cache
         while len(self.graphed_caches) > 4:

@@ -31,12 +31,18 @@ class DecodeGraphs:
         transformer: the `Transformer` whose steps are captured.
         cache: the `StaticKVCache` they read and write; the graphs are valid for its buffers only.
         warmup: eager runs before each capture (lazy initialisation inside kernels must not happen during capture).
+        compile_steps: capture `torch.compile`d steps: fused kernels, so a replay runs far fewer of them. Each step
+            shape compiles once, at its first capture (tens of seconds); dynamo's recompile limit applies, past
+            which steps are captured uncompiled.
     """
 
-    def __init__(self, transformer, cache: StaticKVCache, warmup: int = 2):
+    def __init__(self, transformer, cache: StaticKVCache, warmup: int = 2, compile_steps: bool = False):
         self.transformer = transformer
         self.cache = cache
         self.warmup = warmup
+        # the cache's host-side length is a Python int the compiled step specialises on; each shape is captured
+        # once, at one length, so that costs one compile per shape
+        self.run_step = torch.compile(transformer.forward_static, dynamic = False) if compile_steps else transformer.forward_static
         self.pool = None
         self.captured: dict[tuple, tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]] = {}
 
@@ -63,7 +69,7 @@ class DecodeGraphs:
         return static_hiddens.clone()
 
     def capture(self, x: Tensor) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]:
-        cache, transformer = self.cache, self.transformer
+        cache = self.cache
         static_x = torch.zeros_like(x)
         static_mask = torch.ones(x.shape[:2], dtype = torch.bool, device = x.device)
 
@@ -79,13 +85,13 @@ class DecodeGraphs:
         side_stream.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(side_stream), casts:
             for _ in range(self.warmup):
-                transformer.forward_static(static_x, static_mask, cache)
+                self.run_step(static_x, static_mask, cache)
                 cache.restore(state)
         torch.cuda.current_stream(x.device).wait_stream(side_stream)
 
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool = self.pool), casts:
-            static_hiddens = transformer.forward_static(static_x, static_mask, cache)
+            static_hiddens = self.run_step(static_x, static_mask, cache)
         cache.restore(state)
 
         self.pool = graph.pool()

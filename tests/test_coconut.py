@@ -346,6 +346,8 @@ def test_generate_keeps_no_graph_state_on_cpu_and_copies():
     copy.deepcopy(model)
     with pytest.raises(ValueError, match = 'cuda_graph'):
         model.generate(torch.randint(0, 20, (2, 5)), max_length = 3, cuda_graph = True)
+    with pytest.raises(ValueError, match = 'compile_steps'):
+        model.generate(torch.randint(0, 20, (2, 5)), max_length = 3, compile_steps = True)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason = 'needs CUDA')
@@ -376,3 +378,15 @@ def test_cuda_graph_generation_equals_eager(hypotheses):
     bf16_eager = bf16_generate(cuda_graph = False)
     bf16_runs = [bf16_generate() for _ in range(4)]
     assert all(torch.equal(bf16_eager, run) for run in bf16_runs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason = 'needs CUDA')
+def test_compiled_cuda_graph_steps_equal_eager():
+    torch.manual_seed(0)
+    model = Coconut(num_reasoning_steps = 2, num_latents_per_step = 2,
+                    transformer = dict(num_tokens = 64, dim = 64, depth = 2, heads = 4, dim_head = 16)).cuda().double().eval()
+    prompts = [torch.randint(0, 64, (n,)) for n in (7, 12, 3)]
+
+    eager = model.generate(prompts, max_length = 12, temperature = 0., cuda_graph = False)
+    compiled = [model.generate(prompts, max_length = 12, temperature = 0., compile_steps = True) for _ in range(2)]
+    assert all(torch.equal(eager, c) for c in compiled)
