@@ -31,6 +31,8 @@ if [ "$suite" = prosqa ] || [ "$suite" = all ]; then
   run prosqa_cot     90  $data --method cot
   run prosqa_no_cot  50  $data --method no_cot
   run prosqa_pause   60  $data --method pause
+  # does language CoT learn ProsQA from scratch given most of the 8-minute budget? (the 90 s run did not)
+  run prosqa_cot_long 420 $data --method cot
 fi
 if [ "$suite" = mult ] || [ "$suite" = all ]; then
   for digits in 4 5; do
