@@ -35,6 +35,7 @@ def parse_args():
     arg('--uniform-prob', type = float, default = defaults.uniform_prob)
     arg('--one-thought-at-a-time', action = 'store_true')
     arg('--train-size', type = int, default = defaults.train_size)
+    arg('--fresh-data', action = 'store_true', help = 'generate a new training set of --train-size every epoch')
     arg('--eval-size', type = int, default = defaults.eval_size)
     arg('--batch-size', type = int, default = defaults.batch_size)
     arg('--grad-accum', type = int, default = defaults.grad_accum)

@@ -124,8 +124,9 @@ def test_every_method_trains_saves_and_evaluates(tmp_path, method):
     assert info['num_thoughts'] == expected_thoughts
 
 
-def test_resume_continues_exactly(tmp_path):
-    config = TrainConfig(method = 'coconut', **SMALL)
+@pytest.mark.parametrize('fresh_data', (False, True))
+def test_resume_continues_exactly(tmp_path, fresh_data):
+    config = TrainConfig(method = 'coconut', fresh_data = fresh_data, **SMALL)
 
     straight = train(config, tmp_path / 'straight')
 
@@ -143,6 +144,19 @@ def test_resume_continues_exactly(tmp_path):
 
     with pytest.raises(ValueError, match = 'differs'):
         train(TrainConfig(**{**config.__dict__, 'lr': 0.5}), tmp_path / 'resumed', resume = True)
+
+
+def test_fresh_data_draws_new_sets_apart_from_the_held_out_seed():
+    from coconut_pytorch.data.tasks import get_task
+    from coconut_pytorch.training import fresh_data_seed
+
+    seeds = [fresh_data_seed(seed, epoch) for seed in (0, 1, 7) for epoch in range(1, 50)]
+    held_out = {seed + 10 ** 6 for seed in (0, 1, 7)}
+    assert len(set(seeds)) == len(seeds) and not held_out & set(seeds) and not {0, 1, 7} & set(seeds)
+
+    task = get_task('running_sum', num_digits = 4)
+    first, second = (task.generate(64, seed = fresh_data_seed(0, epoch)) for epoch in (1, 2))
+    assert [e.question for e in first] != [e.question for e in second]
 
 
 def test_training_run_learns(tmp_path):
