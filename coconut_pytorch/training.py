@@ -104,10 +104,13 @@ def build_model(config: TrainConfig, num_tokens: int, curriculum: Curriculum) ->
     )
 
 
+INFERENCE_TOKEN_MARGIN = 8     # generation may run this far past the longest training target
+
+
 def inference_info(curriculum: Curriculum, stage: int, max_target_length: int) -> dict:
     """How a model trained up to `stage` is run: that stage's thoughts (the most any example got) and a token budget."""
     _, num_thoughts = curriculum.layout(stage, num_steps = 10 ** 6)
-    return dict(num_thoughts = num_thoughts, max_new_tokens = max_target_length + 8, stage = stage, final_stage = curriculum.final_stage)
+    return dict(num_thoughts = num_thoughts, max_new_tokens = max_target_length + INFERENCE_TOKEN_MARGIN, stage = stage, final_stage = curriculum.final_stage)
 
 
 def max_target_length(examples, tokenizer: WordTokenizer) -> int:
@@ -148,6 +151,7 @@ def load_trained(path: str | Path, device: str = 'cpu'):
     config = TrainConfig.from_dict(state['config'])
     tokenizer = WordTokenizer.from_dict(state['tokenizer'])
     curriculum = Curriculum(**state['curriculum'])
+
     model = build_model(config, len(tokenizer), curriculum).to(device)
     model.load_state_dict(state['model'])
     model.eval()
@@ -175,6 +179,7 @@ def train(
 
     train_set = task.generate(config.train_size, seed = config.seed)
     eval_set = task.generate(config.eval_size, seed = config.seed + 10 ** 6)
+    longest_target = max_target_length(train_set, tokenizer)
 
     model = build_model(config, len(tokenizer), curriculum).to(device)
     optimizer = make_optimizer(model, config)
@@ -193,6 +198,8 @@ def train(
         model.load_state_dict(state['model'])
         optimizer.load_state_dict(state['optimizer'])
         start_epoch, history, elapsed, step = state['epoch'] + 1, state['history'], state['elapsed'], state['step']
+        # with fresh data the cap grew with every set seen before the stop
+        longest_target = max(longest_target, state['inference']['max_new_tokens'] - INFERENCE_TOKEN_MARGIN)
 
     if config.compile:
         model.model.compile_blocks()
@@ -201,7 +208,6 @@ def train(
     # every method trains as many epochs as the coconut schedule, so baselines get the same budget
     schedule = Curriculum(**{**asdict(curriculum), 'method': 'coconut'})
     total_epochs = schedule.total_epochs + config.final_epochs
-    longest_target = max_target_length(train_set, tokenizer)
     run_start = time.perf_counter()
     stopped_early = False
 
@@ -304,8 +310,8 @@ def train(
 
 
 def fresh_data_seed(seed: int, epoch: int) -> int:
-    """Seed of epoch `epoch`'s training set under `fresh_data` (epoch 0 uses the run's seed; the held-out set uses
-    seed + 10**6, which this never reaches for epochs below 10**6 - 1)."""
+    """Seed of epoch `epoch`'s training set under `fresh_data` (epoch 0 uses the run's own seed). For seeds >= 0 it
+    is always above seed + 10**6, the held-out set's seed, and distinct per epoch."""
     return (seed + 1) * 2_000_003 + epoch
 
 

@@ -141,6 +141,7 @@ def test_resume_continues_exactly(tmp_path, fresh_data):
     for name, tensor in straight_state['model'].items():
         torch.testing.assert_close(tensor, resumed_state['model'][name], rtol = 1e-5, atol = 1e-6)
     assert resumed['accuracy'] == straight['accuracy']
+    assert resumed_state['inference'] == straight_state['inference']
 
     with pytest.raises(ValueError, match = 'differs'):
         train(TrainConfig(**{**config.__dict__, 'lr': 0.5}), tmp_path / 'resumed', resume = True)
