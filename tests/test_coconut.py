@@ -392,7 +392,8 @@ def test_compiled_cuda_graph_steps_equal_eager():
     assert all(torch.equal(eager, c) for c in compiled)
 
 
-def test_compiled_training_gradients_equal_eager():
+@pytest.mark.parametrize('compile_as', ('whole', 'blocks'))
+def test_compiled_training_gradients_equal_eager(compile_as):
     # inductor once compiled the thought steps' attention over cache segments to a wrong backward (2% off in
     # float64) while the loss stayed equal: compare every parameter's gradient, not only the loss
     torch.manual_seed(0)
@@ -408,6 +409,11 @@ def test_compiled_training_gradients_equal_eager():
 
     eager = gradients(model.forward)
     torch._dynamo.reset()
-    compiled = gradients(torch.compile(model.forward))
+    if compile_as == 'blocks':
+        # what train_toy.py --compile does
+        model.model.compile_blocks()
+        compiled = gradients(model.forward)
+    else:
+        compiled = gradients(torch.compile(model.forward))
     for expected, got in zip(eager, compiled):
         torch.testing.assert_close(got, expected, rtol = 1e-9, atol = 1e-12)
