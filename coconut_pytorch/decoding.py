@@ -40,7 +40,6 @@ class DecodeGraphs:
     """
 
     def __init__(self, transformer, cache: StaticKVCache, warmup: int = 2, compile_steps: bool = False):
-        self.transformer = transformer
         self.cache = cache
         self.warmup = warmup
         # the cache's host-side length is a Python int the compiled step specialises on; each shape is captured

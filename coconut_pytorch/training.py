@@ -151,7 +151,6 @@ def load_trained(path: str | Path, device: str = 'cpu'):
     config = TrainConfig.from_dict(state['config'])
     tokenizer = WordTokenizer.from_dict(state['tokenizer'])
     curriculum = Curriculum(**state['curriculum'])
-
     model = build_model(config, len(tokenizer), curriculum).to(device)
     model.load_state_dict(state['model'])
     model.eval()
