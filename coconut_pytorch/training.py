@@ -1,16 +1,19 @@
 """Training a Coconut model on a task with a curriculum: the loop behind `train_toy.py`.
 
-One fixed training set per run (generated from the seed), shuffled anew each epoch by (seed, epoch), so a run
-resumed from its checkpoint continues exactly where it stopped. The optimizer is rebuilt at every stage change
+One fixed training set per run (generated from the seed), or with `fresh_data` a new one every epoch (seeded by
+(seed, epoch), made by a worker process while the previous epoch trains), shuffled anew each epoch by (seed, epoch),
+so a run resumed from its checkpoint continues exactly where it stopped. The optimizer is rebuilt at every stage change
 (as in the paper), and gradients accumulate over `grad_accum` batches (the paper's effective batch is 128).
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import random
 import time
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
@@ -207,76 +210,81 @@ def train(
     # every method trains as many epochs as the coconut schedule, so baselines get the same budget
     schedule = Curriculum(**{**asdict(curriculum), 'method': 'coconut'})
     total_epochs = schedule.total_epochs + config.final_epochs
+    fresh_sets = FreshSets(config, total_epochs, first_epoch = max(start_epoch, 1)) if config.fresh_data else None
     run_start = time.perf_counter()
     stopped_early = False
 
-    for epoch in range(start_epoch, total_epochs):
-        stage = curriculum.stage_at_epoch(epoch)
-        if config.reset_optimizer and epoch > 0 and stage != curriculum.stage_at_epoch(epoch - 1):
-            optimizer = make_optimizer(model, config)
+    try:
+        for epoch in range(start_epoch, total_epochs):
+            stage = curriculum.stage_at_epoch(epoch)
+            if config.reset_optimizer and epoch > 0 and stage != curriculum.stage_at_epoch(epoch - 1):
+                optimizer = make_optimizer(model, config)
 
-        epoch_set = train_set
-        if config.fresh_data and epoch > 0:
-            # the generators are unlimited: a fixed set of thousands of examples gets memorised instead of solved
-            # (a ProsQA cot run fit its 20,000 to 0.99 token accuracy and answered 38% of new ones). The seed
-            # follows from (seed, epoch), so a resumed run sees the same sets
-            epoch_set = task.generate(config.train_size, seed = fresh_data_seed(config.seed, epoch))
-            longest_target = max(longest_target, max_target_length(epoch_set, tokenizer))
+            epoch_set = train_set
+            if config.fresh_data and epoch > 0:
+                # the generators are unlimited: a fixed set of thousands of examples gets memorised instead of solved
+                # (a ProsQA cot run fit its 20,000 to 0.99 token accuracy and answered 38% of new ones). The seed
+                # follows from (seed, epoch), so a resumed run sees the same sets
+                epoch_set = fresh_sets.get(epoch)
+                longest_target = max(longest_target, max_target_length(epoch_set, tokenizer))
 
-        rng = random.Random(config.seed * 100_003 + epoch)
-        order = list(range(len(epoch_set)))
-        rng.shuffle(order)
-        staged = staged_examples([epoch_set[i] for i in order], tokenizer, curriculum, stage, rng)
+            rng = random.Random(config.seed * 100_003 + epoch)
+            order = list(range(len(epoch_set)))
+            rng.shuffle(order)
+            staged = staged_examples([epoch_set[i] for i in order], tokenizer, curriculum, stage, rng)
 
-        batches = [staged[i:i + config.batch_size] for i in range(0, len(staged), config.batch_size)]
-        iterator = progress(batches, desc = f'epoch {epoch + 1}/{total_epochs} stage {stage}', leave = False) if progress else batches
+            batches = [staged[i:i + config.batch_size] for i in range(0, len(staged), config.batch_size)]
+            iterator = progress(batches, desc = f'epoch {epoch + 1}/{total_epochs} stage {stage}', leave = False) if progress else batches
 
-        model.train()
-        loss_sum = torch.zeros((), device = device)
-        correct = torch.zeros((), device = device)
-        counted = torch.zeros((), device = device)
+            model.train()
+            loss_sum = torch.zeros((), device = device)
+            correct = torch.zeros((), device = device)
+            counted = torch.zeros((), device = device)
 
-        for batch_index, chunk in enumerate(iterator):
-            batch = collate(chunk).to(device)
+            for batch_index, chunk in enumerate(iterator):
+                batch = collate(chunk).to(device)
 
-            with torch.autocast(**autocast):
-                loss, (_, _, _, answer_logits, _) = model(batch.prompt, batch.target, num_reasoning_steps = batch.num_thoughts, return_intermediates = True)
+                with torch.autocast(**autocast):
+                    loss, (_, _, _, answer_logits, _) = model(batch.prompt, batch.target, num_reasoning_steps = batch.num_thoughts, return_intermediates = True)
 
-            (loss / config.grad_accum).backward()
+                (loss / config.grad_accum).backward()
 
-            real = batch.target != PAD_ID
-            loss_sum += loss.detach()
-            correct += ((answer_logits.argmax(dim = -1) == batch.target) & real).sum()
-            counted += real.sum()
+                real = batch.target != PAD_ID
+                loss_sum += loss.detach()
+                correct += ((answer_logits.argmax(dim = -1) == batch.target) & real).sum()
+                counted += real.sum()
 
-            if (batch_index + 1) % config.grad_accum == 0 or batch_index == len(batches) - 1:
-                lr_scale = min(1., (step + 1) / max(1, config.warmup_steps))
-                for group in optimizer.param_groups:
-                    group['lr'] = config.lr * lr_scale
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none = True)
-                step += 1
+                if (batch_index + 1) % config.grad_accum == 0 or batch_index == len(batches) - 1:
+                    lr_scale = min(1., (step + 1) / max(1, config.warmup_steps))
+                    for group in optimizer.param_groups:
+                        group['lr'] = config.lr * lr_scale
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none = True)
+                    step += 1
 
-            if hasattr(iterator, 'set_postfix') and batch_index % 20 == 0:
-                iterator.set_postfix(loss = f'{loss.item():.3f}', stage = stage, acc = f'{(correct / counted.clamp(min = 1)).item():.3f}')
+                if hasattr(iterator, 'set_postfix') and batch_index % 20 == 0:
+                    iterator.set_postfix(loss = f'{loss.item():.3f}', stage = stage, acc = f'{(correct / counted.clamp(min = 1)).item():.3f}')
 
-        record = dict(epoch = epoch, stage = stage, loss = (loss_sum / len(batches)).item(), token_accuracy = (correct / counted.clamp(min = 1)).item())
-        history.append(record)
-        if progress:
-            print(json.dumps(record), flush = True)
+            record = dict(epoch = epoch, stage = stage, loss = (loss_sum / len(batches)).item(), token_accuracy = (correct / counted.clamp(min = 1)).item())
+            history.append(record)
+            if progress:
+                print(json.dumps(record), flush = True)
 
-        elapsed_now = elapsed + time.perf_counter() - run_start
-        save_atomic(dict(
-            config = asdict(config), curriculum = asdict(curriculum), tokenizer = tokenizer.to_dict(),
-            model = model.state_dict(), optimizer = optimizer.state_dict(),
-            epoch = epoch, step = step, history = history, elapsed = elapsed_now,
-            inference = inference_info(curriculum, stage, longest_target)
-        ), checkpoint_path)
+            elapsed_now = elapsed + time.perf_counter() - run_start
+            save_atomic(dict(
+                config = asdict(config), curriculum = asdict(curriculum), tokenizer = tokenizer.to_dict(),
+                model = model.state_dict(), optimizer = optimizer.state_dict(),
+                epoch = epoch, step = step, history = history, elapsed = elapsed_now,
+                inference = inference_info(curriculum, stage, longest_target)
+            ), checkpoint_path)
 
-        if config.time_budget is not None and time.perf_counter() - run_start > config.time_budget and epoch < total_epochs - 1:
-            stopped_early = True
-            break
+            if config.time_budget is not None and time.perf_counter() - run_start > config.time_budget and epoch < total_epochs - 1:
+                stopped_early = True
+                break
+    finally:
+        if fresh_sets is not None:
+            fresh_sets.close()
 
     seconds = elapsed + time.perf_counter() - run_start
     state = torch.load(checkpoint_path, map_location = device, weights_only = False)
@@ -306,6 +314,61 @@ def train(
         mean_new_tokens = result['mean_new_tokens'],
         checkpoint = str(checkpoint_path)
     )
+
+
+def generate_set(task_name: str, task_kwargs: dict, size: int, seed: int) -> list:
+    """A task's generated set, from picklable arguments so that a worker process can make it."""
+    return get_task(task_name, **task_kwargs).generate(size, seed = seed)
+
+
+class FreshSets:
+    """The training sets of `fresh_data`, each generated in a worker process while the epoch before it trains.
+
+    Generating 20,000 ProsQA examples takes several seconds of Python; in line, that is a fifth of a GPU epoch.
+    The sets are the ones `generate_set` makes in line (seeded by `fresh_data_seed`), so results and resumes do
+    not depend on the worker; if it cannot start or fails, the set is generated in line."""
+
+    def __init__(self, config: TrainConfig, total_epochs: int, first_epoch: int = 1):
+        self.config, self.total_epochs = config, total_epochs
+        self.pending: dict[int, Future] = {}
+        try:
+            # spawn, not fork: the parent may hold CUDA state and threads
+            self.pool = ProcessPoolExecutor(max_workers = 1, mp_context = multiprocessing.get_context('spawn'))
+        except (OSError, NotImplementedError, ValueError):
+            self.pool = None
+        self.submit(first_epoch)
+
+    def arguments(self, epoch: int) -> tuple:
+        config = self.config
+        return (config.task, config.task_kwargs, config.train_size, fresh_data_seed(config.seed, epoch))
+
+    def submit(self, epoch: int):
+        if self.pool is None or epoch >= self.total_epochs or epoch in self.pending:
+            return
+        try:
+            self.pending[epoch] = self.pool.submit(generate_set, *self.arguments(epoch))
+        except RuntimeError:  # the pool broke or was shut down
+            self.pool = None
+
+    def get(self, epoch: int) -> list:
+        """Epoch `epoch`'s set; starts generating the next one."""
+        self.submit(epoch)
+        future = self.pending.pop(epoch, None)
+        examples = None
+        if future is not None:
+            try:
+                examples = future.result()
+            except Exception:
+                examples = None
+        if examples is None:
+            examples = generate_set(*self.arguments(epoch))
+        self.submit(epoch + 1)
+        return examples
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.shutdown(wait = False, cancel_futures = True)
+            self.pool = None
 
 
 def fresh_data_seed(seed: int, epoch: int) -> int:

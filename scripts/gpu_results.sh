@@ -33,6 +33,8 @@ if [ "$suite" = prosqa ] || [ "$suite" = all ]; then
   run prosqa_pause   60  $data --method pause
   # does language CoT learn ProsQA from scratch given most of the 8-minute budget? (the 90 s run did not)
   run prosqa_cot_long 420 $data --method cot
+  # the long cot run memorised its fixed 20,000 examples: the same budget with a new generated set every epoch
+  run prosqa_coconut_fresh 440 $data --method coconut --fresh-data
 fi
 if [ "$suite" = mult ] || [ "$suite" = all ]; then
   for digits in 4 5; do

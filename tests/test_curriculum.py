@@ -160,6 +160,27 @@ def test_fresh_data_draws_new_sets_apart_from_the_held_out_seed():
     assert [e.question for e in first] != [e.question for e in second]
 
 
+def test_fresh_sets_from_the_worker_equal_sets_made_in_line():
+    from coconut_pytorch.training import FreshSets, fresh_data_seed, generate_set
+
+    config = TrainConfig(task = 'prosqa', train_size = 24, seed = 3, fresh_data = True)
+    in_line = {epoch: generate_set('prosqa', {}, 24, fresh_data_seed(3, epoch)) for epoch in (1, 2, 3)}
+
+    sets = FreshSets(config, total_epochs = 4)
+    try:
+        assert sets.pool is not None
+        fetched = {epoch: sets.get(epoch) for epoch in (1, 2, 3)}
+        assert not sets.pending  # nothing is generated past the last epoch
+    finally:
+        sets.close()
+    assert fetched == in_line
+
+    # a worker that cannot run falls back to generating in line
+    broken = FreshSets(config, total_epochs = 4)
+    broken.close()
+    assert broken.get(2) == in_line[2]
+
+
 def test_training_run_learns(tmp_path):
     config = TrainConfig(method = 'coconut', task = 'running_sum', task_kwargs = dict(num_digits = 3), train_size = 2000, eval_size = 200,
                          batch_size = 64, epochs_per_stage = 2, final_epochs = 10, dim = 64, depth = 2, heads = 4, dim_head = 16, lr = 2e-3)
