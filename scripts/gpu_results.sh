@@ -35,6 +35,7 @@ if [ "$suite" = prosqa ] || [ "$suite" = all ]; then
   run prosqa_cot_long 420 $data --method cot
   # the long cot run memorised its fixed 20,000 examples: the same budget with a new generated set every epoch
   run prosqa_coconut_fresh 440 $data --method coconut --fresh-data
+  run prosqa_cot_fresh     400 $data --method cot --fresh-data
 fi
 if [ "$suite" = mult ] || [ "$suite" = all ]; then
   for digits in 4 5; do
