@@ -504,7 +504,7 @@ def notes(bench: Bench) -> list[str]:
         f'{"bf16 autocast" if bench.bf16 else "float32"}; generation: greedy, {bench.args.gen_tokens} new tokens, median of {bench.args.gen_runs}.',
         'compile: whole = Coconut.forward compiled; blocks = each attention / feedforward / hyper-connection '
         'compiled; a failed compile falls back to eager with a warning. D runs eager unless --compile-mode says otherwise.'
-        + (f' torch.compile mode: {bench.args.torch_compile_mode}.' if bench.args.torch_compile_mode else '')
+        + (f' torch.compile mode of whole and transformer: {bench.args.torch_compile_mode} (blocks use the default mode).' if bench.args.torch_compile_mode else '')
         + (" inductor's decompose_mm_pass on (every compiled model)." if bench.args.decompose_small_mm else ''),
         'generation is not compiled: the prompt runs eagerly into a static cache, and on CUDA every later step (thoughts, '
         '<eot>, tokens) replays a CUDA graph; "gen ms, no graphs" (--gen-compare) is the same generation launched eagerly; '
