@@ -19,6 +19,7 @@ The last thing printed is the results table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import platform
@@ -187,6 +188,15 @@ def decompose_small_matmuls():
     products tile badly; kept as a flag so the finding can be re-checked on other GPUs and torch versions."""
     import torch._inductor.config as inductor_config
     inductor_config.post_grad_fusion_options = {**inductor_config.post_grad_fusion_options, 'decompose_mm_pass': {}}
+
+
+def coconut_partitioner_settings(args):
+    """`--activation-memory-budget` for Coconut's compile only (the ceilings keep torch's default): below 1, the
+    partitioner recomputes more in backward to save fewer activations, trading step time for peak memory."""
+    if args.activation_memory_budget is None:
+        return contextlib.nullcontext()
+    import torch._functorch.config as functorch_config
+    return functorch_config.patch(activation_memory_budget = args.activation_memory_budget)
 
 
 def reset_dynamo():
@@ -505,7 +515,8 @@ def notes(bench: Bench) -> list[str]:
         'compile: whole = Coconut.forward compiled; blocks = each attention / feedforward / hyper-connection '
         'compiled; a failed compile falls back to eager with a warning. D runs eager unless --compile-mode says otherwise.'
         + (f' torch.compile mode of whole and transformer: {bench.args.torch_compile_mode} (blocks use the default mode).' if bench.args.torch_compile_mode else '')
-        + (" inductor's decompose_mm_pass on (every compiled model)." if bench.args.decompose_small_mm else ''),
+        + (" inductor's decompose_mm_pass on (every compiled model)." if bench.args.decompose_small_mm else '')
+        + (f' activation_memory_budget {bench.args.activation_memory_budget} for the Coconut compile.' if bench.args.activation_memory_budget is not None else ''),
         'generation is not compiled: the prompt runs eagerly into a static cache, and on CUDA every later step (thoughts, '
         '<eot>, tokens) replays a CUDA graph; "gen ms, no graphs" (--gen-compare) is the same generation launched eagerly; '
         '"gen ms, compiled steps" (--gen-compile) compiles each step before capturing it (generate(compile_steps=True)).',
@@ -547,6 +558,9 @@ def parse_args(argv = None):
                           "and torch's default elsewhere; 'default' or any torch.compile mode")
     p.add_argument('--decompose-small-mm', action = 'store_true',
                    help = "inductor's decompose_mm_pass for every compiled model (an experiment: slower on an H100)")
+    p.add_argument('--activation-memory-budget', type = float, default = None,
+                   help = "torch._functorch.config.activation_memory_budget for Coconut's compile (0-1; the ceilings keep "
+                          "the default 1.0): lower saves fewer activations and recomputes more")
     p.add_argument('--gen-compare', action = 'store_true', help = 'also time generation without CUDA graphs')
     p.add_argument('--gen-compile', action = 'store_true', help = 'also time generation with compiled, graph-captured steps (compile_steps=True)')
     p.add_argument('--bf16', dest = 'bf16', action = 'store_true', default = None, help = 'bf16 autocast (default on CUDA)')
@@ -576,6 +590,8 @@ def main(argv = None):
         raise SystemExit('--device cuda but CUDA is not available; use --device cpu')
     if args.steps < 1:
         raise SystemExit('--steps must be >= 1')
+    if args.activation_memory_budget is not None and not 0. <= args.activation_memory_budget <= 1.:
+        raise SystemExit('--activation-memory-budget must be between 0 and 1')
 
     bench = Bench(args)
     if args.torch_compile_mode == 'auto':
@@ -606,6 +622,7 @@ def main(argv = None):
         compile_mode = args.compile_mode,
         torch_compile_mode = args.torch_compile_mode,
         decompose_small_mm = args.decompose_small_mm,
+        activation_memory_budget = args.activation_memory_budget,
         steps = args.steps,
         warmup = args.warmup,
         small = args.small,
@@ -619,7 +636,8 @@ def main(argv = None):
         cfg = run['cfg']
         print(f'[{run["name"]}] dim {cfg["dim"]} depth {cfg["depth"]} batch {cfg["batch"]} prompt {cfg["prompt"]} answer {cfg["answer"]} '
               f'S {cfg["steps"]} x c {cfg["latents"]} streams {cfg["streams"]} ckpt {run["checkpoint"]}', flush = True)
-        coconut = measure_coconut(bench, run)
+        with coconut_partitioner_settings(args):
+            coconut = measure_coconut(bench, run)
         print(f'  coconut: {coconut["status"]} {coconut.get("compile")} step {fmt(coconut.get("step_ms"), ".1f")} ms '
               f'(first {fmt(coconut.get("first_step_s"), ".1f")} s) peak {fmt(coconut.get("peak_gib"), ".2f")} GiB gen {fmt(coconut.get("gen_ms"), ".1f")} ms'
               f' (without CUDA graphs {fmt(coconut.get("gen_ms_no_graph"), ".1f")} ms, compiled steps {fmt(coconut.get("gen_ms_compiled"), ".1f")} ms)'
