@@ -346,6 +346,49 @@ def test_prosqa_verifier_rejects_wrong_proofs(prosqa_generated):
         verify_prosqa_example(Example(example.question, example.steps[:1] + example.steps[2:], example.answer))
 
 
+def test_prosqa_frontier_steps_are_the_breadth_first_layers(prosqa_generated):
+    frontier = ProsQATask(steps="frontier").generate(len(prosqa_generated), seed=0)
+    for proof, example in zip(prosqa_generated, frontier):
+        # same question and answer as the proof-style example of the same seed, as many steps as the proof
+        assert (example.question, example.answer) == (proof.question, proof.answer)
+        assert len(example.steps) == len(proof.steps)
+
+        sentences = [s.strip() for s in re.findall(r"[^.?]+[.?]", example.question)][:-1]
+        graph = parse_prosqa_question(example.question)
+        children = defaultdict(set)
+        for parent, child in graph.edges:
+            children[parent].add(child)
+        dist, queue = {graph.subject: 0}, [graph.subject]
+        for node in queue:
+            for child in sorted(children[node]):
+                if child not in dist:
+                    dist[child] = dist[node] + 1
+                    queue.append(child)
+
+        for layer, step in enumerate(example.steps, start=1):
+            facts = re.findall(r"[^.]+\.", step)
+            facts = [f.strip() for f in facts]
+            # facts of the question, in its order, one per node of this layer, each from the layer above
+            positions = [sentences.index(f) for f in facts]
+            assert positions == sorted(positions)
+            reached = []
+            for fact in facts:
+                parent, child = re.fullmatch(r"(?:Every )?(\w+) is a (\w+)\.", fact).groups()
+                assert dist[parent] == layer - 1 and child in children[parent]
+                reached.append(child)
+            assert sorted(reached) == sorted(n for n, d in dist.items() if d == layer)
+
+        # the last layer holds the answer
+        target = example.answer.split()[-1].rstrip(".")
+        assert dist[target] == len(example.steps)
+
+
+def test_prosqa_rejects_an_unknown_step_style():
+    with pytest.raises(ValueError, match="steps must be one of"):
+        ProsQATask(steps="bfs")
+    assert get_task("prosqa", steps="frontier").steps == "frontier"
+
+
 def test_prosqa_statistics_match_valid(valid_records, prosqa_generated):
     reference = prosqa_statistics(valid_records)
     generated = prosqa_statistics(prosqa_generated)

@@ -18,6 +18,13 @@ Structure measured on valid.json (300 examples) and reproduced here:
 - the distractor is a sink at distance 1-4 from the partner, unreachable from the subject;
 - 17-28 nodes, 22-53 edges, concept in-degree 1-7 (mostly 1-2);
 - which option is named first is a coin flip; the proof is one shortest path chosen at random.
+
+`ProsQATask(steps="frontier")` keeps the same questions and answers but makes step k the breadth-first layer k
+below the subject: for every concept first reached in k hops, one fact that reaches it ("Every terpus is a
+brimpus."), in the order the question states them, up to the target's layer. Each step is then a local
+expansion of the one before (no look-ahead needed to write it), the search that the paper finds Coconut's
+continuous thoughts encoding in superposition; a curriculum over these steps supervises the thoughts with
+whole frontiers instead of one chosen path (an option of this package, not the paper's setting).
 """
 
 from __future__ import annotations
@@ -404,6 +411,20 @@ def _topological_order(rng: random.Random, graph: _Graph, first: list[int]) -> l
     return order
 
 
+def _frontier_steps(rng: random.Random, graph: _Graph, source: int, depth: int, fact, sentences: list[str]) -> list[str]:
+    """Breadth-first layers 1..depth below `source`: per newly reached node one fact from the layer above
+    (a random one where several parents qualify), the facts of a layer in question order."""
+    dist = graph.distances(source)
+    parents = graph.parents()
+    position = {sentence: index for index, sentence in enumerate(sentences)}
+    steps = []
+    for layer in range(1, depth + 1):
+        reached = sorted(node for node, d in dist.items() if d == layer)
+        facts = [fact(rng.choice(sorted(p for p in parents[node] if dist.get(p) == layer - 1)), node) for node in reached]
+        steps.append(" ".join(sorted(facts, key=position.__getitem__)))
+    return steps
+
+
 class ProsQATask(Task):
     """ProsQA-style examples whose graph statistics match the paper's validation split.
 
@@ -412,13 +433,20 @@ class ProsQATask(Task):
     """
 
     name = "prosqa"
+    step_styles = ("proof", "frontier")
 
-    def __init__(self):
+    def __init__(self, steps: str = "proof"):
+        if steps not in self.step_styles:
+            raise ValueError(f"steps must be one of {self.step_styles}, got {steps!r}")
+        self.steps = steps
         self.persons, self.concepts = load_prosqa_vocab()
 
     @property
     def num_steps_range(self) -> tuple[int, int]:
         return (MIN_STEPS, MAX_STEPS)
+
+    def __repr__(self) -> str:
+        return f"ProsQATask(steps={self.steps!r})"
 
     def vocabulary(self) -> list[str]:
         return [*self.persons, *self.concepts, "Every", "is", "a", "Is", "or", ".", "?"]
@@ -527,6 +555,11 @@ class ProsQATask(Task):
         first = [subject, partner] if rng.random() < 0.5 else [partner, subject]
         order = _topological_order(rng, graph, first)
         index_of = {node: i for i, node in enumerate(order)}
+
+        if self.steps == "frontier":
+            # its own generator, seeded by the question (str seeds hash with sha512: stable across processes), so
+            # a seed gives the same questions and answers with either style of steps
+            steps = _frontier_steps(random.Random(question), graph, subject, num_steps, fact, sentences)
 
         return dict(
             question=question,
