@@ -36,6 +36,9 @@ if [ "$suite" = prosqa ] || [ "$suite" = all ]; then
   # the long cot run memorised its fixed 20,000 examples: the same budget with a new generated set every epoch
   run prosqa_coconut_fresh 440 $data --method coconut --fresh-data
   run prosqa_cot_fresh     400 $data --method cot --fresh-data
+  # steps as whole breadth-first layers (same questions and answers): not yet run on the GPU
+  run prosqa_coconut_frontier 440 $data --method coconut --fresh-data --task-kwargs '{"steps": "frontier"}'
+  run prosqa_cot_frontier     400 $data --method cot --fresh-data --task-kwargs '{"steps": "frontier"}'
 fi
 if [ "$suite" = mult ] || [ "$suite" = all ]; then
   for digits in 4 5; do
