@@ -225,8 +225,8 @@ def train(
                 # the generators are unlimited: a fixed set of thousands of examples gets memorised instead of solved
                 # (a ProsQA cot run fit its 20,000 to 0.99 token accuracy and answered 38% of new ones). The seed
                 # follows from (seed, epoch), so a resumed run sees the same sets
-                epoch_set = fresh_sets.get(epoch)
-                longest_target = max(longest_target, max_target_length(epoch_set, tokenizer))
+                epoch_set, epoch_longest = fresh_sets.get(epoch)
+                longest_target = max(longest_target, epoch_longest)
 
             rng = random.Random(config.seed * 100_003 + epoch)
             order = list(range(len(epoch_set)))
@@ -316,15 +316,19 @@ def train(
     )
 
 
-def generate_set(task_name: str, task_kwargs: dict, size: int, seed: int) -> list:
-    """A task's generated set, from picklable arguments so that a worker process can make it."""
-    return get_task(task_name, **task_kwargs).generate(size, seed = seed)
+def generate_set(task_name: str, task_kwargs: dict, size: int, seed: int) -> tuple[list, int]:
+    """A task's generated set and its `max_target_length` (under the task's own tokenizer, as `train` builds it),
+    from picklable arguments so that a worker process can make both off the training process."""
+    task = get_task(task_name, **task_kwargs)
+    examples = task.generate(size, seed = seed)
+    return examples, max_target_length(examples, WordTokenizer(task.vocabulary()))
 
 
 class FreshSets:
     """The training sets of `fresh_data`, each generated in a worker process while the epoch before it trains.
 
-    Generating 20,000 ProsQA examples takes several seconds of Python; in line, that is a fifth of a GPU epoch.
+    Generating 20,000 ProsQA examples and measuring their targets takes several seconds of Python; in line, that is
+    a fifth of a GPU epoch.
     The sets are the ones `generate_set` makes in line (seeded by `fresh_data_seed`), so results and resumes do
     not depend on the worker; if it cannot start or fails, the set is generated in line."""
 
@@ -350,20 +354,16 @@ class FreshSets:
         except RuntimeError:  # the pool broke or was shut down
             self.pool = None
 
-    def get(self, epoch: int) -> list:
-        """Epoch `epoch`'s set; starts generating the next one."""
+    def get(self, epoch: int) -> tuple[list, int]:
+        """Epoch `epoch`'s set and its longest target, as `generate_set` returns them; starts generating the next."""
         self.submit(epoch)
         future = self.pending.pop(epoch, None)
-        examples = None
-        if future is not None:
-            try:
-                examples = future.result()
-            except Exception:
-                examples = None
-        if examples is None:
-            examples = generate_set(*self.arguments(epoch))
+        try:
+            made = future.result() if future is not None else None
+        except Exception:  # the worker died or raised: make the set here instead
+            made = None
         self.submit(epoch + 1)
-        return examples
+        return made if made is not None else generate_set(*self.arguments(epoch))
 
     def close(self):
         if self.pool is not None:
