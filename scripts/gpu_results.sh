@@ -4,6 +4,8 @@
 #   bash scripts/gpu_results.sh OUT_DIR SUITE [BUDGET_SCALE]      SUITE: prosqa | mult
 #   ONLY="prosqa_pause mult5_no_cot" bash scripts/gpu_results.sh OUT all    # only the named runs
 #   SMOKE=1 bash scripts/gpu_results.sh /tmp/smoke prosqa 0.02   # tiny sizes on the CPU, to check the plumbing
+#   RESUME=1 ONLY=... bash scripts/gpu_results.sh OUT all        # continue the named runs from their checkpoints in OUT
+#                                                                 # (the budget counts again, per command)
 set -uo pipefail
 out=${1:?out dir}; suite=${2:?prosqa or mult}; scale=${3:-1}; valid=${VALID:-.devdata/prosqa_valid.json}
 mkdir -p "$out"
@@ -18,7 +20,7 @@ fi
 run() {  # name, seconds of training, then train_toy.py arguments
   if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $1 "* ]]; then return; fi
   local name=$1 seconds; seconds=$(python -c "print(int($2 * $scale) + 1)"); shift 2
-  python train_toy.py --device $device --time-budget "$seconds" --out "$out/$name" $model "$@" 2>/dev/null | grep '^{' > "$out/$name.log"
+  python train_toy.py --device $device --time-budget "$seconds" --out "$out/$name" $model "$@" ${RESUME:+--resume} 2>/dev/null | grep '^{' > "$out/$name.log"
   echo "{\"run\": \"$name\", \"budget_s\": $seconds, \"train_toy\": $(tail -1 "$out/$name.log")}" | tee -a "$out/results.jsonl"
   if [[ $name == prosqa* ]]; then
     echo "{\"run\": \"$name\", \"valid\": $(python -m coconut_pytorch.evaluate --checkpoint "$out/$name/checkpoint.pt" --data "$valid" --device $device | tail -1)}" | tee -a "$out/results.jsonl"
@@ -44,6 +46,8 @@ if [ "$suite" = prosqa ] || [ "$suite" = all ]; then
   run prosqa_coconut_frontier_b256 440 $data --method coconut "${frontier[@]}" --batch-size 256 --lr 1.5e-3
   # one epoch per stage and ten at the last stage (the language stages' token accuracy barely moved in two)
   run prosqa_coconut_frontier_short_stages 440 $data --method coconut "${frontier[@]}" --epochs-per-stage 1 --final-epochs 10
+  # the ceiling with more time at the last stage: twelve epochs there, over two commands (the second with RESUME=1)
+  run prosqa_coconut_frontier_long 500 $data --method coconut "${frontier[@]}" --final-epochs 12
 fi
 if [ "$suite" = mult ] || [ "$suite" = all ]; then
   for digits in 4 5; do
