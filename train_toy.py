@@ -1,7 +1,8 @@
 """Train Coconut on a reasoning task, from scratch, with the paper's curriculum.
 
-    python train_toy.py                                  # pointer chasing on CPU, a few minutes
+    python train_toy.py                                  # running sums on CPU, about a minute
     python train_toy.py --task prosqa --device cuda --bf16
+    python train_toy.py --train-file prosqa_train.json --eval-file prosqa_valid.json   # the paper's data files
     python train_toy.py --method cot                     # or no_cot, pause, coconut_no_curriculum, ...
     python train_toy.py --resume                         # continue the run in --out where it stopped
 
@@ -37,6 +38,8 @@ def parse_args():
     arg('--train-size', type = int, default = defaults.train_size)
     arg('--fresh-data', action = 'store_true', help = 'generate a new training set of --train-size every epoch')
     arg('--eval-size', type = int, default = defaults.eval_size)
+    arg('--train-file', default = None, help = "train on the paper's JSON or iCoT's lines instead of --task (--train-size is then unused)")
+    arg('--eval-file', default = None, help = 'report accuracy on these examples (default: generated, or --eval-size split off --train-file)')
     arg('--batch-size', type = int, default = defaults.batch_size)
     arg('--grad-accum', type = int, default = defaults.grad_accum)
     arg('--lr', type = float, default = defaults.lr)

@@ -22,9 +22,12 @@ import torch
 
 from coconut_pytorch.coconut import Coconut
 from coconut_pytorch.curriculum import Curriculum, collate, staged_examples
-from coconut_pytorch.data.tasks import get_task
+from coconut_pytorch.data.example import Example
+from coconut_pytorch.data.loaders import load_examples
+from coconut_pytorch.data.tasks import TASKS, get_task
+from coconut_pytorch.data.tasks.base import check_int
 from coconut_pytorch.data.tokenizer import WordTokenizer
-from coconut_pytorch.evaluate import evaluate_examples
+from coconut_pytorch.evaluate import encode_questions, evaluate_examples
 from coconut_pytorch.inputs import PAD_ID
 
 
@@ -50,6 +53,9 @@ class TrainConfig:
     train_size: int = 8000
     fresh_data: bool = False                # a new generated training set every epoch, not one set reused
     eval_size: int = 500
+    train_file: str | None = None           # the paper's JSON or iCoT lines: train on it instead of the task
+    eval_file: str | None = None            # held-out examples in the same formats (default: generated from the
+                                            # task, or eval_size examples split off train_file)
     batch_size: int = 64
     grad_accum: int = 1
     lr: float = 2e-3
@@ -71,6 +77,37 @@ class TrainConfig:
     bf16: bool = False
     compile: bool = False
     time_budget: float | None = None        # seconds; stop after the epoch that crosses it (resume later)
+
+    def __post_init__(self):
+        # every mistake named before any data is generated or any model built
+        for name in ('train_size', 'eval_size', 'batch_size', 'grad_accum', 'dim', 'depth', 'heads', 'dim_head',
+                     'num_residual_streams', 'c_thought', 'epochs_per_stage'):
+            check_int(name, getattr(self, name), 1)
+        for name in ('final_epochs', 'warmup_steps'):
+            check_int(name, getattr(self, name), 0)
+        if self.max_latent_stage is not None:
+            check_int('max_latent_stage', self.max_latent_stage, 0)
+        for name, minimum, inclusive in (('lr', 0., False), ('weight_decay', 0., True), ('max_grad_norm', 0., False),
+                                         ('uniform_prob', 0., True), ('time_budget', 0., True)):
+            value = getattr(self, name)
+            if value is None and name == 'time_budget':
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f'{name} must be a number, got {type(value).__name__}')
+            if value < minimum or (value == minimum and not inclusive) or value != value:
+                raise ValueError(f"{name} must be {'>=' if inclusive else '>'} {minimum}, got {value}")
+        if self.uniform_prob > 1:
+            raise ValueError(f'uniform_prob must be at most 1, got {self.uniform_prob}')
+        if self.task not in TASKS:
+            raise ValueError(f'task must be one of {sorted(TASKS)}, got {self.task!r}')
+        if not isinstance(self.task_kwargs, dict):
+            raise TypeError(f'task_kwargs must be a dict, got {type(self.task_kwargs).__name__}')
+        for name in ('train_file', 'eval_file'):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise TypeError(f'{name} must be a path, got {type(value).__name__}')
+        if self.train_file is not None and self.fresh_data:
+            raise ValueError('fresh_data generates a new set from the task every epoch; it cannot be used with train_file')
 
     def curriculum(self, task_max_steps: int) -> Curriculum:
         return Curriculum(
@@ -125,6 +162,47 @@ def max_target_length(examples, tokenizer: WordTokenizer) -> int:
     return longest
 
 
+def example_texts(examples: list[Example]):
+    for example in examples:
+        yield example.question
+        yield from example.steps
+        yield example.answer
+
+
+def load_data(config: TrainConfig) -> tuple[list[Example], list[Example], WordTokenizer, int]:
+    """(first training set, held-out set, tokenizer, most steps of an example) for a run.
+
+    From the task's generator, or from `train_file`; then the vocabulary is every word of the training and held-out
+    files (a held-out word never seen in training keeps an untrained embedding, rather than failing to encode).
+    """
+    eval_set = load_examples(config.eval_file) if config.eval_file is not None else None
+
+    if config.train_file is None:
+        task = get_task(config.task, **config.task_kwargs)
+        tokenizer = WordTokenizer(task.vocabulary())
+        if eval_set is not None:
+            encode_questions(eval_set, tokenizer, config.eval_file)  # a word outside the task's vocabulary: fail now, not after training
+        train_set = task.generate(config.train_size, seed = config.seed)
+        if eval_set is None:
+            eval_set = task.generate(config.eval_size, seed = config.seed + 10 ** 6)
+        return train_set, eval_set, tokenizer, task.num_steps_range[1]
+
+    train_set = load_examples(config.train_file)
+    if len(train_set) == 0:
+        raise ValueError(f'train_file {config.train_file} holds no examples')
+    if eval_set is None:
+        if len(train_set) <= config.eval_size:
+            raise ValueError(f'train_file {config.train_file} has {len(train_set)} examples: too few to split off '
+                             f'eval_size={config.eval_size} held-out ones (give eval_file, or a smaller eval_size)')
+        order = list(range(len(train_set)))
+        random.Random(config.seed).shuffle(order)
+        eval_set = [train_set[i] for i in order[:config.eval_size]]
+        train_set = [train_set[i] for i in sorted(order[config.eval_size:])]
+
+    tokenizer = WordTokenizer.from_texts(example_texts(train_set + eval_set))
+    return train_set, eval_set, tokenizer, max(len(example.steps) for example in train_set)
+
+
 def make_optimizer(model: Coconut, config: TrainConfig) -> torch.optim.Optimizer:
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
@@ -175,12 +253,8 @@ def train(
     checkpoint_path = out_dir / 'checkpoint.pt'
     device = torch.device(config.device)
 
-    task = get_task(config.task, **config.task_kwargs)
-    tokenizer = WordTokenizer(task.vocabulary())
-    curriculum = config.curriculum(task.num_steps_range[1])
-
-    train_set = task.generate(config.train_size, seed = config.seed)
-    eval_set = task.generate(config.eval_size, seed = config.seed + 10 ** 6)
+    train_set, eval_set, tokenizer, max_steps = load_data(config)
+    curriculum = config.curriculum(max_steps)
     longest_target = max_target_length(train_set, tokenizer)
 
     model = build_model(config, len(tokenizer), curriculum).to(device)
@@ -297,6 +371,7 @@ def train(
         model, tokenizer, eval_set,
         num_thoughts = info['num_thoughts'],
         max_new_tokens = info['max_new_tokens'],
+        source = config.eval_file or 'held-out examples',
         autocast_dtype = torch.bfloat16 if config.bf16 else None
     )
 
@@ -306,7 +381,7 @@ def train(
         n = result['n'],
         seconds = seconds,
         method = config.method,
-        task = config.task,
+        task = config.task if config.train_file is None else str(config.train_file),
         num_thoughts = info['num_thoughts'],
         stage = info['stage'],
         final_stage = info['final_stage'],

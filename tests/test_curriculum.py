@@ -211,3 +211,86 @@ def test_evaluate_command_on_files(tmp_path):
     broken.write_text('[{"question": "1 2"')
     failed = run('--data', str(broken), '--device', 'cpu')
     assert failed.returncode != 0 and 'broken.json' in failed.stderr
+
+
+@pytest.mark.parametrize('setting, error, message', [
+    (dict(batch_size = 0), ValueError, 'batch_size must be >= 1'),
+    (dict(train_size = 2.5), TypeError, 'train_size must be an int'),
+    (dict(depth = True), TypeError, 'depth must be an int'),
+    (dict(final_epochs = -1), ValueError, 'final_epochs must be >= 0'),
+    (dict(lr = 0.), ValueError, 'lr must be > 0'),
+    (dict(lr = float('nan')), ValueError, 'lr must be > 0'),
+    (dict(lr = '1e-3'), TypeError, 'lr must be a number'),
+    (dict(uniform_prob = 1.5), ValueError, 'uniform_prob must be at most 1'),
+    (dict(time_budget = -1.), ValueError, 'time_budget must be >= 0'),
+    (dict(task = 'gsm8k'), ValueError, 'task must be one of'),
+    (dict(task_kwargs = '{}'), TypeError, 'task_kwargs must be a dict'),
+    (dict(train_file = 3), TypeError, 'train_file must be a path'),
+    (dict(train_file = 'x.json', fresh_data = True), ValueError, 'cannot be used with train_file'),
+])
+def test_train_config_names_the_bad_setting(setting, error, message):
+    with pytest.raises(error, match = message):
+        TrainConfig(**setting)
+
+
+def running_sum_files(tmp_path, train_size = 600, eval_size = 40):
+    from coconut_pytorch.data.tasks import get_task
+    task = get_task('running_sum', num_digits = 3)
+    train_file, eval_file = tmp_path / 'train.json', tmp_path / 'eval.json'
+    save_json_examples(task.generate(train_size, seed = 0), train_file)
+    save_json_examples(task.generate(eval_size, seed = 1), eval_file)
+    return train_file, eval_file
+
+
+def test_load_data_from_files_splits_off_a_disjoint_held_out_set(tmp_path):
+    from coconut_pytorch.data import load_json_examples
+    from coconut_pytorch.training import load_data
+
+    train_file, eval_file = running_sum_files(tmp_path)
+    everything = load_json_examples(train_file)
+
+    train_set, eval_set, tokenizer, max_steps = load_data(TrainConfig(train_file = str(train_file), eval_size = 50, seed = 4))
+    assert len(eval_set) == 50 and len(train_set) == len(everything) - 50
+    held_out = {id(e) for e in eval_set}
+    assert not held_out & {id(e) for e in train_set}
+    assert sorted(map(repr, train_set + eval_set)) == sorted(map(repr, everything))
+    assert max_steps == max(len(e.steps) for e in everything)
+    words = {word for e in everything for text in (e.question, *e.steps, e.answer) for word in text.split()}
+    assert all(word in tokenizer for word in words)
+
+    # the split follows the seed
+    again, _, _, _ = load_data(TrainConfig(train_file = str(train_file), eval_size = 50, seed = 4))
+    other, _, _, _ = load_data(TrainConfig(train_file = str(train_file), eval_size = 50, seed = 5))
+    assert again == train_set and other != train_set
+
+    # with an eval file nothing is split off
+    train_set, eval_set, _, _ = load_data(TrainConfig(train_file = str(train_file), eval_file = str(eval_file)))
+    assert train_set == everything and eval_set == load_json_examples(eval_file)
+
+    with pytest.raises(ValueError, match = 'too few'):
+        load_data(TrainConfig(train_file = str(train_file), eval_size = 600))
+    empty = tmp_path / 'empty.json'
+    empty.write_text('[]')
+    with pytest.raises(ValueError, match = 'holds no examples'):
+        load_data(TrainConfig(train_file = str(empty)))
+
+
+def test_trains_on_files_and_the_evaluate_command_agrees(tmp_path):
+    train_file, eval_file = running_sum_files(tmp_path)
+    config = TrainConfig(**{**SMALL, 'train_file': str(train_file), 'eval_file': str(eval_file)})
+    result = train(config, tmp_path / 'run')
+    assert result['n'] == 40 and result['task'] == str(train_file)
+
+    run = subprocess.run([sys.executable, '-m', 'coconut_pytorch.evaluate', '--checkpoint', str(tmp_path / 'run' / 'checkpoint.pt'),
+                          '--data', str(eval_file)], capture_output = True, text = True)
+    assert run.returncode == 0, run.stderr
+    evaluated = json.loads(run.stdout.strip().splitlines()[-1])
+    assert evaluated['n'] == 40 and evaluated['accuracy'] == result['accuracy']
+
+
+def test_a_generated_run_names_the_eval_file_it_cannot_encode(tmp_path):
+    bad = tmp_path / 'bad.json'
+    save_json_examples([Example(question = '1 2 zebra', steps = ['3'], answer = '3')], bad)
+    with pytest.raises(ValueError, match = 'bad.json.*zebra'):
+        train(TrainConfig(**{**SMALL, 'eval_file': str(bad)}), tmp_path / 'run')
+    assert not (tmp_path / 'run' / 'checkpoint.pt').exists()  # before any training
