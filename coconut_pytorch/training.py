@@ -1,19 +1,17 @@
 """Training a Coconut model on a task with a curriculum: the loop behind `train_toy.py`.
 
-One fixed training set per run (generated from the seed), or with `fresh_data` a new one every epoch (seeded by
-(seed, epoch), made by a worker process while the previous epoch trains), shuffled anew each epoch by (seed, epoch),
-so a run resumed from its checkpoint continues exactly where it stopped. The optimizer is rebuilt at every stage change
+One fixed training set per run (generated from the seed, or read from `train_file`), or with `fresh_data` a new one
+every epoch (`data.fresh_sets`), shuffled anew each epoch by (seed, epoch), so a run resumed from its checkpoint
+continues exactly where it stopped. The optimizer is rebuilt at every stage change
 (as in the paper), and gradients accumulate over `grad_accum` batches (the paper's effective batch is 128).
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import random
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
@@ -23,12 +21,14 @@ import torch
 from coconut_pytorch.coconut import Coconut
 from coconut_pytorch.curriculum import Curriculum, collate, staged_examples
 from coconut_pytorch.data.example import Example
+from coconut_pytorch.data.fresh_sets import FreshSets
 from coconut_pytorch.data.loaders import load_examples
 from coconut_pytorch.data.tasks import TASKS, get_task
 from coconut_pytorch.data.tasks.base import check_int
-from coconut_pytorch.data.tokenizer import WordTokenizer
+from coconut_pytorch.data.tokenizer import WordTokenizer, max_target_length
 from coconut_pytorch.evaluate import encode_questions, evaluate_examples
 from coconut_pytorch.inputs import PAD_ID
+from coconut_pytorch.plotting import plot_history
 
 
 @dataclass
@@ -153,15 +153,6 @@ def inference_info(curriculum: Curriculum, stage: int, max_target_length: int) -
     return dict(num_thoughts = num_thoughts, max_new_tokens = max_target_length + INFERENCE_TOKEN_MARGIN, stage = stage, final_stage = curriculum.final_stage)
 
 
-def max_target_length(examples, tokenizer: WordTokenizer) -> int:
-    """Tokens of the longest full language target (all steps, then the answer): a cap for generation."""
-    longest = 0
-    for example in examples:
-        _, steps, answer = tokenizer.encode_example(example)
-        longest = max(longest, sum(len(step) + 1 for step in steps) + len(answer))
-    return longest
-
-
 def example_texts(examples: list[Example]):
     for example in examples:
         yield example.question
@@ -284,7 +275,7 @@ def train(
     # every method trains as many epochs as the coconut schedule, so baselines get the same budget
     schedule = Curriculum(**{**asdict(curriculum), 'method': 'coconut'})
     total_epochs = schedule.total_epochs + config.final_epochs
-    fresh_sets = FreshSets(config, total_epochs, first_epoch = max(start_epoch, 1)) if config.fresh_data else None
+    fresh_sets = FreshSets(config.task, config.task_kwargs, config.train_size, config.seed, total_epochs, first_epoch = max(start_epoch, 1)) if config.fresh_data else None
     run_start = time.perf_counter()
     stopped_early = False
 
@@ -389,94 +380,3 @@ def train(
         mean_new_tokens = result['mean_new_tokens'],
         checkpoint = str(checkpoint_path)
     )
-
-
-def generate_set(task_name: str, task_kwargs: dict, size: int, seed: int) -> tuple[list, int]:
-    """A task's generated set and its `max_target_length` (under the task's own tokenizer, as `train` builds it),
-    from picklable arguments so that a worker process can make both off the training process."""
-    task = get_task(task_name, **task_kwargs)
-    examples = task.generate(size, seed = seed)
-    return examples, max_target_length(examples, WordTokenizer(task.vocabulary()))
-
-
-class FreshSets:
-    """The training sets of `fresh_data`, each generated in a worker process while the epoch before it trains.
-
-    Generating 20,000 ProsQA examples and measuring their targets takes several seconds of Python; in line, that is
-    a fifth of a GPU epoch.
-    The sets are the ones `generate_set` makes in line (seeded by `fresh_data_seed`), so results and resumes do
-    not depend on the worker; if it cannot start or fails, the set is generated in line."""
-
-    def __init__(self, config: TrainConfig, total_epochs: int, first_epoch: int = 1):
-        self.config, self.total_epochs = config, total_epochs
-        self.pending: dict[int, Future] = {}
-        try:
-            # spawn, not fork: the parent may hold CUDA state and threads
-            self.pool = ProcessPoolExecutor(max_workers = 1, mp_context = multiprocessing.get_context('spawn'))
-        except (OSError, NotImplementedError, ValueError):
-            self.pool = None
-        self.submit(first_epoch)
-
-    def arguments(self, epoch: int) -> tuple:
-        config = self.config
-        return (config.task, config.task_kwargs, config.train_size, fresh_data_seed(config.seed, epoch))
-
-    def submit(self, epoch: int):
-        if self.pool is None or epoch >= self.total_epochs or epoch in self.pending:
-            return
-        try:
-            self.pending[epoch] = self.pool.submit(generate_set, *self.arguments(epoch))
-        except RuntimeError:  # the pool broke or was shut down
-            self.pool = None
-
-    def get(self, epoch: int) -> tuple[list, int]:
-        """Epoch `epoch`'s set and its longest target, as `generate_set` returns them; starts generating the next."""
-        self.submit(epoch)
-        future = self.pending.pop(epoch, None)
-        try:
-            made = future.result() if future is not None else None
-        except Exception:  # the worker died or raised: make the set here instead
-            made = None
-        self.submit(epoch + 1)
-        return made if made is not None else generate_set(*self.arguments(epoch))
-
-    def close(self):
-        if self.pool is not None:
-            self.pool.shutdown(wait = False, cancel_futures = True)
-            self.pool = None
-
-
-def fresh_data_seed(seed: int, epoch: int) -> int:
-    """Seed of epoch `epoch`'s training set under `fresh_data` (epoch 0 uses the run's own seed). For seeds >= 0 it
-    is always above seed + 10**6, the held-out set's seed, and distinct per epoch."""
-    return (seed + 1) * 2_000_003 + epoch
-
-
-def plot_history(history: list[dict], path: Path, title: str = ''):
-    """Loss and teacher-forced token accuracy by epoch, with the curriculum's stage changes marked."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    epochs = [h['epoch'] + 1 for h in history]
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize = (10, 3.6))
-
-    loss_ax.plot(epochs, [h['loss'] for h in history], marker = 'o', markersize = 3)
-    loss_ax.set_yscale('log')
-    loss_ax.set_ylabel('training loss')
-    acc_ax.plot(epochs, [h['token_accuracy'] for h in history], marker = 'o', markersize = 3, color = 'tab:green')
-    acc_ax.set_ylabel('token accuracy (teacher forced)')
-    acc_ax.set_ylim(0, 1.02)
-
-    for ax in (loss_ax, acc_ax):
-        ax.set_xlabel('epoch')
-        ax.grid(alpha = 0.3)
-        for previous, current in zip(history, history[1:]):
-            if current['stage'] != previous['stage']:
-                ax.axvline(current['epoch'] + 0.5, color = 'gray', linestyle = '--', linewidth = 0.8)
-                ax.text(current['epoch'] + 0.6, ax.get_ylim()[1], f"stage {current['stage']}", fontsize = 7, va = 'top', color = 'gray')
-
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi = 120)
-    plt.close(fig)

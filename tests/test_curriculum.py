@@ -149,7 +149,7 @@ def test_resume_continues_exactly(tmp_path, fresh_data):
 
 def test_fresh_data_draws_new_sets_apart_from_the_held_out_seed():
     from coconut_pytorch.data.tasks import get_task
-    from coconut_pytorch.training import fresh_data_seed
+    from coconut_pytorch.data.fresh_sets import fresh_data_seed
 
     seeds = [fresh_data_seed(seed, epoch) for seed in (0, 1, 7) for epoch in range(1, 50)]
     held_out = {seed + 10 ** 6 for seed in (0, 1, 7)}
@@ -161,12 +161,11 @@ def test_fresh_data_draws_new_sets_apart_from_the_held_out_seed():
 
 
 def test_fresh_sets_from_the_worker_equal_sets_made_in_line():
-    from coconut_pytorch.training import FreshSets, fresh_data_seed, generate_set
+    from coconut_pytorch.data.fresh_sets import FreshSets, fresh_data_seed, generate_set
 
-    config = TrainConfig(task = 'prosqa', train_size = 24, seed = 3, fresh_data = True)
     in_line = {epoch: generate_set('prosqa', {}, 24, fresh_data_seed(3, epoch)) for epoch in (1, 2, 3)}
 
-    sets = FreshSets(config, total_epochs = 4)
+    sets = FreshSets('prosqa', {}, 24, 3, total_epochs = 4)
     try:
         assert sets.pool is not None
         fetched = {epoch: sets.get(epoch) for epoch in (1, 2, 3)}
@@ -176,7 +175,7 @@ def test_fresh_sets_from_the_worker_equal_sets_made_in_line():
     assert fetched == in_line
 
     # a worker that cannot run falls back to generating in line
-    broken = FreshSets(config, total_epochs = 4)
+    broken = FreshSets('prosqa', {}, 24, 3, total_epochs = 4)
     broken.close()
     assert broken.get(2) == in_line[2]
 

@@ -195,3 +195,12 @@ class WordTokenizer:
         if tokenizer.vocab != vocab:
             raise ValueError("tokenizer state 'vocab' is not in canonical order (specials, then sorted unique words)")
         return tokenizer
+
+
+def max_target_length(examples: Iterable[Any], tokenizer: WordTokenizer) -> int:
+    """Tokens of the longest full language target (every step and its separator, then the answer): a cap for generation."""
+    longest = 0
+    for example in examples:
+        _, steps, answer = tokenizer.encode_example(example)
+        longest = max(longest, sum(len(step) + 1 for step in steps) + len(answer))
+    return longest
