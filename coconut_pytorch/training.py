@@ -61,6 +61,8 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.01
     warmup_steps: int = 50
+    rewarm_each_stage: bool = False         # warm up again after every optimizer reset: a new Adam's first updates
+                                            # move every weight by about lr, whatever its gradient's size
     max_grad_norm: float = 1.
 
     # model
@@ -194,6 +196,12 @@ def load_data(config: TrainConfig) -> tuple[list[Example], list[Example], WordTo
     return train_set, eval_set, tokenizer, max(len(example.steps) for example in train_set)
 
 
+def learning_rate(config: TrainConfig, step: int, optimizer_start: int) -> float:
+    """The lr of optimizer step `step` (counted over the run); `optimizer_start` is the step the optimizer was made at."""
+    since = step - optimizer_start if config.rewarm_each_stage else step
+    return config.lr * min(1., (since + 1) / max(1, config.warmup_steps))
+
+
 def make_optimizer(model: Coconut, config: TrainConfig) -> torch.optim.Optimizer:
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
@@ -251,7 +259,7 @@ def train(
     model = build_model(config, len(tokenizer), curriculum).to(device)
     optimizer = make_optimizer(model, config)
 
-    start_epoch, history, elapsed, step = 0, [], 0., 0
+    start_epoch, history, elapsed, step, optimizer_start = 0, [], 0., 0, 0
 
     if resume:
         if not checkpoint_path.is_file():
@@ -265,6 +273,7 @@ def train(
         model.load_state_dict(state['model'])
         optimizer.load_state_dict(state['optimizer'])
         start_epoch, history, elapsed, step = state['epoch'] + 1, state['history'], state['elapsed'], state['step']
+        optimizer_start = state.get('optimizer_start', 0)
         # with fresh data the cap grew with every set seen before the stop
         longest_target = max(longest_target, state['inference']['max_new_tokens'] - INFERENCE_TOKEN_MARGIN)
 
@@ -284,6 +293,7 @@ def train(
             stage = curriculum.stage_at_epoch(epoch)
             if config.reset_optimizer and epoch > 0 and stage != curriculum.stage_at_epoch(epoch - 1):
                 optimizer = make_optimizer(model, config)
+                optimizer_start = step
 
             epoch_set = train_set
             if config.fresh_data and epoch > 0:
@@ -320,9 +330,8 @@ def train(
                 counted += real.sum()
 
                 if (batch_index + 1) % config.grad_accum == 0 or batch_index == len(batches) - 1:
-                    lr_scale = min(1., (step + 1) / max(1, config.warmup_steps))
                     for group in optimizer.param_groups:
-                        group['lr'] = config.lr * lr_scale
+                        group['lr'] = learning_rate(config, step, optimizer_start)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none = True)
@@ -340,7 +349,7 @@ def train(
             save_atomic(dict(
                 config = asdict(config), curriculum = asdict(curriculum), tokenizer = tokenizer.to_dict(),
                 model = model.state_dict(), optimizer = optimizer.state_dict(),
-                epoch = epoch, step = step, history = history, elapsed = elapsed_now,
+                epoch = epoch, step = step, optimizer_start = optimizer_start, history = history, elapsed = elapsed_now,
                 inference = inference_info(curriculum, stage, longest_target)
             ), checkpoint_path)
 

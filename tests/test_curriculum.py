@@ -124,9 +124,9 @@ def test_every_method_trains_saves_and_evaluates(tmp_path, method):
     assert info['num_thoughts'] == expected_thoughts
 
 
-@pytest.mark.parametrize('fresh_data', (False, True))
-def test_resume_continues_exactly(tmp_path, fresh_data):
-    config = TrainConfig(method = 'coconut', fresh_data = fresh_data, **SMALL)
+@pytest.mark.parametrize('fresh_data, rewarm', [(False, False), (True, False), (False, True)])
+def test_resume_continues_exactly(tmp_path, fresh_data, rewarm):
+    config = TrainConfig(method = 'coconut', fresh_data = fresh_data, rewarm_each_stage = rewarm, **SMALL)
 
     straight = train(config, tmp_path / 'straight')
 
@@ -293,3 +293,24 @@ def test_a_generated_run_names_the_eval_file_it_cannot_encode(tmp_path):
     with pytest.raises(ValueError, match = 'bad.json.*zebra'):
         train(TrainConfig(**{**SMALL, 'eval_file': str(bad)}), tmp_path / 'run')
     assert not (tmp_path / 'run' / 'checkpoint.pt').exists()  # before any training
+
+
+def test_rewarm_restarts_the_warmup_at_each_optimizer_reset():
+    from coconut_pytorch.training import learning_rate
+
+    plain = TrainConfig(lr = 1e-3, warmup_steps = 4)
+    rewarm = TrainConfig(lr = 1e-3, warmup_steps = 4, rewarm_each_stage = True)
+    # the first optimizer: both warm up over steps 0-3
+    assert [learning_rate(c, step, 0) for c in (plain, rewarm) for step in (0, 3, 9)] == pytest.approx([2.5e-4, 1e-3, 1e-3] * 2)
+    # an optimizer made at step 10: only rewarm starts over
+    assert [learning_rate(plain, step, 10) for step in (10, 11, 13)] == pytest.approx([1e-3] * 3)
+    assert [learning_rate(rewarm, step, 10) for step in (10, 11, 13)] == pytest.approx([2.5e-4, 5e-4, 1e-3])
+
+
+def test_rewarm_changes_training_only_after_the_first_stage(tmp_path):
+    histories = {}
+    for rewarm in (False, True):
+        train(TrainConfig(method = 'coconut', rewarm_each_stage = rewarm, **{**SMALL, 'warmup_steps': 50}), tmp_path / str(rewarm))
+        histories[rewarm] = [h['loss'] for h in torch.load(tmp_path / str(rewarm) / 'checkpoint.pt', weights_only = False)['history']]
+    assert histories[True][0] == histories[False][0]     # stage 0: the same optimizer and warmup
+    assert histories[True][1] != histories[False][1]     # stage 1: a fresh optimizer, warmed up again or not
