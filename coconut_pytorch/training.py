@@ -14,12 +14,12 @@ import random
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
 from coconut_pytorch.coconut import Coconut
-from coconut_pytorch.curriculum import Curriculum, collate, staged_examples
+from coconut_pytorch.curriculum import METHODS, Curriculum, collate, staged_examples
 from coconut_pytorch.data.example import Example
 from coconut_pytorch.data.fresh_sets import FreshSets
 from coconut_pytorch.data.loaders import load_examples
@@ -100,6 +100,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be {'>=' if inclusive else '>'} {minimum}, got {value}")
         if self.uniform_prob > 1:
             raise ValueError(f'uniform_prob must be at most 1, got {self.uniform_prob}')
+        if self.method not in METHODS:
+            raise ValueError(f'method must be one of {list(METHODS)}, got {self.method!r}')
         if self.task not in TASKS:
             raise ValueError(f'task must be one of {sorted(TASKS)}, got {self.task!r}')
         if not isinstance(self.task_kwargs, dict):
@@ -155,7 +157,8 @@ def inference_info(curriculum: Curriculum, stage: int, max_target_length: int) -
     return dict(num_thoughts = num_thoughts, max_new_tokens = max_target_length + INFERENCE_TOKEN_MARGIN, stage = stage, final_stage = curriculum.final_stage)
 
 
-def example_texts(examples: list[Example]):
+def example_texts(examples: list[Example]) -> Iterator[str]:
+    """Every question, step and answer: the texts a file-trained run takes its vocabulary from."""
     for example in examples:
         yield example.question
         yield from example.steps

@@ -223,6 +223,7 @@ def test_evaluate_command_on_files(tmp_path):
     (dict(uniform_prob = 1.5), ValueError, 'uniform_prob must be at most 1'),
     (dict(time_budget = -1.), ValueError, 'time_budget must be >= 0'),
     (dict(task = 'gsm8k'), ValueError, 'task must be one of'),
+    (dict(method = 'icot'), ValueError, 'method must be one of'),
     (dict(task_kwargs = '{}'), TypeError, 'task_kwargs must be a dict'),
     (dict(train_file = 3), TypeError, 'train_file must be a path'),
     (dict(train_file = 'x.json', fresh_data = True), ValueError, 'cannot be used with train_file'),
