@@ -21,7 +21,7 @@ import torch
 from coconut_pytorch.coconut import Coconut
 from coconut_pytorch.curriculum import METHODS, Curriculum, collate, staged_examples
 from coconut_pytorch.data.example import Example
-from coconut_pytorch.data.fresh_sets import FreshSets
+from coconut_pytorch.data.fresh_sets import FreshSets, held_out_seed
 from coconut_pytorch.data.loaders import load_examples
 from coconut_pytorch.data.tasks import TASKS, get_task
 from coconut_pytorch.data.tasks.base import check_int
@@ -180,7 +180,7 @@ def load_data(config: TrainConfig) -> tuple[list[Example], list[Example], WordTo
             encode_questions(eval_set, tokenizer, config.eval_file)  # a word outside the task's vocabulary: fail now, not after training
         train_set = task.generate(config.train_size, seed = config.seed)
         if eval_set is None:
-            eval_set = task.generate(config.eval_size, seed = config.seed + 10 ** 6)
+            eval_set = task.generate(config.eval_size, seed = held_out_seed(config.seed))
         return train_set, eval_set, tokenizer, task.num_steps_range[1]
 
     train_set = load_examples(config.train_file)

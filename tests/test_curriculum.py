@@ -149,10 +149,10 @@ def test_resume_continues_exactly(tmp_path, fresh_data, rewarm):
 
 def test_fresh_data_draws_new_sets_apart_from_the_held_out_seed():
     from coconut_pytorch.data.tasks import get_task
-    from coconut_pytorch.data.fresh_sets import fresh_data_seed
+    from coconut_pytorch.data.fresh_sets import fresh_data_seed, held_out_seed
 
     seeds = [fresh_data_seed(seed, epoch) for seed in (0, 1, 7) for epoch in range(1, 50)]
-    held_out = {seed + 10 ** 6 for seed in (0, 1, 7)}
+    held_out = {held_out_seed(seed) for seed in (0, 1, 7)}
     assert len(set(seeds)) == len(seeds) and not held_out & set(seeds) and not {0, 1, 7} & set(seeds)
 
     task = get_task('running_sum', num_digits = 4)

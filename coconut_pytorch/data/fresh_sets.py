@@ -68,7 +68,12 @@ class FreshSets:
             self.pool = None
 
 
+def held_out_seed(seed: int) -> int:
+    """Seed of a run's generated held-out set (its first training set uses `seed` itself)."""
+    return seed + 10 ** 6
+
+
 def fresh_data_seed(seed: int, epoch: int) -> int:
     """Seed of epoch `epoch`'s training set under `fresh_data` (epoch 0 uses the run's own seed). For seeds >= 0 it
-    is always above seed + 10**6, the held-out set's seed, and distinct per epoch."""
+    is always above `held_out_seed(seed)`, and distinct per epoch."""
     return (seed + 1) * 2_000_003 + epoch
