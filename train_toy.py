@@ -54,6 +54,7 @@ def parse_args():
     arg('--device', default = defaults.device)
     arg('--bf16', action = 'store_true')
     arg('--compile', action = 'store_true')
+    arg('--cuda-graphs', action = 'store_true', help = 'replay each batch shape\'s training step as a CUDA graph (the step is host-bound on a GPU)')
     arg('--seed', type = int, default = defaults.seed)
     arg('--time-budget', type = float, default = None, help = 'seconds; stop after the epoch that crosses it, --resume later')
     arg('--out', default = 'runs/toy')

@@ -315,6 +315,27 @@ class Coconut(Module):
         if return_loss and not exists(answer):
             return_loss = False
 
+        return self.forward_aligned(aligned, answer, num_steps, row_steps, return_loss = return_loss, return_intermediates = return_intermediates)
+
+    def forward_aligned(
+        self,
+        aligned: AlignedPrompt,
+        answer: Tensor | None,
+        num_steps: int,
+        row_steps: Tensor | None,
+        return_loss: bool = True,
+        return_intermediates: bool = False,
+        with_prompt_logits: bool = True
+    ):
+        """`forward` after its checks: a left-aligned prompt, a (b, m) -1 padded answer (or None), the most steps of
+        any row and the per-row steps ((b,) or None when all rows take `num_steps`).
+
+        Free of host syncs and of shapes that depend on tensor contents, so a training step built on it can be
+        captured as a CUDA graph (`train_step`). Inputs are trusted: check them with `forward` first.
+        `with_prompt_logits=False` skips the prompt's logits in the intermediates (None there), which training
+        does not need.
+        """
+        batch = aligned.ids.shape[0]
         reasoned = self.reason(aligned.ids, aligned.mask, num_steps, row_steps)
 
         answer_inputs = answer_mask = None
@@ -329,7 +350,7 @@ class Coconut(Module):
 
         latent_tokens = self.stack_thoughts(reasoned.thoughts, batch)
 
-        want_prompt_logits = not return_loss or return_intermediates
+        want_prompt_logits = with_prompt_logits and (not return_loss or return_intermediates)
         prompt_logits = self.prompt_logits(reasoned.prompt_hiddens, aligned.order) if want_prompt_logits else None
 
         intermediates = Intermediates(prompt_logits, latent_tokens, answer_logits, cache)

@@ -187,3 +187,22 @@ def collate(staged: Sequence[StagedExample]) -> Batch:
     target = pad_sequence([s.target for s in staged], batch_first = True, padding_value = PAD_ID)
     num_thoughts = torch.tensor([s.num_thoughts for s in staged])
     return Batch(prompt, target, num_thoughts)
+
+
+@dataclass(frozen = True)
+class EpochLayout:
+    """How a training set becomes an epoch's batches: shuffled by (seed, epoch), laid out at the epoch's stage (with
+    `uniform_prob` mixing drawn from the same generator), cut into batches. Deterministic and picklable, so a worker
+    process can lay out the next epoch while this one trains, and a resumed run gets the batches it would have."""
+
+    tokenizer: WordTokenizer
+    curriculum: Curriculum
+    batch_size: int
+    seed: int
+
+    def batches(self, examples: Sequence[Example], epoch: int) -> list[Batch]:
+        rng = random.Random(self.seed * 100_003 + epoch)
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        staged = staged_examples([examples[i] for i in order], self.tokenizer, self.curriculum, self.curriculum.stage_at_epoch(epoch), rng)
+        return [collate(staged[i:i + self.batch_size]) for i in range(0, len(staged), self.batch_size)]

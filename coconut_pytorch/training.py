@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import torch
 
 from coconut_pytorch.coconut import Coconut
-from coconut_pytorch.curriculum import METHODS, Curriculum, collate, staged_examples
+from coconut_pytorch.curriculum import METHODS, Curriculum, EpochLayout
 from coconut_pytorch.data.example import Example
 from coconut_pytorch.data.fresh_sets import FreshSets, held_out_seed
 from coconut_pytorch.data.loaders import load_examples
@@ -27,8 +27,8 @@ from coconut_pytorch.data.tasks import TASKS, get_task
 from coconut_pytorch.data.tasks.base import check_int
 from coconut_pytorch.data.tokenizer import WordTokenizer, max_target_length
 from coconut_pytorch.evaluate import encode_questions, evaluate_examples
-from coconut_pytorch.inputs import PAD_ID
 from coconut_pytorch.plotting import plot_history
+from coconut_pytorch.train_step import TrainStep
 
 
 @dataclass
@@ -78,6 +78,7 @@ class TrainConfig:
     device: str = 'cpu'
     bf16: bool = False
     compile: bool = False
+    cuda_graphs: bool = False               # replay each batch shape's step as a CUDA graph (train_step.TrainStep)
     time_budget: float | None = None        # seconds; stop after the epoch that crosses it (resume later)
 
     def __post_init__(self):
@@ -112,6 +113,10 @@ class TrainConfig:
                 raise TypeError(f'{name} must be a path, got {type(value).__name__}')
         if self.train_file is not None and self.fresh_data:
             raise ValueError('fresh_data generates a new set from the task every epoch; it cannot be used with train_file')
+        if self.cuda_graphs and not str(self.device).startswith('cuda'):
+            raise ValueError(f'cuda_graphs needs a CUDA device, got device={self.device!r}')
+        if self.cuda_graphs and self.compile:
+            raise ValueError('cuda_graphs and compile cannot be combined: choose one')
 
     def curriculum(self, task_max_steps: int) -> Curriculum:
         return Curriculum(
@@ -147,6 +152,9 @@ def build_model(config: TrainConfig, num_tokens: int, curriculum: Curriculum) ->
         thought_mode = curriculum.thought_mode
     )
 
+
+# settings that change how a run is executed, not what it learns: a resumed run may differ in them
+RESUME_MAY_CHANGE = ('time_budget', 'device', 'cuda_graphs', 'compile')
 
 INFERENCE_TOKEN_MARGIN = 8     # generation may run this far past the longest training target
 
@@ -213,6 +221,15 @@ def make_optimizer(model: Coconut, config: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr = config.lr, betas = (0.9, 0.98), fused = fused)
 
 
+def apply_gradients(model: Coconut, optimizer: torch.optim.Optimizer, lr: float, max_grad_norm: float):
+    """One optimizer step at `lr` on the accumulated gradients, clipped to `max_grad_norm`; then clears them."""
+    for group in optimizer.param_groups:
+        group['lr'] = lr
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none = True)
+
+
 def save_atomic(state: dict, path: Path):
     tmp = path.with_suffix('.tmp')
     torch.save(state, tmp)
@@ -270,7 +287,7 @@ def train(
         state = torch.load(checkpoint_path, map_location = device, weights_only = False)
         if TrainConfig.from_dict(state['config']) != config:
             saved = TrainConfig.from_dict(state['config'])
-            changed = [f.name for f in fields(TrainConfig) if getattr(saved, f.name) != getattr(config, f.name) and f.name not in ('time_budget', 'device')]
+            changed = [f.name for f in fields(TrainConfig) if getattr(saved, f.name) != getattr(config, f.name) and f.name not in RESUME_MAY_CHANGE]
             if changed:
                 raise ValueError(f'--resume: the configuration differs from the checkpoint in {changed}')
         model.load_state_dict(state['model'])
@@ -283,11 +300,12 @@ def train(
     if config.compile:
         model.model.compile_blocks()
 
-    autocast = dict(device_type = device.type, dtype = torch.bfloat16, enabled = config.bf16)
+    train_step = TrainStep(model, torch.bfloat16 if config.bf16 else None, loss_scale = 1 / config.grad_accum, cuda_graphs = config.cuda_graphs)
     # every method trains as many epochs as the coconut schedule, so baselines get the same budget
     schedule = Curriculum(**{**asdict(curriculum), 'method': 'coconut'})
     total_epochs = schedule.total_epochs + config.final_epochs
-    fresh_sets = FreshSets(config.task, config.task_kwargs, config.train_size, config.seed, total_epochs, first_epoch = max(start_epoch, 1)) if config.fresh_data else None
+    layout = EpochLayout(tokenizer, curriculum, config.batch_size, config.seed)
+    fresh_sets = FreshSets(config.task, config.task_kwargs, config.train_size, config.seed, total_epochs, layout, first_epoch = max(start_epoch, 1)) if config.fresh_data else None
     run_start = time.perf_counter()
     stopped_early = False
 
@@ -298,20 +316,15 @@ def train(
                 optimizer = make_optimizer(model, config)
                 optimizer_start = step
 
-            epoch_set = train_set
             if config.fresh_data and epoch > 0:
                 # the generators are unlimited: a fixed set of thousands of examples gets memorised instead of solved
                 # (a ProsQA cot run fit its 20,000 to 0.99 token accuracy and answered 38% of new ones). The seed
                 # follows from (seed, epoch), so a resumed run sees the same sets
-                epoch_set, epoch_longest = fresh_sets.get(epoch)
+                batches, epoch_longest = fresh_sets.get(epoch)
                 longest_target = max(longest_target, epoch_longest)
+            else:
+                batches = layout.batches(train_set, epoch)
 
-            rng = random.Random(config.seed * 100_003 + epoch)
-            order = list(range(len(epoch_set)))
-            rng.shuffle(order)
-            staged = staged_examples([epoch_set[i] for i in order], tokenizer, curriculum, stage, rng)
-
-            batches = [staged[i:i + config.batch_size] for i in range(0, len(staged), config.batch_size)]
             iterator = progress(batches, desc = f'epoch {epoch + 1}/{total_epochs} stage {stage}', leave = False) if progress else batches
 
             model.train()
@@ -319,29 +332,18 @@ def train(
             correct = torch.zeros((), device = device)
             counted = torch.zeros((), device = device)
 
-            for batch_index, chunk in enumerate(iterator):
-                batch = collate(chunk).to(device)
-
-                with torch.autocast(**autocast):
-                    loss, (_, _, _, answer_logits, _) = model(batch.prompt, batch.target, num_reasoning_steps = batch.num_thoughts, return_intermediates = True)
-
-                (loss / config.grad_accum).backward()
-
-                real = batch.target != PAD_ID
-                loss_sum += loss.detach()
-                correct += ((answer_logits.argmax(dim = -1) == batch.target) & real).sum()
-                counted += real.sum()
+            for batch_index, batch in enumerate(iterator):
+                stats = train_step(batch)
+                loss_sum += stats.loss
+                correct += stats.correct
+                counted += stats.counted
 
                 if (batch_index + 1) % config.grad_accum == 0 or batch_index == len(batches) - 1:
-                    for group in optimizer.param_groups:
-                        group['lr'] = learning_rate(config, step, optimizer_start)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none = True)
+                    apply_gradients(model, optimizer, learning_rate(config, step, optimizer_start), config.max_grad_norm)
                     step += 1
 
                 if hasattr(iterator, 'set_postfix') and batch_index % 20 == 0:
-                    iterator.set_postfix(loss = f'{loss.item():.3f}', stage = stage, acc = f'{(correct / counted.clamp(min = 1)).item():.3f}')
+                    iterator.set_postfix(loss = f'{stats.loss.item():.3f}', stage = stage, acc = f'{(correct / counted.clamp(min = 1)).item():.3f}')
 
             record = dict(epoch = epoch, stage = stage, loss = (loss_sum / len(batches)).item(), token_accuracy = (correct / counted.clamp(min = 1)).item())
             history.append(record)

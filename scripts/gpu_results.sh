@@ -51,6 +51,9 @@ if [ "$suite" = prosqa ] || [ "$suite" = all ]; then
   # not yet run: how often the recipe breaks through (one of two same-seed runs did)
   run prosqa_coconut_frontier_seed1 440 $data --method coconut "${frontier[@]}" --seed 1
   run prosqa_coconut_frontier_seed2 440 $data --method coconut "${frontier[@]}" --seed 2
+  # the same recipe with CUDA-graph training steps (sixth session): several times the epochs in the same budget,
+  # spent at the last stage
+  run prosqa_coconut_frontier_graphs 440 $data --method coconut "${frontier[@]}" --cuda-graphs --final-epochs 24
 fi
 if [ "$suite" = mult ] || [ "$suite" = all ]; then
   for digits in 4 5; do

@@ -160,24 +160,39 @@ def test_fresh_data_draws_new_sets_apart_from_the_held_out_seed():
     assert [e.question for e in first] != [e.question for e in second]
 
 
-def test_fresh_sets_from_the_worker_equal_sets_made_in_line():
-    from coconut_pytorch.data.fresh_sets import FreshSets, fresh_data_seed, generate_set
+def test_fresh_sets_from_the_workers_equal_sets_made_in_line():
+    from coconut_pytorch.curriculum import EpochLayout
+    from coconut_pytorch.data.fresh_sets import FreshSets, fresh_data_seed, generate_epoch
+    from coconut_pytorch.data.tasks import get_task
 
-    in_line = {epoch: generate_set('prosqa', {}, 24, fresh_data_seed(3, epoch)) for epoch in (1, 2, 3)}
+    tokenizer = WordTokenizer(get_task('prosqa').vocabulary())
+    curriculum = Curriculum(max_latent_stage = 6, epochs_per_stage = 1, uniform_prob = 0.3)
+    layout = EpochLayout(tokenizer, curriculum, batch_size = 10, seed = 3)
+    in_line = {epoch: generate_epoch('prosqa', {}, 24, fresh_data_seed(3, epoch), layout, epoch) for epoch in (1, 2, 3)}
 
-    sets = FreshSets('prosqa', {}, 24, 3, total_epochs = 4)
+    def same(made, expected):
+        (batches, longest), (expected_batches, expected_longest) = made, expected
+        assert longest == expected_longest and len(batches) == len(expected_batches) == 3
+        for batch, expected_batch in zip(batches, expected_batches):
+            for t, e in zip(batch, expected_batch):
+                assert torch.equal(t, e)
+
+    sets = FreshSets('prosqa', {}, 24, 3, total_epochs = 4, layout = layout, workers = 2)
     try:
-        assert sets.pool is not None
+        assert sets.pool is not None and sorted(sets.pending) == [1, 2]   # two epochs in the making ahead
         fetched = {epoch: sets.get(epoch) for epoch in (1, 2, 3)}
         assert not sets.pending  # nothing is generated past the last epoch
     finally:
         sets.close()
-    assert fetched == in_line
+    for epoch in (1, 2, 3):
+        same(fetched[epoch], in_line[epoch])
+    # each epoch is laid out at its own stage (most rows; uniform_prob mixes in others)
+    assert [int(fetched[epoch][0][0].num_thoughts.mode().values) for epoch in (1, 2, 3)] == [1, 2, 3]
 
-    # a worker that cannot run falls back to generating in line
-    broken = FreshSets('prosqa', {}, 24, 3, total_epochs = 4)
+    # workers that cannot run fall back to making the epoch in line
+    broken = FreshSets('prosqa', {}, 24, 3, total_epochs = 4, layout = layout, workers = 1)
     broken.close()
-    assert broken.get(2) == in_line[2]
+    same(broken.get(2), in_line[2])
 
 
 def test_training_run_learns(tmp_path):
@@ -227,6 +242,8 @@ def test_evaluate_command_on_files(tmp_path):
     (dict(task_kwargs = '{}'), TypeError, 'task_kwargs must be a dict'),
     (dict(train_file = 3), TypeError, 'train_file must be a path'),
     (dict(train_file = 'x.json', fresh_data = True), ValueError, 'cannot be used with train_file'),
+    (dict(cuda_graphs = True), ValueError, 'cuda_graphs needs a CUDA device'),
+    (dict(cuda_graphs = True, compile = True, device = 'cuda'), ValueError, 'cannot be combined'),
 ])
 def test_train_config_names_the_bad_setting(setting, error, message):
     with pytest.raises(error, match = message):

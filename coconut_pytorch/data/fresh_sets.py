@@ -1,4 +1,5 @@
-"""Training sets drawn anew every epoch (`TrainConfig.fresh_data`), generated in a worker process ahead of use.
+"""Training sets drawn anew every epoch (`TrainConfig.fresh_data`), generated and laid out in worker processes ahead
+of use.
 
 The generators are unlimited, and a fixed set of thousands of examples gets memorised instead of solved. Each epoch's
 set is seeded by (seed, epoch), so a resumed run sees the same sets, and they never use the held-out set's seed.
@@ -7,8 +8,10 @@ set is seeded by (seed, epoch), so a resumed run sees the same sets, and they ne
 from __future__ import annotations
 
 import multiprocessing
+import os
 from concurrent.futures import Future, ProcessPoolExecutor
 
+from coconut_pytorch.curriculum import Batch, EpochLayout
 from coconut_pytorch.data.example import Example
 from coconut_pytorch.data.tasks import get_task
 from coconut_pytorch.data.tokenizer import WordTokenizer, max_target_length
@@ -22,45 +25,62 @@ def generate_set(task_name: str, task_kwargs: dict, size: int, seed: int) -> tup
     return examples, max_target_length(examples, WordTokenizer(task.vocabulary()))
 
 
+def generate_epoch(task_name: str, task_kwargs: dict, size: int, seed: int, layout: EpochLayout, epoch: int) -> tuple[list[Batch], int]:
+    """Epoch `epoch`'s batches from a set generated with `seed`, and the set's longest target."""
+    examples, longest = generate_set(task_name, task_kwargs, size, seed)
+    return layout.batches(examples, epoch), longest
+
+
+def default_workers() -> int:
+    """Worker processes for fresh sets: most of the spare cores, at most 4 (a GPU epoch of ProsQA trains faster than
+    one process generates it), at least 1."""
+    return max(1, min(4, (os.cpu_count() or 2) - 2))
+
+
 class FreshSets:
-    """The training sets of `fresh_data`, each generated in a worker process while the epoch before it trains.
+    """The batches of `fresh_data` epochs, each generated and laid out in a worker process while earlier epochs train.
 
-    Generating 20,000 ProsQA examples and measuring their targets takes several seconds of Python; in line, that is
-    a fifth of a GPU epoch.
-    The sets are the ones `generate_set` makes in line (seeded by `fresh_data_seed`), so results and resumes do
-    not depend on the worker; if it cannot start or fails, the set is generated in line."""
+    Generating 20,000 ProsQA examples and laying them out takes several seconds of Python: in line, longer than a
+    GPU epoch with CUDA graphs. Up to `workers` epochs are prepared ahead.
+    The batches are the ones `generate_epoch` makes in line (sets seeded by `fresh_data_seed`), so results and
+    resumes do not depend on the workers; if they cannot start or fail, an epoch is made in line."""
 
-    def __init__(self, task: str, task_kwargs: dict, size: int, seed: int, total_epochs: int, first_epoch: int = 1):
+    def __init__(self, task: str, task_kwargs: dict, size: int, seed: int, total_epochs: int, layout: EpochLayout,
+                 first_epoch: int = 1, workers: int | None = None):
         self.task, self.task_kwargs, self.size, self.seed, self.total_epochs = task, task_kwargs, size, seed, total_epochs
+        self.layout = layout
+        self.workers = workers if workers is not None else default_workers()
         self.pending: dict[int, Future] = {}
         try:
             # spawn, not fork: the parent may hold CUDA state and threads
-            self.pool = ProcessPoolExecutor(max_workers = 1, mp_context = multiprocessing.get_context('spawn'))
+            self.pool = ProcessPoolExecutor(max_workers = self.workers, mp_context = multiprocessing.get_context('spawn'))
         except (OSError, NotImplementedError, ValueError):
             self.pool = None
-        self.submit(first_epoch)
+        self.submit_ahead(first_epoch)
 
     def arguments(self, epoch: int) -> tuple:
-        return (self.task, self.task_kwargs, self.size, fresh_data_seed(self.seed, epoch))
+        return (self.task, self.task_kwargs, self.size, fresh_data_seed(self.seed, epoch), self.layout, epoch)
 
-    def submit(self, epoch: int):
-        if self.pool is None or epoch >= self.total_epochs or epoch in self.pending:
-            return
-        try:
-            self.pending[epoch] = self.pool.submit(generate_set, *self.arguments(epoch))
-        except RuntimeError:  # the pool broke or was shut down
-            self.pool = None
+    def submit_ahead(self, epoch: int):
+        """Have epochs `epoch` to `epoch + workers - 1` in the making."""
+        for ahead in range(epoch, min(epoch + self.workers, self.total_epochs)):
+            if self.pool is None or ahead in self.pending:
+                continue
+            try:
+                self.pending[ahead] = self.pool.submit(generate_epoch, *self.arguments(ahead))
+            except RuntimeError:  # the pool broke or was shut down
+                self.pool = None
 
-    def get(self, epoch: int) -> tuple[list[Example], int]:
-        """Epoch `epoch`'s set and its longest target, as `generate_set` returns them; starts generating the next."""
-        self.submit(epoch)
+    def get(self, epoch: int) -> tuple[list[Batch], int]:
+        """Epoch `epoch`'s batches and its set's longest target, as `generate_epoch` returns them."""
+        self.submit_ahead(epoch)
         future = self.pending.pop(epoch, None)
         try:
             made = future.result() if future is not None else None
-        except Exception:  # the worker died or raised: make the set here instead
+        except Exception:  # the worker died or raised: make the epoch here instead
             made = None
-        self.submit(epoch + 1)
-        return made if made is not None else generate_set(*self.arguments(epoch))
+        self.submit_ahead(epoch + 1)
+        return made if made is not None else generate_epoch(*self.arguments(epoch))
 
     def close(self):
         if self.pool is not None:

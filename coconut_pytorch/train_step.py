@@ -1,0 +1,182 @@
+"""A training micro-step (forward and backward of one batch), run eagerly or replayed as a CUDA graph.
+
+On a GPU a Coconut step is host-bound: each thought is one more pass through every layer, so a ProsQA batch at
+stage 6 launches tens of thousands of small kernels for a few milliseconds of GPU work. A CUDA graph records the
+launches once and replays them in one call. A graph has fixed shapes, so batches are padded to a few shapes
+(prompt and answer lengths rounded up, the most thoughts of the batch) and one graph is kept per shape; padding
+costs nothing here because the GPU was idle anyway, and the padding-invariance tests show it changes no result.
+
+What a replay leaves behind is exactly what an eager step leaves: gradients added into `.grad` of the parameters
+the step used (the others stay None, so AdamW skips them as it does eagerly), and the batch's loss and
+teacher-forced token counts.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from contextlib import nullcontext
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from coconut_pytorch.coconut import Coconut
+from coconut_pytorch.curriculum import Batch
+from coconut_pytorch.inputs import PAD_ID, left_align
+
+
+class StepStats(NamedTuple):
+    loss: Tensor        # () the batch's mean loss, detached
+    correct: Tensor     # () real answer tokens whose teacher-forced argmax is right
+    counted: Tensor     # () real answer tokens
+
+
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def token_counts(answer_logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    real = target != PAD_ID
+    return ((answer_logits.argmax(dim = -1) == target) & real).sum(), real.sum()
+
+
+class GraphedShape(NamedTuple):
+    graph: torch.cuda.CUDAGraph
+    prompt: Tensor              # (b, P) static input, -1 padded
+    target: Tensor              # (b, T)
+    row_steps: Tensor           # (b,)
+    stats: StepStats            # static outputs
+    grads: list[tuple[torch.nn.Parameter, Tensor]]   # each used parameter and the buffer its gradient lands in
+
+
+class TrainStep:
+    """Forward and backward of one batch, adding `loss * loss_scale`'s gradients into the parameters' `.grad`.
+
+    Args:
+        model: the Coconut model, in training mode.
+        autocast_dtype: e.g. torch.bfloat16 for mixed precision, None for none.
+        loss_scale: multiplies the loss before backward (1 / gradient accumulation steps).
+        cuda_graphs: replay each batch shape's step as a CUDA graph (CUDA only). Batches of another size than the
+            first (an epoch's last, partial batch) run eagerly.
+        prompt_multiple, target_multiple: prompt and answer lengths are padded up to multiples of these, so a
+            few graphs cover every batch.
+        max_graphs: graphs kept at once (each holds its own activation memory); the least recently used goes.
+    """
+
+    def __init__(
+        self,
+        model: Coconut,
+        autocast_dtype: torch.dtype | None = None,
+        loss_scale: float = 1.,
+        cuda_graphs: bool = False,
+        prompt_multiple: int = 32,
+        target_multiple: int = 16,
+        max_graphs: int = 8
+    ):
+        if cuda_graphs and model.device.type != 'cuda':
+            raise ValueError(f'cuda_graphs needs the model on a CUDA device, got {model.device}')
+        self.model = model
+        self.autocast_dtype = autocast_dtype
+        self.loss_scale = loss_scale
+        self.cuda_graphs = cuda_graphs
+        self.prompt_multiple, self.target_multiple, self.max_graphs = prompt_multiple, target_multiple, max_graphs
+        self.graphs: OrderedDict[tuple, GraphedShape] = OrderedDict()
+        self.batch_size: int | None = None
+
+    def autocast(self, cache_enabled: bool = True):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        # inside a graph, autocast's cached weight casts would be freed when the context exits, and later replays
+        # would read freed memory: casts are recorded in the graph instead
+        return torch.autocast(self.model.device.type, dtype = self.autocast_dtype, cache_enabled = cache_enabled)
+
+    def __call__(self, batch: Batch) -> StepStats:
+        """`batch` on the CPU or on the model's device; returns the step's statistics (tensors on the device)."""
+        if self.batch_size is None:
+            self.batch_size = batch.prompt.shape[0]
+        if not self.cuda_graphs or batch.prompt.shape[0] != self.batch_size:
+            return self.eager(batch.to(self.model.device))
+        return self.replay(batch)
+
+    def eager(self, batch: Batch) -> StepStats:
+        with self.autocast():
+            loss, (_, _, _, answer_logits, _) = self.model(batch.prompt, batch.target, num_reasoning_steps = batch.num_thoughts, return_intermediates = True)
+        (loss * self.loss_scale).backward()
+        return StepStats(loss.detach(), *token_counts(answer_logits, batch.target))
+
+    # CUDA graphs
+
+    def shape_key(self, batch: Batch) -> tuple[int, int, int]:
+        num_steps = int(batch.num_thoughts.max())
+        return num_steps, round_up(batch.prompt.shape[1], self.prompt_multiple), round_up(batch.target.shape[1], self.target_multiple)
+
+    def replay(self, batch: Batch) -> StepStats:
+        key = self.shape_key(batch)
+        if key not in self.graphs:
+            self.graphs[key] = self.capture(*key)
+            while len(self.graphs) > self.max_graphs:
+                self.graphs.popitem(last = False)
+        self.graphs.move_to_end(key)
+        shape = self.graphs[key]
+
+        # from pinned memory without waiting: the host lays out the next batches while the GPU runs this one
+        for static, given in ((shape.prompt, batch.prompt), (shape.target, batch.target), (shape.row_steps, batch.num_thoughts)):
+            if given.ndim == 2:
+                given = F.pad(given, (0, static.shape[1] - given.shape[1]), value = PAD_ID)
+            static.copy_(given.pin_memory() if given.device.type == 'cpu' else given, non_blocking = True)
+        shape.graph.replay()
+
+        for param, grad in shape.grads:
+            if param.grad is None:
+                # a copy, not the buffer itself: the next replay overwrites the buffer, and gradients may accumulate
+                param.grad = grad.clone()
+            else:
+                param.grad.add_(grad)
+
+        return StepStats(*(t.clone() for t in shape.stats))
+
+    def graphed_body(self, prompt: Tensor, target: Tensor, row_steps: Tensor, num_steps: int) -> StepStats:
+        """The step on static buffers: `forward_aligned` with every mask and per-row count as a tensor, so the
+        recorded work does not depend on the batch's contents."""
+        aligned = left_align(prompt, has_padding = True)
+        with self.autocast(cache_enabled = False):
+            loss, (_, _, _, answer_logits, _) = self.model.forward_aligned(
+                aligned, target, num_steps, row_steps, return_intermediates = True, with_prompt_logits = False
+            )
+        (loss * self.loss_scale).backward()
+        return StepStats(loss.detach(), *token_counts(answer_logits, target))
+
+    def capture(self, num_steps: int, prompt_length: int, target_length: int) -> GraphedShape:
+        device, batch = self.model.device, self.batch_size
+        prompt = torch.full((batch, prompt_length), PAD_ID, dtype = torch.long, device = device)
+        target = torch.full((batch, target_length), PAD_ID, dtype = torch.long, device = device)
+        prompt[:, 0] = 0    # a real token per row and in the answer, so the warm-up's loss is finite
+        target[:, 0] = 0
+        row_steps = torch.full((batch,), num_steps, dtype = torch.long, device = device)
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        kept = [p.grad for p in params]     # gradients accumulated so far are set aside, not disturbed
+
+        def clear():
+            for p in params:
+                p.grad = None
+
+        # warm up on a side stream (as CUDA graph capture requires), then throw its gradients away
+        clear()
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self.graphed_body(prompt, target, row_steps, num_steps)
+                clear()
+        torch.cuda.current_stream(device).wait_stream(side)
+
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            stats = self.graphed_body(prompt, target, row_steps, num_steps)
+
+        grads = [(p, p.grad) for p in params if p.grad is not None]
+        for p, grad in zip(params, kept):
+            p.grad = grad
+        return GraphedShape(graph, prompt, target, row_steps, stats, grads)

@@ -1,0 +1,99 @@
+"""The training step: what a CUDA graph records (padded static buffers, per-row steps as a tensor) gives the eager
+step's loss, token counts and gradients; on a GPU, graph replays give them too."""
+
+import pytest
+import torch
+
+from coconut_pytorch import Coconut
+from coconut_pytorch.curriculum import Batch, Curriculum, collate, encode_at_stage
+from coconut_pytorch.data import Example, WordTokenizer
+from coconut_pytorch.inputs import PAD_ID
+from coconut_pytorch.train_step import TrainStep
+
+EXAMPLES = [
+    Example(question = 'q1 q2', steps = ['s1 a', 's2 b'], answer = 'ans'),
+    Example(question = 'q3 q1 q2 q3 q1', steps = ['s3 c', 's4 d', 's1 a'], answer = 'ans'),
+    Example(question = 'q2', steps = ['s2 b'], answer = 'ans'),
+    Example(question = 'q1 q3 q3', steps = ['s4 d', 's3 c'], answer = 'ans'),
+]
+TOKENIZER = WordTokenizer.from_texts([text for e in EXAMPLES for text in (e.question, *e.steps, e.answer)])
+
+
+def model_and_batch(thought_mode: str, stages, dtype = torch.float64, device = 'cpu'):
+    curriculum = Curriculum(method = 'coconut' if thought_mode == 'continuous' else 'pause_as_thought', thoughts_per_step = 2, max_latent_stage = 3)
+    batch = collate([encode_at_stage(e, TOKENIZER, curriculum, stage) for e, stage in zip(EXAMPLES, stages)])
+    torch.manual_seed(0)
+    model = Coconut(num_reasoning_steps = 0, transformer = dict(num_tokens = len(TOKENIZER), dim = 32, depth = 2, dim_head = 8, heads = 4, num_residual_streams = 2), thought_mode = thought_mode)
+    return model.to(device, dtype).train(), batch
+
+
+def gradients(model):
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def pad(t: torch.Tensor, length: int) -> torch.Tensor:
+    return torch.nn.functional.pad(t, (0, length - t.shape[1]), value = PAD_ID)
+
+
+@pytest.mark.parametrize('thought_mode', ['continuous', 'pause'])
+@pytest.mark.parametrize('stages', [(1, 2, 0, 3), (2, 2, 2, 2), (0, 0, 0, 0)])
+def test_the_recorded_step_on_padded_buffers_equals_the_eager_step(thought_mode, stages):
+    model, batch = model_and_batch(thought_mode, stages)
+    step = TrainStep(model, loss_scale = 0.5)
+
+    eager = step(batch)
+    eager_grads = gradients(model)
+    model.zero_grad(set_to_none = True)
+
+    # what a graph records: longer prompt and answer buffers, every row's steps as a tensor (a mask even where
+    # all rows agree), the batch's most steps
+    num_steps, prompt_length, target_length = step.shape_key(batch)
+    assert (prompt_length, target_length) != tuple(batch.prompt.shape[1:]) + tuple(batch.target.shape[1:])
+    recorded = step.graphed_body(pad(batch.prompt, prompt_length + 3), pad(batch.target, target_length + 2), batch.num_thoughts, num_steps)
+    recorded_grads = gradients(model)
+
+    for name in ('loss', 'correct', 'counted'):
+        torch.testing.assert_close(getattr(recorded, name), getattr(eager, name), atol = 1e-12, rtol = 1e-12)
+    assert recorded_grads.keys() == eager_grads.keys()
+    for name in eager_grads:
+        torch.testing.assert_close(recorded_grads[name], eager_grads[name], atol = 1e-12, rtol = 1e-10, msg = name)
+
+    # a parameter the step does not use gets no gradient (AdamW then skips it, as in eager training)
+    if stages == (0, 0, 0, 0):
+        assert 'begin_of_thought' not in eager_grads
+
+
+def test_cuda_graphs_need_a_cuda_model():
+    model, _ = model_and_batch('continuous', (1, 1, 1, 1))
+    with pytest.raises(ValueError, match = 'cuda_graphs needs the model on a CUDA device'):
+        TrainStep(model, cuda_graphs = True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason = 'needs CUDA')
+@pytest.mark.parametrize('thought_mode', ['continuous', 'pause'])
+def test_cuda_graph_replays_equal_eager_steps(thought_mode):
+    model, _ = model_and_batch(thought_mode, (0, 0, 0, 0), dtype = torch.float32, device = 'cuda')
+    eager_step, graphed_step = TrainStep(model, loss_scale = 0.5), TrainStep(model, loss_scale = 0.5, cuda_graphs = True)
+
+    # several shapes, a shape seen again, and gradients accumulating over two steps before they are compared
+    for stages in [(1, 2, 0, 3), (2, 2, 2, 2), (1, 2, 0, 3), (0, 0, 0, 0), (3, 3, 3, 3)]:
+        _, batch = model_and_batch(thought_mode, stages)
+        results = []
+        for step in (eager_step, graphed_step):
+            model.zero_grad(set_to_none = True)
+            stats = [step(batch), step(batch)]
+            results.append((stats, gradients(model)))
+        (eager_stats, eager_grads), (graphed_stats, graphed_grads) = results
+        for eager, graphed in zip(eager_stats, graphed_stats):
+            for name in ('loss', 'correct', 'counted'):
+                torch.testing.assert_close(getattr(graphed, name), getattr(eager, name), atol = 1e-5, rtol = 1e-5)
+        assert graphed_grads.keys() == eager_grads.keys()
+        for name in eager_grads:
+            torch.testing.assert_close(graphed_grads[name], eager_grads[name], atol = 1e-5, rtol = 1e-4, msg = name)
+
+    # (1, 2, 0, 3) and (3, 3, 3, 3) both pad to 6 thoughts, a 32-token prompt and a 16-token answer: one graph
+    assert sorted(graphed_step.graphs) == [(0, 32, 16), (4, 32, 16), (6, 32, 16)]
+    # a batch of another size (an epoch's last) runs eagerly
+    _, batch = model_and_batch(thought_mode, (1, 1, 1, 1))
+    graphed_step(Batch(*(t[:3] for t in batch)))
+    assert len(graphed_step.graphs) == 3
