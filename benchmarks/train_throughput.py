@@ -6,9 +6,9 @@
 
 For each stage it lays out one generated set at that stage (as `train` does), then times `--batches` optimizer
 steps (forward, backward, clip, AdamW; bf16 autocast on CUDA) after `--warmup` untimed ones, with
-`TrainStep(cuda_graphs=False)` and with `cuda_graphs=True` (CUDA only; the warm-up captures the graphs, and the
-capture time is printed apart). Prints examples/s for each and their ratio, the time of the last graph's bare
-replays (the step's device time, without batch copies or AdamW), and the losses of the two modes' first timed
+`TrainStep(cuda_graphs=False)` and with `cuda_graphs=True` (CUDA only; an untimed pass over the batches captures
+each shape's graph first, and its time is printed apart). Prints examples/s for each and their ratio, the time of the last graph's bare
+replays (the step's device time, without batch copies or AdamW), and the losses of the two modes' first
 steps (from the same weights, they should agree to bf16 precision). `--profile STAGE` prints a profiler table.
 """
 
@@ -44,15 +44,7 @@ def timed_steps(config: TrainConfig, tokenizer, curriculum, staged, cuda_graphs:
         if cuda:
             torch.cuda.synchronize()
 
-    losses, host = [], dict(collate = 0., step = 0., apply_gradients = 0.)
-    sync()
-    start = time.perf_counter()
-    for index, chunk in enumerate(chunks):
-        if index == warmup:
-            sync()
-            warm_seconds = time.perf_counter() - start
-            start = time.perf_counter()
-            host = dict.fromkeys(host, 0.)
+    def run(chunk, host: dict):
         # host time of each part (no sync: while the GPU keeps up, the host only launches)
         t0 = time.perf_counter()
         batch = collate(chunk)
@@ -63,7 +55,22 @@ def timed_steps(config: TrainConfig, tokenizer, curriculum, staged, cuda_graphs:
         t3 = time.perf_counter()
         for name, seconds in zip(host, (t1 - t0, t2 - t1, t3 - t2)):
             host[name] += seconds
-        losses.append(stats.loss)
+        return stats
+
+    # untimed: the warm-up batches, and with graphs every batch once, so that each shape is captured before timing
+    sync()
+    start = time.perf_counter()
+    host = dict(collate = 0., step = 0., apply_gradients = 0.)
+    first_loss = run(chunks[0], host).loss.item()    # from the same initial weights in both modes
+    for chunk in (chunks[1:] if cuda_graphs else chunks[1:warmup]):
+        run(chunk, host)
+    sync()
+    warm_seconds = time.perf_counter() - start
+
+    host = dict.fromkeys(host, 0.)
+    start = time.perf_counter()
+    for chunk in chunks[warmup:]:
+        run(chunk, host)
     sync()
     seconds = time.perf_counter() - start
 
@@ -83,7 +90,7 @@ def timed_steps(config: TrainConfig, tokenizer, curriculum, staged, cuda_graphs:
         examples_per_s = batches * config.batch_size / seconds,
         ms_per_step = 1000 * seconds / batches,
         warmup_s = warm_seconds,
-        first_loss = losses[0].item(),
+        first_loss = first_loss,
         graphs = len(step.graphs),
         peak_gib = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None
     )

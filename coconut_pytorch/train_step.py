@@ -18,7 +18,6 @@ from contextlib import nullcontext
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from coconut_pytorch.coconut import Coconut
@@ -43,10 +42,10 @@ def token_counts(answer_logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]
 
 class GraphedShape(NamedTuple):
     graph: torch.cuda.CUDAGraph
-    prompt: Tensor              # (b, P) static input, -1 padded
-    target: Tensor              # (b, T)
-    row_steps: Tensor           # (b,)
-    stats: StepStats            # static outputs
+    inputs: tuple[Tensor, Tensor, Tensor]   # static prompt (b, P) and target (b, T), -1 padded, and row steps (b,)
+    staging: tuple[Tensor, Tensor, Tensor]  # the same in pinned host memory, copied in without blocking the host
+    copied: torch.cuda.Event                # the last copy out of `staging` has run once this completes
+    stats: StepStats                        # static outputs
     grads: list[tuple[torch.nn.Parameter, Tensor]]   # each used parameter and the buffer its gradient lands in
 
 
@@ -92,10 +91,10 @@ class TrainStep:
         return torch.autocast(self.model.device.type, dtype = self.autocast_dtype, cache_enabled = cache_enabled)
 
     def __call__(self, batch: Batch) -> StepStats:
-        """`batch` on the CPU or on the model's device; returns the step's statistics (tensors on the device)."""
+        """`batch` (on the CPU for CUDA graphs); returns the step's statistics (tensors on the device)."""
         if self.batch_size is None:
             self.batch_size = batch.prompt.shape[0]
-        if not self.cuda_graphs or batch.prompt.shape[0] != self.batch_size:
+        if not self.cuda_graphs or batch.prompt.shape[0] != self.batch_size or batch.prompt.device.type != 'cpu':
             return self.eager(batch.to(self.model.device))
         return self.replay(batch)
 
@@ -120,11 +119,19 @@ class TrainStep:
         self.graphs.move_to_end(key)
         shape = self.graphs[key]
 
-        # from pinned memory without waiting: the host lays out the next batches while the GPU runs this one
-        for static, given in ((shape.prompt, batch.prompt), (shape.target, batch.target), (shape.row_steps, batch.num_thoughts)):
+        # through pinned buffers, so the host goes on to the next batch while the GPU runs this one. Copies from
+        # pageable memory wait for the stream to drain, and pinning each batch anew allocates pinned memory, which
+        # also waits: either way the host would stall once per step.
+        shape.copied.synchronize()
+        for staged, given in zip(shape.staging, batch):
             if given.ndim == 2:
-                given = F.pad(given, (0, static.shape[1] - given.shape[1]), value = PAD_ID)
-            static.copy_(given.pin_memory() if given.device.type == 'cpu' else given, non_blocking = True)
+                staged.fill_(PAD_ID)
+                staged[:, :given.shape[1]].copy_(given)
+            else:
+                staged.copy_(given)
+        for static, staged in zip(shape.inputs, shape.staging):
+            static.copy_(staged, non_blocking = True)
+        shape.copied.record()
         shape.graph.replay()
 
         for param, grad in shape.grads:
@@ -179,4 +186,9 @@ class TrainStep:
         grads = [(p, p.grad) for p in params if p.grad is not None]
         for p, grad in zip(params, kept):
             p.grad = grad
-        return GraphedShape(graph, prompt, target, row_steps, stats, grads)
+
+        inputs = (prompt, target, row_steps)
+        staging = tuple(torch.empty(t.shape, dtype = t.dtype, pin_memory = True) for t in inputs)
+        copied = torch.cuda.Event()
+        copied.record()
+        return GraphedShape(graph, inputs, staging, copied, stats, grads)
