@@ -54,6 +54,8 @@ if [ "$suite" = prosqa ] || [ "$suite" = all ]; then
   # the same recipe with CUDA-graph training steps (sixth session): several times the epochs in the same budget,
   # spent at the last stage
   run prosqa_coconut_frontier_graphs 440 $data --method coconut "${frontier[@]}" --cuda-graphs --final-epochs 24
+  # ... with a tenth of the examples at a random earlier stage, so the thoughts keep some frontier supervision
+  run prosqa_coconut_frontier_graphs_uniform 440 $data --method coconut "${frontier[@]}" --cuda-graphs --final-epochs 24 --uniform-prob 0.1
 fi
 if [ "$suite" = mult ] || [ "$suite" = all ]; then
   for digits in 4 5; do
