@@ -82,6 +82,7 @@ class TrainStep:
         self.prompt_multiple, self.target_multiple, self.max_graphs = prompt_multiple, target_multiple, max_graphs
         self.graphs: OrderedDict[tuple, GraphedShape] = OrderedDict()
         self.batch_size: int | None = None
+        self.min_lengths = (0, 0)
 
     def autocast(self, cache_enabled: bool = True):
         if self.autocast_dtype is None:
@@ -106,9 +107,18 @@ class TrainStep:
 
     # CUDA graphs
 
+    def pad_to(self, prompt_length: int, target_length: int):
+        """Pad later batches to at least these lengths (with graphs; e.g. an epoch's longest, so that one graph
+        serves the whole epoch: batches that mix stages (`uniform_prob`) differ in answer length batch to batch,
+        and more shapes than `max_graphs` would be captured again and again)."""
+        self.min_lengths = (prompt_length, target_length)
+
     def shape_key(self, batch: Batch) -> tuple[int, int, int]:
+        """(thoughts, padded prompt length, padded answer length) of the graph that runs `batch`."""
         num_steps = int(batch.num_thoughts.max())
-        return num_steps, round_up(batch.prompt.shape[1], self.prompt_multiple), round_up(batch.target.shape[1], self.target_multiple)
+        prompt_length = max(batch.prompt.shape[1], self.min_lengths[0])
+        target_length = max(batch.target.shape[1], self.min_lengths[1])
+        return num_steps, round_up(prompt_length, self.prompt_multiple), round_up(target_length, self.target_multiple)
 
     def replay(self, batch: Batch) -> StepStats:
         key = self.shape_key(batch)

@@ -325,6 +325,7 @@ def train(
             else:
                 batches = layout.batches(train_set, epoch)
 
+            train_step.pad_to(max(b.prompt.shape[1] for b in batches), max(b.target.shape[1] for b in batches))
             iterator = progress(batches, desc = f'epoch {epoch + 1}/{total_epochs} stage {stage}', leave = False) if progress else batches
 
             model.train()

@@ -63,6 +63,15 @@ def test_the_recorded_step_on_padded_buffers_equals_the_eager_step(thought_mode,
         assert 'begin_of_thought' not in eager_grads
 
 
+def test_graph_shapes_round_up_and_pad_to_an_epochs_longest():
+    model, batch = model_and_batch('continuous', (1, 2, 0, 3))
+    step = TrainStep(model, prompt_multiple = 32, target_multiple = 16)
+    # the most thoughts of any row (the stage-3 row has 2 steps of 2 thoughts), lengths rounded up
+    assert tuple(batch.prompt.shape) == (4, 5) and step.shape_key(batch) == (4, 32, 16)
+    step.pad_to(40, 17)
+    assert step.shape_key(batch) == (4, 64, 32)
+
+
 def test_cuda_graphs_need_a_cuda_model():
     model, _ = model_and_batch('continuous', (1, 1, 1, 1))
     with pytest.raises(ValueError, match = 'cuda_graphs needs the model on a CUDA device'):
@@ -91,7 +100,7 @@ def test_cuda_graph_replays_equal_eager_steps(thought_mode):
         for name in eager_grads:
             torch.testing.assert_close(graphed_grads[name], eager_grads[name], atol = 1e-5, rtol = 1e-4, msg = name)
 
-    # (1, 2, 0, 3) and (3, 3, 3, 3) both pad to 6 thoughts, a 32-token prompt and a 16-token answer: one graph
+    # (1, 2, 0, 3) and (2, 2, 2, 2) both take 4 thoughts (at most), a 32-token prompt and a 16-token answer: one graph
     assert sorted(graphed_step.graphs) == [(0, 32, 16), (4, 32, 16), (6, 32, 16)]
     # a batch of another size (an epoch's last) runs eagerly
     _, batch = model_and_batch(thought_mode, (1, 1, 1, 1))
