@@ -387,7 +387,9 @@ class Coconut(Module):
         losses = F.binary_cross_entropy_with_logits(logits, targets, reduction = 'none')
         if not exists(prompt_mask):
             return losses.mean()
-        return losses[prompt_mask].mean()
+        # a masked mean without boolean indexing, whose result shape would depend on the mask (a host sync)
+        mask = prompt_mask.to(losses.dtype)
+        return (losses * mask).sum() / mask.sum()
 
     def stack_thoughts(self, thoughts: list[Tensor], batch: int) -> Tensor:
         if len(thoughts) == 0:

@@ -186,6 +186,8 @@ def test_fresh_sets_from_the_workers_equal_sets_made_in_line():
         sets.close()
     for epoch in (1, 2, 3):
         same(fetched[epoch], in_line[epoch])
+    # batches come back by value, not as shared-memory tensors that each hold a file descriptor open
+    assert not any(t.is_shared() for batch in fetched[1][0] for t in batch)
     # each epoch is laid out at its own stage (most rows; uniform_prob mixes in others)
     assert [int(fetched[epoch][0][0].num_thoughts.mode().values) for epoch in (1, 2, 3)] == [1, 2, 3]
 

@@ -11,6 +11,8 @@ import multiprocessing
 import os
 from concurrent.futures import Future, ProcessPoolExecutor
 
+import torch
+
 from coconut_pytorch.curriculum import Batch, EpochLayout
 from coconut_pytorch.data.example import Example
 from coconut_pytorch.data.tasks import get_task
@@ -29,6 +31,14 @@ def generate_epoch(task_name: str, task_kwargs: dict, size: int, seed: int, layo
     """Epoch `epoch`'s batches from a set generated with `seed`, and the set's longest target."""
     examples, longest = generate_set(task_name, task_kwargs, size, seed)
     return layout.batches(examples, epoch), longest
+
+
+def generate_epoch_as_arrays(*arguments) -> tuple[list[tuple], int]:
+    """`generate_epoch` in a worker: batches go back to the training process as numpy arrays, which pickle by value.
+    Tensors would travel as shared-memory file descriptors, one per tensor kept open while it lives: a few epochs of
+    ProsQA batches in flight hold thousands, past the usual limit of 1024 open files."""
+    batches, longest = generate_epoch(*arguments)
+    return [tuple(t.numpy() for t in batch) for batch in batches], longest
 
 
 def default_workers() -> int:
@@ -67,7 +77,7 @@ class FreshSets:
             if self.pool is None or ahead in self.pending:
                 continue
             try:
-                self.pending[ahead] = self.pool.submit(generate_epoch, *self.arguments(ahead))
+                self.pending[ahead] = self.pool.submit(generate_epoch_as_arrays, *self.arguments(ahead))
             except RuntimeError:  # the pool broke or was shut down
                 self.pool = None
 
@@ -80,7 +90,10 @@ class FreshSets:
         except Exception:  # the worker died or raised: make the epoch here instead
             made = None
         self.submit_ahead(epoch + 1)
-        return made if made is not None else generate_epoch(*self.arguments(epoch))
+        if made is None:
+            return generate_epoch(*self.arguments(epoch))
+        arrays, longest = made
+        return [Batch(*(torch.from_numpy(a) for a in batch)) for batch in arrays], longest
 
     def close(self):
         if self.pool is not None:
