@@ -19,11 +19,11 @@ EXAMPLES = [
 TOKENIZER = WordTokenizer.from_texts([text for e in EXAMPLES for text in (e.question, *e.steps, e.answer)])
 
 
-def model_and_batch(thought_mode: str, stages, dtype = torch.float64, device = 'cpu'):
+def model_and_batch(thought_mode: str, stages, dtype = torch.float64, device = 'cpu', **coconut_kwargs):
     curriculum = Curriculum(method = 'coconut' if thought_mode == 'continuous' else 'pause_as_thought', thoughts_per_step = 2, max_latent_stage = 3)
     batch = collate([encode_at_stage(e, TOKENIZER, curriculum, stage) for e, stage in zip(EXAMPLES, stages)])
     torch.manual_seed(0)
-    model = Coconut(num_reasoning_steps = 0, transformer = dict(num_tokens = len(TOKENIZER), dim = 32, depth = 2, dim_head = 8, heads = 4, num_residual_streams = 2), thought_mode = thought_mode)
+    model = Coconut(num_reasoning_steps = 0, transformer = dict(num_tokens = len(TOKENIZER), dim = 32, depth = 2, dim_head = 8, heads = 4, num_residual_streams = 2), thought_mode = thought_mode, **coconut_kwargs)
     return model.to(device, dtype).train(), batch
 
 
@@ -35,10 +35,10 @@ def pad(t: torch.Tensor, length: int) -> torch.Tensor:
     return torch.nn.functional.pad(t, (0, length - t.shape[1]), value = PAD_ID)
 
 
-@pytest.mark.parametrize('thought_mode', ['continuous', 'pause'])
+@pytest.mark.parametrize('thought_mode, learn_begin_of_thought', [('continuous', False), ('pause', False), ('continuous', True)])
 @pytest.mark.parametrize('stages', [(1, 2, 0, 3), (2, 2, 2, 2), (0, 0, 0, 0)])
-def test_the_recorded_step_on_padded_buffers_equals_the_eager_step(thought_mode, stages):
-    model, batch = model_and_batch(thought_mode, stages)
+def test_the_recorded_step_on_padded_buffers_equals_the_eager_step(thought_mode, learn_begin_of_thought, stages):
+    model, batch = model_and_batch(thought_mode, stages, learn_begin_of_thought = learn_begin_of_thought)
     step = TrainStep(model, loss_scale = 0.5)
 
     eager = step(batch)
