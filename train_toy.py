@@ -35,6 +35,7 @@ def parse_args():
     arg('--no-pad-latent-to-max', dest = 'pad_latent_to_max', action = 'store_false')
     arg('--uniform-prob', type = float, default = defaults.uniform_prob)
     arg('--one-thought-at-a-time', action = 'store_true')
+    arg('--tokens-per-stage', type = int, default = None, help = "each stage removes this many language tokens instead of a whole step (with --method no_thoughts: iCoT's stepwise internalization)")
     arg('--rewarm-each-stage', action = 'store_true', help = 'warm the learning rate up again after each optimizer reset')
     arg('--train-size', type = int, default = defaults.train_size)
     arg('--fresh-data', action = 'store_true', help = 'generate a new training set of --train-size every epoch')

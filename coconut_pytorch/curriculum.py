@@ -50,6 +50,10 @@ class Curriculum:
             instead of the current one (the paper's mixing of earlier stages).
         one_thought_at_a_time: stages add one thought at a time instead of c (a step leaves language once
             its c thoughts are in); the paper's authors report that adding more than 2 at a switch destabilises.
+        tokens_per_stage: r; each stage removes the next r tokens of the language steps (separators counted)
+            instead of the next whole step, and curriculum methods put c thoughts in place of each r tokens.
+            With `no_thoughts` this is iCoT's stepwise internalization (Deng et al., 2024), without its removal
+            smoothing. `max_latent_stage` then counts stages of r tokens.
     """
 
     method: str = 'coconut'
@@ -59,6 +63,7 @@ class Curriculum:
     pad_latent_to_max: bool = False
     uniform_prob: float = 0.
     one_thought_at_a_time: bool = False
+    tokens_per_stage: int | None = None
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -71,6 +76,11 @@ class Curriculum:
             raise ValueError(f'max_latent_stage must be an int >= 0, got {self.max_latent_stage!r}')
         if not 0. <= self.uniform_prob <= 1.:
             raise ValueError(f'uniform_prob must be in [0, 1], got {self.uniform_prob}')
+        if self.tokens_per_stage is not None:
+            if not isinstance(self.tokens_per_stage, int) or isinstance(self.tokens_per_stage, bool) or self.tokens_per_stage < 1:
+                raise ValueError(f'tokens_per_stage must be a positive int or None, got {self.tokens_per_stage!r}')
+            if self.one_thought_at_a_time:
+                raise ValueError('tokens_per_stage and one_thought_at_a_time cannot be combined: a stage is already r tokens and c thoughts')
 
     @property
     def uses_curriculum(self) -> bool:
@@ -134,6 +144,15 @@ class Curriculum:
         return removed, thoughts
 
 
+    def token_layout(self, stage: int, num_language_tokens: int) -> tuple[int, int]:
+        """(language tokens removed, thoughts) at `stage` for an example whose steps take `num_language_tokens`
+        tokens, separators included (curriculum methods with `tokens_per_stage`)."""
+        r, c = self.tokens_per_stage, self.thoughts_per_step
+        removed = num_language_tokens if stage == self.final_stage else min(stage * r, num_language_tokens)
+        thoughts = stage * c if self.pad_latent_to_max else min(stage, -(-num_language_tokens // r)) * c
+        return removed, 0 if self.method == 'no_thoughts' else thoughts
+
+
 class StagedExample(NamedTuple):
     prompt: Tensor      # (n,) question ids
     target: Tensor      # (m,) remaining steps with <sep> after each, then answer and <eos>
@@ -143,8 +162,14 @@ class StagedExample(NamedTuple):
 def encode_at_stage(example: Example, tokenizer: WordTokenizer, curriculum: Curriculum, stage: int) -> StagedExample:
     """One example laid out for a stage of a method."""
     question, steps, answer = tokenizer.encode_example(example)
-    removed, thoughts = curriculum.layout(stage, len(steps))
 
+    if curriculum.tokens_per_stage is not None and curriculum.uses_curriculum:
+        language = [token for step in steps for token in step + [tokenizer.sep_id]]
+        removed, thoughts = curriculum.token_layout(stage, len(language))
+        target = language[removed:] + answer
+        return StagedExample(torch.tensor(question), torch.tensor(target), thoughts)
+
+    removed, thoughts = curriculum.layout(stage, len(steps))
     target = []
     for step in steps[removed:]:
         target.extend(step + [tokenizer.sep_id])

@@ -25,7 +25,7 @@ from coconut_pytorch.data.fresh_sets import FreshSets, held_out_seed
 from coconut_pytorch.data.loaders import load_examples
 from coconut_pytorch.data.tasks import TASKS, get_task
 from coconut_pytorch.data.tasks.base import check_int
-from coconut_pytorch.data.tokenizer import WordTokenizer, max_target_length
+from coconut_pytorch.data.tokenizer import WordTokenizer, max_target_length, target_lengths
 from coconut_pytorch.evaluate import encode_questions, evaluate_examples
 from coconut_pytorch.plotting import plot_history
 from coconut_pytorch.train_step import TrainStep
@@ -47,6 +47,7 @@ class TrainConfig:
     pad_latent_to_max: bool = True          # inference cannot know an example's step count, so train with the max
     uniform_prob: float = 0.
     one_thought_at_a_time: bool = False
+    tokens_per_stage: int | None = None     # stages remove this many language tokens, not whole steps (iCoT-style)
     reset_optimizer: bool = True
 
     # data and optimisation
@@ -88,8 +89,11 @@ class TrainConfig:
             check_int(name, getattr(self, name), 1)
         for name in ('final_epochs', 'warmup_steps'):
             check_int(name, getattr(self, name), 0)
-        if self.max_latent_stage is not None:
-            check_int('max_latent_stage', self.max_latent_stage, 0)
+        for name in ('max_latent_stage', 'tokens_per_stage'):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), 0 if name == 'max_latent_stage' else 1)
+        if self.tokens_per_stage is not None and self.one_thought_at_a_time:
+            raise ValueError('tokens_per_stage and one_thought_at_a_time cannot be combined')
         for name, minimum, inclusive in (('lr', 0., False), ('weight_decay', 0., True), ('max_grad_norm', 0., False),
                                          ('uniform_prob', 0., True), ('time_budget', 0., True)):
             value = getattr(self, name)
@@ -118,15 +122,23 @@ class TrainConfig:
         if self.cuda_graphs and self.compile:
             raise ValueError('cuda_graphs and compile cannot be combined: choose one')
 
-    def curriculum(self, task_max_steps: int) -> Curriculum:
+    def curriculum(self, task_max_steps: int, longest_language: int | None = None) -> Curriculum:
+        """The run's curriculum. Without `max_latent_stage`, the last stage is the one that removes every step of
+        the longest example: `task_max_steps` steps, or with `tokens_per_stage`, its `longest_language` tokens."""
+        max_latent_stage = self.max_latent_stage
+        if max_latent_stage is None and self.tokens_per_stage is not None:
+            if longest_language is None:
+                raise ValueError('tokens_per_stage without max_latent_stage needs the longest language steps, in tokens')
+            max_latent_stage = -(-longest_language // self.tokens_per_stage)
         return Curriculum(
             method = self.method,
             thoughts_per_step = self.c_thought,
-            max_latent_stage = self.max_latent_stage if self.max_latent_stage is not None else task_max_steps,
+            max_latent_stage = max_latent_stage if max_latent_stage is not None else task_max_steps,
             epochs_per_stage = self.epochs_per_stage,
             pad_latent_to_max = self.pad_latent_to_max,
             uniform_prob = self.uniform_prob,
-            one_thought_at_a_time = self.one_thought_at_a_time
+            one_thought_at_a_time = self.one_thought_at_a_time,
+            tokens_per_stage = self.tokens_per_stage
         )
 
     @classmethod
@@ -273,7 +285,7 @@ def train(
     device = torch.device(config.device)
 
     train_set, eval_set, tokenizer, max_steps = load_data(config)
-    curriculum = config.curriculum(max_steps)
+    curriculum = config.curriculum(max_steps, longest_language = max(steps for steps, _ in target_lengths(train_set, tokenizer)))
     longest_target = max_target_length(train_set, tokenizer)
 
     model = build_model(config, len(tokenizer), curriculum).to(device)

@@ -45,6 +45,44 @@ def test_stage_layout_per_method(method, stage, target, thoughts):
     assert layout(method, stage) == (target, thoughts)
 
 
+@pytest.mark.parametrize('method, stage, target, thoughts', [
+    # 12 language tokens (s1 a <sep> s2 b <sep> ...), 5 removed per stage: 3 stages, the last removes all
+    ('coconut', 0, f's1 a {SEP} s2 b {SEP} s3 c {SEP} s4 d {SEP} ans {EOS}', 0),
+    ('coconut', 1, f'{SEP} s3 c {SEP} s4 d {SEP} ans {EOS}', 2),
+    ('coconut', 2, f'd {SEP} ans {EOS}', 4),
+    ('coconut', 3, f'ans {EOS}', 6),
+    ('no_thoughts', 2, f'd {SEP} ans {EOS}', 0),
+    ('pause_as_thought', 1, f'{SEP} s3 c {SEP} s4 d {SEP} ans {EOS}', 2),
+    # methods without a curriculum ignore it
+    ('cot', 0, f's1 a {SEP} s2 b {SEP} s3 c {SEP} s4 d {SEP} ans {EOS}', 0),
+    ('pause', 0, f'ans {EOS}', 6),
+])
+def test_token_stages_remove_tokens_not_steps(method, stage, target, thoughts):
+    assert layout(method, stage, tokens_per_stage = 5) == (target, thoughts)
+
+
+def test_token_stages_cap_thoughts_at_an_examples_own_chunks():
+    curriculum = Curriculum(method = 'coconut', thoughts_per_step = 2, max_latent_stage = 3, tokens_per_stage = 5)
+    short = Example(question = 'q1', steps = ['s1 a'], answer = 'ans')    # 3 language tokens: one chunk of 5
+    assert encode_at_stage(short, TOKENIZER, curriculum, 2).num_thoughts == 2
+    padded = Curriculum(**{**curriculum.__dict__, 'pad_latent_to_max': True})
+    assert encode_at_stage(short, TOKENIZER, padded, 2).num_thoughts == 4
+    for bad, message in ((dict(tokens_per_stage = 0), 'tokens_per_stage'), (dict(tokens_per_stage = 2, one_thought_at_a_time = True), 'cannot be combined')):
+        with pytest.raises(ValueError, match = message):
+            Curriculum(**bad)
+        with pytest.raises(ValueError, match = message):
+            TrainConfig(**bad)
+
+
+def test_token_stages_default_to_removing_the_longest_examples_language(tmp_path):
+    from coconut_pytorch.data.tasks import get_task
+    from coconut_pytorch.data.tokenizer import target_lengths
+    task = get_task('running_sum', num_digits = 3)
+    longest = max(steps for steps, _ in target_lengths(task.generate(SMALL['train_size'], seed = 0), WordTokenizer(task.vocabulary())))
+    result = train(TrainConfig(method = 'no_thoughts', tokens_per_stage = 4, **SMALL), tmp_path)
+    assert result['final_stage'] == -(-longest // 4) and result['stage'] == result['final_stage'] and result['num_thoughts'] == 0
+
+
 def test_one_thought_at_a_time_schedule():
     curriculum = Curriculum(method = 'coconut', thoughts_per_step = 2, max_latent_stage = 3, one_thought_at_a_time = True)
     assert curriculum.num_stages == 7

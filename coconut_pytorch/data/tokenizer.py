@@ -15,7 +15,7 @@ except that `. , ? ! : ;` attach to the word before them. So "Tom is a  lempus .
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 PAD, EOS, SEP = "<pad>", "<eos>", "<sep>"
 SPECIAL_TOKENS = (PAD, EOS, SEP)
@@ -197,10 +197,13 @@ class WordTokenizer:
         return tokenizer
 
 
-def max_target_length(examples: Iterable[Any], tokenizer: WordTokenizer) -> int:
-    """Tokens of the longest full language target (every step and its separator, then the answer): a cap for generation."""
-    longest = 0
+def target_lengths(examples: Iterable[Any], tokenizer: WordTokenizer) -> Iterator[tuple[int, int]]:
+    """(tokens of the language steps, each with its separator; tokens of the answer) of each example."""
     for example in examples:
         _, steps, answer = tokenizer.encode_example(example)
-        longest = max(longest, sum(len(step) + 1 for step in steps) + len(answer))
-    return longest
+        yield sum(len(step) + 1 for step in steps), len(answer)
+
+
+def max_target_length(examples: Iterable[Any], tokenizer: WordTokenizer) -> int:
+    """Tokens of the longest full language target (every step and its separator, then the answer): a cap for generation."""
+    return max((steps + answer for steps, answer in target_lengths(examples, tokenizer)), default = 0)
