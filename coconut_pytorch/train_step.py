@@ -22,7 +22,7 @@ from torch import Tensor
 
 from coconut_pytorch.coconut import Coconut
 from coconut_pytorch.curriculum import Batch
-from coconut_pytorch.inputs import PAD_ID, left_align
+from coconut_pytorch.inputs import PAD_ID, as_padded_ids, check_reasoning_steps, left_align
 
 
 class StepStats(NamedTuple):
@@ -121,6 +121,12 @@ class TrainStep:
         return num_steps, round_up(prompt_length, self.prompt_multiple), round_up(target_length, self.target_multiple)
 
     def replay(self, batch: Batch) -> StepStats:
+        # the checks `forward` makes, here on the CPU copy: a graph reads whatever ids it is given
+        num_tokens = self.model.num_tokens
+        as_padded_ids(batch.prompt, 'prompt', num_tokens)
+        as_padded_ids(batch.target, 'answer', num_tokens, require_tokens = False, require_any_token = True)
+        check_reasoning_steps(batch.num_thoughts, batch.prompt.shape[0], 'cpu')
+
         key = self.shape_key(batch)
         if key not in self.graphs:
             self.graphs[key] = self.capture(*key)

@@ -72,6 +72,20 @@ def test_graph_shapes_round_up_and_pad_to_an_epochs_longest():
     assert step.shape_key(batch) == (4, 64, 32)
 
 
+def test_graphed_steps_check_their_batches_before_any_compute():
+    # `replay` checks on the CPU before it captures or copies anything, so the checks run here without a GPU
+    model, batch = model_and_batch('continuous', (1, 1, 1, 1))
+    step = TrainStep(model)
+    bad_prompt = batch.prompt.clone()
+    bad_prompt[0, 0] = len(TOKENIZER)
+    with pytest.raises(ValueError, match = 'prompt holds token ids'):
+        step.replay(Batch(bad_prompt, batch.target, batch.num_thoughts))
+    with pytest.raises(ValueError, match = 'answer has no tokens'):
+        step.replay(Batch(batch.prompt, torch.full_like(batch.target, PAD_ID), batch.num_thoughts))
+    with pytest.raises(ValueError, match = 'num_reasoning_steps must be >= 0'):
+        step.replay(Batch(batch.prompt, batch.target, -batch.num_thoughts))
+
+
 def test_cuda_graphs_need_a_cuda_model():
     model, _ = model_and_batch('continuous', (1, 1, 1, 1))
     with pytest.raises(ValueError, match = 'cuda_graphs needs the model on a CUDA device'):
