@@ -18,6 +18,7 @@ The number of thoughts travels per example, so a batch may mix stages (`uniform_
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence
@@ -52,8 +53,11 @@ class Curriculum:
             its c thoughts are in); the paper's authors report that adding more than 2 at a switch destabilises.
         tokens_per_stage: r; each stage removes the next r tokens of the language steps (separators counted)
             instead of the next whole step, and curriculum methods put c thoughts in place of each r tokens.
-            With `no_thoughts` this is iCoT's stepwise internalization (Deng et al., 2024), without its removal
-            smoothing. `max_latent_stage` then counts stages of r tokens.
+            With `no_thoughts` this is iCoT's stepwise internalization (Deng et al., 2024). `max_latent_stage`
+            then counts stages of r tokens.
+        removal_smoothing: lambda of iCoT's removal smoothing (with `tokens_per_stage`): each example loses
+            o more tokens than its stage says, o drawn with P(o) proportional to exp(-lambda o) (iCoT uses 4, so
+            about 2% of examples see a later stage's removal early). None: no smoothing.
     """
 
     method: str = 'coconut'
@@ -64,6 +68,7 @@ class Curriculum:
     uniform_prob: float = 0.
     one_thought_at_a_time: bool = False
     tokens_per_stage: int | None = None
+    removal_smoothing: float | None = None
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -81,6 +86,11 @@ class Curriculum:
                 raise ValueError(f'tokens_per_stage must be a positive int or None, got {self.tokens_per_stage!r}')
             if self.one_thought_at_a_time:
                 raise ValueError('tokens_per_stage and one_thought_at_a_time cannot be combined: a stage is already r tokens and c thoughts')
+        if self.removal_smoothing is not None:
+            if self.tokens_per_stage is None:
+                raise ValueError('removal_smoothing needs tokens_per_stage: it smooths the removal of tokens')
+            if isinstance(self.removal_smoothing, bool) or not isinstance(self.removal_smoothing, (int, float)) or not self.removal_smoothing > 0:
+                raise ValueError(f'removal_smoothing must be a number > 0 (a rate lambda) or None, got {self.removal_smoothing!r}')
 
     @property
     def uses_curriculum(self) -> bool:
@@ -144,11 +154,12 @@ class Curriculum:
         return removed, thoughts
 
 
-    def token_layout(self, stage: int, num_language_tokens: int) -> tuple[int, int]:
+    def token_layout(self, stage: int, num_language_tokens: int, extra_removed: int = 0) -> tuple[int, int]:
         """(language tokens removed, thoughts) at `stage` for an example whose steps take `num_language_tokens`
-        tokens, separators included (curriculum methods with `tokens_per_stage`)."""
+        tokens, separators included (curriculum methods with `tokens_per_stage`); `extra_removed` is removal
+        smoothing's offset, which removes tokens early but adds no thoughts."""
         r, c = self.tokens_per_stage, self.thoughts_per_step
-        removed = num_language_tokens if stage == self.final_stage else min(stage * r, num_language_tokens)
+        removed = num_language_tokens if stage == self.final_stage else min(stage * r + extra_removed, num_language_tokens)
         thoughts = stage * c if self.pad_latent_to_max else min(stage, -(-num_language_tokens // r)) * c
         return removed, 0 if self.method == 'no_thoughts' else thoughts
 
@@ -159,13 +170,13 @@ class StagedExample(NamedTuple):
     num_thoughts: int
 
 
-def encode_at_stage(example: Example, tokenizer: WordTokenizer, curriculum: Curriculum, stage: int) -> StagedExample:
-    """One example laid out for a stage of a method."""
+def encode_at_stage(example: Example, tokenizer: WordTokenizer, curriculum: Curriculum, stage: int, extra_removed: int = 0) -> StagedExample:
+    """One example laid out for a stage of a method (`extra_removed`: removal smoothing's offset, in tokens)."""
     question, steps, answer = tokenizer.encode_example(example)
 
     if curriculum.tokens_per_stage is not None and curriculum.uses_curriculum:
         language = [token for step in steps for token in step + [tokenizer.sep_id]]
-        removed, thoughts = curriculum.token_layout(stage, len(language))
+        removed, thoughts = curriculum.token_layout(stage, len(language), extra_removed)
         target = language[removed:] + answer
         return StagedExample(torch.tensor(question), torch.tensor(target), thoughts)
 
@@ -185,16 +196,21 @@ def staged_examples(
     stage: int,
     rng: random.Random | None = None
 ) -> list[StagedExample]:
-    """Lay out examples at `stage`; with `uniform_prob`, some at a random stage instead (drawn from `rng`)."""
+    """Lay out examples at `stage`; with `uniform_prob`, some at a random stage instead, and with
+    `removal_smoothing`, some with extra tokens removed (both drawn from `rng`)."""
     rng = rng if rng is not None else random.Random(0)
     mix = curriculum.uniform_prob > 0 and curriculum.uses_curriculum
+    smooth = curriculum.removal_smoothing is not None and curriculum.uses_curriculum
 
     staged = []
     for example in examples:
-        example_stage = stage
+        example_stage, extra_removed = stage, 0
         if mix and rng.random() < curriculum.uniform_prob:
             example_stage = rng.randint(0, curriculum.final_stage)
-        staged.append(encode_at_stage(example, tokenizer, curriculum, example_stage))
+        if smooth:
+            # P(o) = (1 - q) q^o with q = exp(-lambda): o = floor(-ln(u) / lambda) for u uniform in (0, 1]
+            extra_removed = int(-math.log(1. - rng.random()) / curriculum.removal_smoothing)
+        staged.append(encode_at_stage(example, tokenizer, curriculum, example_stage, extra_removed))
     return staged
 
 

@@ -48,6 +48,7 @@ class TrainConfig:
     uniform_prob: float = 0.
     one_thought_at_a_time: bool = False
     tokens_per_stage: int | None = None     # stages remove this many language tokens, not whole steps (iCoT-style)
+    removal_smoothing: float | None = None  # iCoT's removal smoothing rate lambda (with tokens_per_stage; iCoT: 4)
     reset_optimizer: bool = True
 
     # data and optimisation
@@ -94,10 +95,12 @@ class TrainConfig:
                 check_int(name, getattr(self, name), 0 if name == 'max_latent_stage' else 1)
         if self.tokens_per_stage is not None and self.one_thought_at_a_time:
             raise ValueError('tokens_per_stage and one_thought_at_a_time cannot be combined')
+        if self.removal_smoothing is not None and self.tokens_per_stage is None:
+            raise ValueError('removal_smoothing needs tokens_per_stage: it smooths the removal of tokens')
         for name, minimum, inclusive in (('lr', 0., False), ('weight_decay', 0., True), ('max_grad_norm', 0., False),
-                                         ('uniform_prob', 0., True), ('time_budget', 0., True)):
+                                         ('uniform_prob', 0., True), ('time_budget', 0., True), ('removal_smoothing', 0., False)):
             value = getattr(self, name)
-            if value is None and name == 'time_budget':
+            if value is None and name in ('time_budget', 'removal_smoothing'):
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f'{name} must be a number, got {type(value).__name__}')
@@ -138,7 +141,8 @@ class TrainConfig:
             pad_latent_to_max = self.pad_latent_to_max,
             uniform_prob = self.uniform_prob,
             one_thought_at_a_time = self.one_thought_at_a_time,
-            tokens_per_stage = self.tokens_per_stage
+            tokens_per_stage = self.tokens_per_stage,
+            removal_smoothing = self.removal_smoothing
         )
 
     @classmethod

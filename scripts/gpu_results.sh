@@ -69,8 +69,9 @@ if [ "$suite" = mult ] || [ "$suite" = all ]; then
     # a longer coconut run, so the curriculum finishes: the shorter one stopped at stage 3
     run mult${digits}_coconut_long 260 $data --method coconut
     # not yet run: stages of 8 language tokens instead of whole steps, on CUDA graphs; without thoughts this is
-    # iCoT's stepwise internalization, with coconut 2 thoughts take the place of each 8 tokens
-    tokens=(--tokens-per-stage 8 --epochs-per-stage 3 --final-epochs 10 --fresh-data --cuda-graphs)
+    # iCoT's stepwise internalization (with its removal smoothing), with coconut 2 thoughts take the place of each
+    # 8 tokens
+    tokens=(--tokens-per-stage 8 --removal-smoothing 4 --epochs-per-stage 3 --final-epochs 10 --fresh-data --cuda-graphs)
     run mult${digits}_icot         540 $data --method no_thoughts "${tokens[@]}"
     run mult${digits}_coconut_tokens 540 $data --method coconut "${tokens[@]}"
   done

@@ -1,6 +1,7 @@
 """Stage construction for every method, mixed-stage batches, training, resuming and evaluation."""
 
 import json
+import math
 import random
 import subprocess
 import sys
@@ -68,6 +69,27 @@ def test_token_stages_cap_thoughts_at_an_examples_own_chunks():
     padded = Curriculum(**{**curriculum.__dict__, 'pad_latent_to_max': True})
     assert encode_at_stage(short, TOKENIZER, padded, 2).num_thoughts == 4
     for bad, message in ((dict(tokens_per_stage = 0), 'tokens_per_stage'), (dict(tokens_per_stage = 2, one_thought_at_a_time = True), 'cannot be combined')):
+        with pytest.raises(ValueError, match = message):
+            Curriculum(**bad)
+        with pytest.raises(ValueError, match = message):
+            TrainConfig(**bad)
+
+
+def test_removal_smoothing_removes_a_few_examples_tokens_early():
+    curriculum = Curriculum(method = 'no_thoughts', max_latent_stage = 3, tokens_per_stage = 5, removal_smoothing = 1.)
+    staged = staged_examples([EXAMPLE] * 2000, TOKENIZER, curriculum, stage = 1, rng = random.Random(0))
+    removed = [12 + 2 - len(s.target) for s in staged]     # 12 language tokens, then 'ans <eos>'
+    extra = [r - 5 for r in removed]
+    assert min(extra) == 0 and all(s.num_thoughts == 0 for s in staged)
+    # P(o >= 1) = exp(-1) with lambda = 1, P(o >= 2) = exp(-2)
+    assert abs(sum(o >= 1 for o in extra) / 2000 - math.exp(-1.)) < 0.03
+    assert abs(sum(o >= 2 for o in extra) / 2000 - math.exp(-2.)) < 0.02
+    # the last stage removes everything anyway; without smoothing nothing changes
+    final = staged_examples([EXAMPLE] * 50, TOKENIZER, curriculum, stage = 3, rng = random.Random(0))
+    assert all(len(s.target) == 2 for s in final)
+    plain = Curriculum(method = 'no_thoughts', max_latent_stage = 3, tokens_per_stage = 5)
+    assert {len(s.target) for s in staged_examples([EXAMPLE] * 50, TOKENIZER, plain, 1, random.Random(0))} == {12 - 5 + 2}
+    for bad, message in ((dict(removal_smoothing = 4.), 'needs tokens_per_stage'), (dict(tokens_per_stage = 8, removal_smoothing = 0.), 'removal_smoothing must be')):
         with pytest.raises(ValueError, match = message):
             Curriculum(**bad)
         with pytest.raises(ValueError, match = message):
