@@ -75,6 +75,9 @@ class TrainStep:
     ):
         if cuda_graphs and model.device.type != 'cuda':
             raise ValueError(f'cuda_graphs needs the model on a CUDA device, got {model.device}')
+        if cuda_graphs and model.checkpoint:
+            # not tried under capture: checkpointing saves and restores RNG state around each recomputation
+            raise ValueError('cuda_graphs cannot be combined with a model built with checkpoint=True (not supported)')
         self.model = model
         self.autocast_dtype = autocast_dtype
         self.loss_scale = loss_scale

@@ -124,6 +124,8 @@ class TrainConfig:
             raise ValueError(f'cuda_graphs needs a CUDA device, got device={self.device!r}')
         if self.cuda_graphs and self.compile:
             raise ValueError('cuda_graphs and compile cannot be combined: choose one')
+        if self.cuda_graphs and self.checkpoint:
+            raise ValueError('cuda_graphs and checkpoint (activation checkpointing) cannot be combined')
 
     def curriculum(self, task_max_steps: int, longest_language: int | None = None) -> Curriculum:
         """The run's curriculum. Without `max_latent_stage`, the last stage is the one that removes every step of

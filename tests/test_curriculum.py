@@ -306,6 +306,7 @@ def test_evaluate_command_on_files(tmp_path):
     (dict(train_file = 'x.json', fresh_data = True), ValueError, 'cannot be used with train_file'),
     (dict(cuda_graphs = True), ValueError, 'cuda_graphs needs a CUDA device'),
     (dict(cuda_graphs = True, compile = True, device = 'cuda'), ValueError, 'cannot be combined'),
+    (dict(cuda_graphs = True, checkpoint = True, device = 'cuda'), ValueError, 'cannot be combined'),
 ])
 def test_train_config_names_the_bad_setting(setting, error, message):
     with pytest.raises(error, match = message):
