@@ -59,6 +59,9 @@ if [ "$suite" = prosqa ] || [ "$suite" = all ]; then
   run prosqa_coconut_frontier_graphs 440 $data --method coconut "${frontier[@]}" --cuda-graphs --final-epochs 24
   # ... with a tenth of the examples at a random earlier stage, so the thoughts keep some frontier supervision
   run prosqa_coconut_frontier_graphs_uniform 440 $data --method coconut "${frontier[@]}" --cuda-graphs --final-epochs 24 --uniform-prob 0.1
+  # not yet run: frontier steps that name the first-stated qualifying parent, not a random one (no unlearnable
+  # tokens in the language stages)
+  run prosqa_coconut_frontier_first 440 $data --method coconut --fresh-data --task-kwargs '{"steps": "frontier_first"}' --cuda-graphs --final-epochs 24
 fi
 if [ "$suite" = mult ] || [ "$suite" = all ]; then
   for digits in 4 5; do

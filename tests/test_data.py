@@ -346,14 +346,17 @@ def test_prosqa_verifier_rejects_wrong_proofs(prosqa_generated):
         verify_prosqa_example(Example(example.question, example.steps[:1] + example.steps[2:], example.answer))
 
 
-def test_prosqa_frontier_steps_are_the_breadth_first_layers(prosqa_generated):
-    frontier = ProsQATask(steps="frontier").generate(len(prosqa_generated), seed=0)
+@pytest.mark.parametrize("style", ["frontier", "frontier_first"])
+def test_prosqa_frontier_steps_are_the_breadth_first_layers(prosqa_generated, style):
+    frontier = ProsQATask(steps=style).generate(len(prosqa_generated), seed=0)
+    chose_a_later_fact = False
     for proof, example in zip(prosqa_generated, frontier):
         # same question and answer as the proof-style example of the same seed, as many steps as the proof
         assert (example.question, example.answer) == (proof.question, proof.answer)
         assert len(example.steps) == len(proof.steps)
 
         sentences = [s.strip() for s in re.findall(r"[^.?]+[.?]", example.question)][:-1]
+        stated = [re.fullmatch(r"(?:Every )?(\w+) is a (\w+)\.", sentence).groups() for sentence in sentences]
         graph = parse_prosqa_question(example.question)
         children = defaultdict(set)
         for parent, child in graph.edges:
@@ -373,14 +376,22 @@ def test_prosqa_frontier_steps_are_the_breadth_first_layers(prosqa_generated):
             assert positions == sorted(positions)
             reached = []
             for fact in facts:
-                parent, child = re.fullmatch(r"(?:Every )?(\w+) is a (\w+)\.", fact).groups()
+                parent, child = stated[sentences.index(fact)]
                 assert dist[parent] == layer - 1 and child in children[parent]
                 reached.append(child)
+                # the facts that could have reached this node from the layer above
+                qualifying = [i for i, (p, c) in enumerate(stated) if c == child and dist.get(p) == layer - 1]
+                if style == "frontier_first":
+                    assert sentences.index(fact) == min(qualifying)
+                chose_a_later_fact |= sentences.index(fact) != min(qualifying)
             assert sorted(reached) == sorted(n for n, d in dist.items() if d == layer)
 
         # the last layer holds the answer
         target = example.answer.split()[-1].rstrip(".")
         assert dist[target] == len(example.steps)
+
+    # random parents do pick a later fact somewhere; first parents never do
+    assert chose_a_later_fact == (style == "frontier")
 
 
 def test_prosqa_rejects_an_unknown_step_style():

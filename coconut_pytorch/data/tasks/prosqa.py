@@ -25,6 +25,8 @@ brimpus."), in the order the question states them, up to the target's layer. Eac
 expansion of the one before (no look-ahead needed to write it), the search that the paper finds Coconut's
 continuous thoughts encoding in superposition; a curriculum over these steps supervises the thoughts with
 whole frontiers instead of one chosen path (an option of this package, not the paper's setting).
+Where several facts reach a node from the layer above, "frontier" names a random one, which no model can predict;
+`steps="frontier_first"` names the one the question states first, so every token of a step is determined.
 """
 
 from __future__ import annotations
@@ -411,16 +413,20 @@ def _topological_order(rng: random.Random, graph: _Graph, first: list[int]) -> l
     return order
 
 
-def _frontier_steps(rng: random.Random, graph: _Graph, source: int, depth: int, fact, sentences: list[str]) -> list[str]:
+def _frontier_steps(rng: random.Random | None, graph: _Graph, source: int, depth: int, fact, sentences: list[str]) -> list[str]:
     """Breadth-first layers 1..depth below `source`: per newly reached node one fact from the layer above
-    (a random one where several parents qualify), the facts of a layer in question order."""
+    (where several parents qualify, a random one, or with `rng=None` the one stated first in the question),
+    the facts of a layer in question order."""
     dist = graph.distances(source)
     parents = graph.parents()
     position = {sentence: index for index, sentence in enumerate(sentences)}
     steps = []
     for layer in range(1, depth + 1):
         reached = sorted(node for node, d in dist.items() if d == layer)
-        facts = [fact(rng.choice(sorted(p for p in parents[node] if dist.get(p) == layer - 1)), node) for node in reached]
+        facts = []
+        for node in reached:
+            candidates = [fact(p, node) for p in sorted(parents[node]) if dist.get(p) == layer - 1]
+            facts.append(rng.choice(candidates) if rng is not None else min(candidates, key = position.__getitem__))
         steps.append(" ".join(sorted(facts, key=position.__getitem__)))
     return steps
 
@@ -433,7 +439,7 @@ class ProsQATask(Task):
     """
 
     name = "prosqa"
-    step_styles = ("proof", "frontier")
+    step_styles = ("proof", "frontier", "frontier_first")
 
     def __init__(self, steps: str = "proof"):
         if steps not in self.step_styles:
@@ -560,6 +566,8 @@ class ProsQATask(Task):
             # its own generator, seeded by the question (str seeds hash with sha512: stable across processes), so
             # a seed gives the same questions and answers with either style of steps
             steps = _frontier_steps(random.Random(question), graph, subject, num_steps, fact, sentences)
+        elif self.steps == "frontier_first":
+            steps = _frontier_steps(None, graph, subject, num_steps, fact, sentences)
 
         return dict(
             question=question,
