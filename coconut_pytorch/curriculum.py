@@ -153,7 +153,6 @@ class Curriculum:
             thoughts = 0
         return removed, thoughts
 
-
     def token_layout(self, stage: int, num_language_tokens: int, extra_removed: int = 0) -> tuple[int, int]:
         """(language tokens removed, thoughts) at `stage` for an example whose steps take `num_language_tokens`
         tokens, separators included (curriculum methods with `tokens_per_stage`); `extra_removed` is removal

@@ -138,9 +138,9 @@ class TrainStep:
         self.graphs.move_to_end(key)
         shape = self.graphs[key]
 
-        # through pinned buffers, so the host goes on to the next batch while the GPU runs this one. Copies from
-        # pageable memory wait for the stream to drain, and pinning each batch anew allocates pinned memory, which
-        # also waits: either way the host would stall once per step.
+        # through pinned buffers, so the host goes on to the next batch while the GPU runs this one: a copy from
+        # pageable memory synchronizes with the stream first (CUDA's documented behaviour). The buffers are this
+        # shape's, reused once the copy out of them before the previous replay has run.
         shape.copied.synchronize()
         for staged, given in zip(shape.staging, batch):
             if given.ndim == 2:

@@ -90,9 +90,10 @@ class TrainConfig:
             check_int(name, getattr(self, name), 1)
         for name in ('final_epochs', 'warmup_steps'):
             check_int(name, getattr(self, name), 0)
-        for name in ('max_latent_stage', 'tokens_per_stage'):
-            if getattr(self, name) is not None:
-                check_int(name, getattr(self, name), 0 if name == 'max_latent_stage' else 1)
+        if self.max_latent_stage is not None:
+            check_int('max_latent_stage', self.max_latent_stage, 0)
+        if self.tokens_per_stage is not None:
+            check_int('tokens_per_stage', self.tokens_per_stage, 1)
         if self.tokens_per_stage is not None and self.one_thought_at_a_time:
             raise ValueError('tokens_per_stage and one_thought_at_a_time cannot be combined')
         if self.removal_smoothing is not None and self.tokens_per_stage is None:
