@@ -37,6 +37,7 @@ def parse_args():
     arg('--one-thought-at-a-time', action = 'store_true')
     arg('--tokens-per-stage', type = int, default = None, help = "each stage removes this many language tokens instead of a whole step (with --method no_thoughts: iCoT's stepwise internalization)")
     arg('--removal-smoothing', type = float, default = None, help = "with --tokens-per-stage: iCoT's removal smoothing rate lambda (iCoT uses 4)")
+    arg('--thought-loss', type = float, default = defaults.thought_loss, help = 'weight of a loss aligning each continuous thought with the words of the step it replaced (0: off, as in the paper)')
     arg('--rewarm-each-stage', action = 'store_true', help = 'warm the learning rate up again after each optimizer reset')
     arg('--train-size', type = int, default = defaults.train_size)
     arg('--fresh-data', action = 'store_true', help = 'generate a new training set of --train-size every epoch')

@@ -64,6 +64,7 @@ class Intermediates(NamedTuple):
 class LossBreakdown(NamedTuple):
     answer_loss: Tensor
     begin_thought_loss: Tensor | None
+    thought_loss: Tensor | None = None
 
 
 class Reasoned(NamedTuple):
@@ -90,6 +91,7 @@ class Coconut(Module):
             `<bot>`; the answer attends to all of them (multi-stream reasoning).
         thought_mode: 'continuous' (Coconut) or 'pause' (the same slots filled by one learned pause embedding,
             with no feedback: the paper's pause-token baseline).
+        thought_loss_weight: weight of the thought alignment loss, added when `forward` gets `thought_targets`.
     """
 
     def __init__(
@@ -101,7 +103,8 @@ class Coconut(Module):
         learn_begin_of_thought: bool = False,
         begin_thought_loss_weight: float = 1.,
         num_hypotheses: int = 1,
-        thought_mode: str = 'continuous'
+        thought_mode: str = 'continuous',
+        thought_loss_weight: float = 1.
     ):
         super().__init__()
 
@@ -139,6 +142,10 @@ class Coconut(Module):
         self.begin_of_thought = nn.Parameter(torch.randn(num_hypotheses, num_latents_per_step, dim) * 1e-2)
         self.end_of_thought = nn.Parameter(torch.randn(dim) * 1e-2)
         self.pause_embed = nn.Parameter(torch.randn(dim) * 1e-2) if thought_mode == 'pause' else None
+
+        if isinstance(thought_loss_weight, bool) or not isinstance(thought_loss_weight, (int, float)) or thought_loss_weight < 0:
+            raise ValueError(f'thought_loss_weight must be a number >= 0, got {thought_loss_weight!r}')
+        self.thought_loss_weight = thought_loss_weight
 
         self.learn_begin_of_thought = learn_begin_of_thought
         self.begin_thought_loss_weight = begin_thought_loss_weight
@@ -291,7 +298,8 @@ class Coconut(Module):
         answer: Tensor | Sequence[Tensor] | None = None,
         return_loss: bool = True,
         return_intermediates: bool = False,
-        num_reasoning_steps: int | Tensor | None = None
+        num_reasoning_steps: int | Tensor | None = None,
+        thought_targets: Tensor | None = None
     ):
         """Loss of the answer given the prompt and the thoughts, or the intermediates.
 
@@ -301,8 +309,12 @@ class Coconut(Module):
             return_loss: False returns `Intermediates(prompt_logits, latent_tokens, answer_logits, cache)`.
             return_intermediates: with the loss, return `(loss, (LossBreakdown, *Intermediates))`.
             num_reasoning_steps: overrides the default; an int, or a (b,) tensor giving each row its own.
+            thought_targets: (b, S * c, V), nonnegative weights (e.g. bool) over the vocabulary per thought, in
+                sequence order: adds the thought alignment loss (`thought_loss`), weighted by `thought_loss_weight`.
+                A thought whose row is all zero, or past its row's steps, has no target.
 
-        Returns the scalar loss (mean cross-entropy over real answer tokens, plus the weighted <bot> loss).
+        Returns the scalar loss (mean cross-entropy over real answer tokens, plus the weighted <bot> loss and
+        thought alignment loss).
         """
         aligned, num_steps, row_steps = self.prepare(prompt, num_reasoning_steps)
         batch = aligned.ids.shape[0]
@@ -315,7 +327,22 @@ class Coconut(Module):
         if return_loss and not exists(answer):
             return_loss = False
 
-        return self.forward_aligned(aligned, answer, num_steps, row_steps, return_loss = return_loss, return_intermediates = return_intermediates)
+        if exists(thought_targets):
+            thought_targets = self.check_thought_targets(thought_targets, batch, num_steps)
+
+        return self.forward_aligned(aligned, answer, num_steps, row_steps, return_loss = return_loss, return_intermediates = return_intermediates, thought_targets = thought_targets)
+
+    def check_thought_targets(self, thought_targets, batch: int, num_steps: int) -> Tensor:
+        if not torch.is_tensor(thought_targets):
+            raise TypeError(f'thought_targets must be a tensor of shape (batch, thoughts, num_tokens), got {type(thought_targets).__name__}')
+        if self.thought_mode != 'continuous' or self.num_hypotheses > 1:
+            raise ValueError('thought_targets need continuous thoughts in a single stream (thought_mode = "continuous", num_hypotheses = 1)')
+        expected = (batch, num_steps * self.num_latents_per_step, self.num_tokens)
+        if tuple(thought_targets.shape) != expected:
+            raise ValueError(f'thought_targets must have shape (batch, steps x latents per step, num_tokens) = {expected}, got {tuple(thought_targets.shape)}')
+        if thought_targets.is_complex() or (thought_targets.dtype != torch.bool and bool((thought_targets < 0).any())):
+            raise ValueError('thought_targets must be nonnegative weights over the vocabulary (bool or real)')
+        return thought_targets.to(self.device)
 
     def forward_aligned(
         self,
@@ -325,7 +352,8 @@ class Coconut(Module):
         row_steps: Tensor | None,
         return_loss: bool = True,
         return_intermediates: bool = False,
-        with_prompt_logits: bool = True
+        with_prompt_logits: bool = True,
+        thought_targets: Tensor | None = None
     ):
         """`forward` after its checks: a left-aligned prompt, a (b, m) -1 padded answer (or None), the most steps of
         any row and the per-row steps ((b,) or None when all rows take `num_steps`).
@@ -333,7 +361,7 @@ class Coconut(Module):
         Free of host syncs and of shapes that depend on tensor contents, so a training step built on it can be
         captured as a CUDA graph (`train_step`). Inputs are trusted: check them with `forward` first.
         `with_prompt_logits=False` skips the prompt's logits in the intermediates (None there), which training
-        does not need.
+        does not need. `thought_targets`: as in `forward`.
         """
         batch = aligned.ids.shape[0]
         reasoned = self.reason(aligned.ids, aligned.mask, num_steps, row_steps)
@@ -371,10 +399,42 @@ class Coconut(Module):
             begin_thought_loss = self.begin_thought_loss(reasoned.prompt_hiddens, aligned.mask, num_steps, row_steps)
             loss = loss + begin_thought_loss * self.begin_thought_loss_weight
 
+        thought_loss = None
+        if exists(thought_targets):
+            thought_loss = self.thought_loss(latent_tokens, thought_targets, row_steps)
+            loss = loss + thought_loss * self.thought_loss_weight
+
         if not return_intermediates:
             return loss
 
-        return loss, (LossBreakdown(answer_loss, begin_thought_loss), *intermediates)
+        return loss, (LossBreakdown(answer_loss, begin_thought_loss, thought_loss), *intermediates)
+
+    def thought_loss(self, latent_tokens: Tensor, thought_targets: Tensor, row_steps: Tensor | None) -> Tensor:
+        """Aligns each thought with the language it replaced: the KL divergence from the targets, normalised to a
+        distribution over the vocabulary (a uniform bag of the replaced words), to the thought's own next-token
+        distribution under the language-model head. 0 when a thought puts exactly that distribution on them.
+        Averaged over the thoughts that have a target.
+
+        Why: a thought that replaces a breadth-first layer of a graph search is thought to hold the layer's nodes
+        in superposition (Zhu et al., 2025); from scratch, the curriculum's only signal to the thoughts is the
+        answer, which may not reach them. This tells each thought directly what it replaced."""
+        c = self.num_latents_per_step
+        logits = self.model.to_logits(latent_tokens)                    # (b, N, V), N = S * c
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        weights = thought_targets.to(logits.dtype)
+
+        if exists(row_steps):
+            # slots past a row's own steps hold whatever a masked input gives: never a target
+            slot_step = torch.arange(logits.shape[1], device = logits.device) // c
+            weights = weights * rearrange(slot_step < rearrange(row_steps, 'b -> b 1'), 'b n -> b n 1').to(weights.dtype)
+
+        totals = weights.sum(dim = -1)                                  # (b, N)
+        has_target = (totals > 0).to(logits.dtype)
+        targets = weights / totals.clamp(min = 1e-12).unsqueeze(-1)
+
+        # KL(targets || softmax(logits)) = sum t log t - sum t log p
+        kl = (torch.special.xlogy(targets, targets) - targets * logits.log_softmax(dim = -1)).sum(dim = -1)
+        return (kl * has_target).sum() / has_target.sum().clamp(min = 1)
 
     def begin_thought_loss(self, prompt_hiddens: Tensor, prompt_mask: Tensor | None, num_steps: int, row_steps: Tensor | None) -> Tensor:
         """Binary loss: thinking begins right after the last real prompt token (for rows that think), nowhere else."""

@@ -14,6 +14,10 @@ steps and the answer stay in language, with loss. Every method below is the same
 
 A target is the remaining steps, each followed by <sep>, then the answer and <eos>. Prompts are the question ids.
 The number of thoughts travels per example, so a batch may mix stages (`uniform_prob`) and stays exact.
+
+Each group of c continuous thoughts replaces a piece of language (a step, or r tokens with `tokens_per_stage`);
+`StagedExample.thought_words` keeps, per thought, the token ids of the piece it replaced, so that a loss can align
+the thought with that language (`Coconut(thought_loss_weight)`, `TrainConfig.thought_loss`).
 """
 
 from __future__ import annotations
@@ -163,21 +167,36 @@ class Curriculum:
         return removed, 0 if self.method == 'no_thoughts' else thoughts
 
 
+ALIGNABLE_METHODS = ('coconut', 'coconut_no_curriculum')   # methods whose thoughts are fed-back hidden states
+
+
 class StagedExample(NamedTuple):
     prompt: Tensor      # (n,) question ids
     target: Tensor      # (m,) remaining steps with <sep> after each, then answer and <eos>
     num_thoughts: int
+    thought_words: tuple[tuple[int, ...], ...] = ()     # per thought, the ids of the language it replaced (may be
+                                                        # empty: a padded thought replaced nothing); () for methods
+                                                        # without continuous thoughts
+
+
+def words_per_thought(pieces: Sequence[Sequence[int]], num_thoughts: int, thoughts_per_piece: int) -> tuple[tuple[int, ...], ...]:
+    """Thought i replaced piece i // c; thoughts past the last piece (`pad_latent_to_max`) replaced nothing."""
+    return tuple(tuple(pieces[i // thoughts_per_piece]) if i // thoughts_per_piece < len(pieces) else () for i in range(num_thoughts))
 
 
 def encode_at_stage(example: Example, tokenizer: WordTokenizer, curriculum: Curriculum, stage: int, extra_removed: int = 0) -> StagedExample:
     """One example laid out for a stage of a method (`extra_removed`: removal smoothing's offset, in tokens)."""
     question, steps, answer = tokenizer.encode_example(example)
+    c, alignable = curriculum.thoughts_per_step, curriculum.method in ALIGNABLE_METHODS
 
     if curriculum.tokens_per_stage is not None and curriculum.uses_curriculum:
+        r = curriculum.tokens_per_stage
         language = [token for step in steps for token in step + [tokenizer.sep_id]]
         removed, thoughts = curriculum.token_layout(stage, len(language), extra_removed)
         target = language[removed:] + answer
-        return StagedExample(torch.tensor(question), torch.tensor(target), thoughts)
+        pieces = [language[start:start + r] for start in range(0, len(language), r)]
+        words = words_per_thought(pieces, thoughts, c) if alignable else ()
+        return StagedExample(torch.tensor(question), torch.tensor(target), thoughts, words)
 
     removed, thoughts = curriculum.layout(stage, len(steps))
     target = []
@@ -185,7 +204,8 @@ def encode_at_stage(example: Example, tokenizer: WordTokenizer, curriculum: Curr
         target.extend(step + [tokenizer.sep_id])
     target.extend(answer)
 
-    return StagedExample(torch.tensor(question), torch.tensor(target), thoughts)
+    words = words_per_thought(steps, thoughts, c) if alignable else ()
+    return StagedExample(torch.tensor(question), torch.tensor(target), thoughts, words)
 
 
 def staged_examples(
@@ -217,16 +237,33 @@ class Batch(NamedTuple):
     prompt: Tensor          # (b, n) -1 padded
     target: Tensor          # (b, m) -1 padded
     num_thoughts: Tensor    # (b,)
+    thought_targets: Tensor | None = None   # (b, most thoughts, V) bool: the words each thought replaced
 
     def to(self, device) -> Batch:
-        return Batch(*(t.to(device) for t in self))
+        return Batch(*(t.to(device) if t is not None else None for t in self))
 
 
-def collate(staged: Sequence[StagedExample]) -> Batch:
+def thought_targets(staged: Sequence[StagedExample], num_tokens: int) -> Tensor:
+    """(b, most thoughts, V) bool: True at the words each thought replaced; all False for a thought that replaced
+    nothing and in the slots past a row's own thoughts."""
+    most = max((s.num_thoughts for s in staged), default = 0)
+    targets = torch.zeros((len(staged), most, num_tokens), dtype = torch.bool)
+    for row, example in enumerate(staged):
+        if len(example.thought_words) != example.num_thoughts:
+            raise ValueError(f'example {row} has {example.num_thoughts} thoughts but words for {len(example.thought_words)}: '
+                             'thought targets need a method with continuous thoughts (coconut, coconut_no_curriculum)')
+        for slot, words in enumerate(example.thought_words):
+            targets[row, slot, list(words)] = True
+    return targets
+
+
+def collate(staged: Sequence[StagedExample], num_tokens: int | None = None) -> Batch:
+    """Pad into a batch; with `num_tokens` (the vocabulary size), also the thoughts' word targets."""
     prompt = pad_sequence([s.prompt for s in staged], batch_first = True, padding_value = PAD_ID)
     target = pad_sequence([s.target for s in staged], batch_first = True, padding_value = PAD_ID)
     num_thoughts = torch.tensor([s.num_thoughts for s in staged])
-    return Batch(prompt, target, num_thoughts)
+    targets = thought_targets(staged, num_tokens) if num_tokens is not None else None
+    return Batch(prompt, target, num_thoughts, targets)
 
 
 @dataclass(frozen = True)
@@ -239,10 +276,12 @@ class EpochLayout:
     curriculum: Curriculum
     batch_size: int
     seed: int
+    with_thought_targets: bool = False      # batches carry `thought_targets` (for `TrainConfig.thought_loss`)
 
     def batches(self, examples: Sequence[Example], epoch: int) -> list[Batch]:
         rng = random.Random(self.seed * 100_003 + epoch)
         order = list(range(len(examples)))
         rng.shuffle(order)
         staged = staged_examples([examples[i] for i in order], self.tokenizer, self.curriculum, self.curriculum.stage_at_epoch(epoch), rng)
-        return [collate(staged[i:i + self.batch_size]) for i in range(0, len(staged), self.batch_size)]
+        num_tokens = len(self.tokenizer) if self.with_thought_targets else None
+        return [collate(staged[i:i + self.batch_size], num_tokens) for i in range(0, len(staged), self.batch_size)]

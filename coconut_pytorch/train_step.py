@@ -29,6 +29,7 @@ class StepStats(NamedTuple):
     loss: Tensor        # () the batch's mean loss, detached
     correct: Tensor     # () real answer tokens whose teacher-forced argmax is right
     counted: Tensor     # () real answer tokens
+    thought_loss: Tensor    # () the thought alignment loss, detached (0 without thought targets)
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -40,10 +41,21 @@ def token_counts(answer_logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]
     return ((answer_logits.argmax(dim = -1) == target) & real).sum(), real.sum()
 
 
+def step_stats(loss: Tensor, breakdown, answer_logits: Tensor, target: Tensor) -> StepStats:
+    thought_loss = breakdown.thought_loss.detach() if breakdown.thought_loss is not None else torch.zeros((), device = loss.device)
+    return StepStats(loss.detach(), *token_counts(answer_logits, target), thought_loss)
+
+
+def batch_inputs(batch: Batch) -> tuple[Tensor, ...]:
+    """The tensors a graph reads: prompt, target, thoughts per row, and the thought targets if the batch has them."""
+    return tuple(batch) if batch.thought_targets is not None else tuple(batch[:3])
+
+
 class GraphedShape(NamedTuple):
     graph: torch.cuda.CUDAGraph
-    inputs: tuple[Tensor, Tensor, Tensor]   # static prompt (b, P) and target (b, T), -1 padded, and row steps (b,)
-    staging: tuple[Tensor, Tensor, Tensor]  # the same in pinned host memory, copied in without blocking the host
+    inputs: tuple[Tensor, ...]              # static prompt (b, P) and target (b, T), -1 padded, row steps (b,) and
+                                            # with thought targets, those (b, S, V)
+    staging: tuple[Tensor, ...]             # the same in pinned host memory, copied in without blocking the host
     copied: torch.cuda.Event                # the last copy out of `staging` has run once this completes
     stats: StepStats                        # static outputs
     grads: list[tuple[torch.nn.Parameter, Tensor]]   # each used parameter and the buffer its gradient lands in
@@ -104,9 +116,12 @@ class TrainStep:
 
     def eager(self, batch: Batch) -> StepStats:
         with self.autocast():
-            loss, (_, _, _, answer_logits, _) = self.model(batch.prompt, batch.target, num_reasoning_steps = batch.num_thoughts, return_intermediates = True)
+            loss, (breakdown, _, _, answer_logits, _) = self.model(
+                batch.prompt, batch.target, num_reasoning_steps = batch.num_thoughts, return_intermediates = True,
+                thought_targets = batch.thought_targets
+            )
         (loss * self.loss_scale).backward()
-        return StepStats(loss.detach(), *token_counts(answer_logits, batch.target))
+        return step_stats(loss, breakdown, answer_logits, batch.target)
 
     # CUDA graphs
 
@@ -116,12 +131,12 @@ class TrainStep:
         and more shapes than `max_graphs` would be captured again and again)."""
         self.min_lengths = (prompt_length, target_length)
 
-    def shape_key(self, batch: Batch) -> tuple[int, int, int]:
-        """(thoughts, padded prompt length, padded answer length) of the graph that runs `batch`."""
+    def shape_key(self, batch: Batch) -> tuple[int, int, int, bool]:
+        """(thoughts, padded prompt length, padded answer length, with thought targets) of the graph that runs `batch`."""
         num_steps = int(batch.num_thoughts.max())
         prompt_length = max(batch.prompt.shape[1], self.min_lengths[0])
         target_length = max(batch.target.shape[1], self.min_lengths[1])
-        return num_steps, round_up(prompt_length, self.prompt_multiple), round_up(target_length, self.target_multiple)
+        return num_steps, round_up(prompt_length, self.prompt_multiple), round_up(target_length, self.target_multiple), batch.thought_targets is not None
 
     def replay(self, batch: Batch) -> StepStats:
         # the checks `forward` makes, here on the CPU copy: a graph reads whatever ids it is given
@@ -129,6 +144,8 @@ class TrainStep:
         as_padded_ids(batch.prompt, 'prompt', num_tokens)
         as_padded_ids(batch.target, 'answer', num_tokens, require_tokens = False, require_any_token = True)
         check_reasoning_steps(batch.num_thoughts, batch.prompt.shape[0], 'cpu')
+        if batch.thought_targets is not None:
+            self.model.check_thought_targets(batch.thought_targets.cpu(), batch.prompt.shape[0], int(batch.num_thoughts.max()))
 
         key = self.shape_key(batch)
         if key not in self.graphs:
@@ -142,7 +159,7 @@ class TrainStep:
         # pageable memory synchronizes with the stream first (CUDA's documented behaviour). The buffers are this
         # shape's, reused once the copy out of them before the previous replay has run.
         shape.copied.synchronize()
-        for staged, given in zip(shape.staging, batch):
+        for staged, given in zip(shape.staging, batch_inputs(batch)):
             if given.ndim == 2:
                 staged.fill_(PAD_ID)
                 staged[:, :given.shape[1]].copy_(given)
@@ -162,24 +179,28 @@ class TrainStep:
 
         return StepStats(*(t.clone() for t in shape.stats))
 
-    def graphed_body(self, prompt: Tensor, target: Tensor, row_steps: Tensor, num_steps: int) -> StepStats:
+    def graphed_body(self, prompt: Tensor, target: Tensor, row_steps: Tensor, num_steps: int, thought_targets: Tensor | None = None) -> StepStats:
         """The step on static buffers: `forward_aligned` with every mask and per-row count as a tensor, so the
         recorded work does not depend on the batch's contents."""
         aligned = left_align(prompt, has_padding = True)
         with self.autocast(cache_enabled = False):
-            loss, (_, _, _, answer_logits, _) = self.model.forward_aligned(
-                aligned, target, num_steps, row_steps, return_intermediates = True, with_prompt_logits = False
+            loss, (breakdown, _, _, answer_logits, _) = self.model.forward_aligned(
+                aligned, target, num_steps, row_steps, return_intermediates = True, with_prompt_logits = False,
+                thought_targets = thought_targets
             )
         (loss * self.loss_scale).backward()
-        return StepStats(loss.detach(), *token_counts(answer_logits, target))
+        return step_stats(loss, breakdown, answer_logits, target)
 
-    def capture(self, num_steps: int, prompt_length: int, target_length: int) -> GraphedShape:
+    def capture(self, num_steps: int, prompt_length: int, target_length: int, with_thought_targets: bool = False) -> GraphedShape:
         device, batch = self.model.device, self.batch_size
         prompt = torch.full((batch, prompt_length), PAD_ID, dtype = torch.long, device = device)
         target = torch.full((batch, target_length), PAD_ID, dtype = torch.long, device = device)
         prompt[:, 0] = 0    # a real token per row and in the answer, so the warm-up's loss is finite
         target[:, 0] = 0
         row_steps = torch.full((batch,), num_steps, dtype = torch.long, device = device)
+        inputs = (prompt, target, row_steps)
+        if with_thought_targets:
+            inputs += (torch.zeros((batch, num_steps, self.model.num_tokens), dtype = torch.bool, device = device),)
 
         params = [p for p in self.model.parameters() if p.requires_grad]
         kept = [p.grad for p in params]     # gradients accumulated so far are set aside, not disturbed
@@ -194,19 +215,18 @@ class TrainStep:
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(2):
-                self.graphed_body(prompt, target, row_steps, num_steps)
+                self.graphed_body(*inputs[:3], num_steps, *inputs[3:])
                 clear()
         torch.cuda.current_stream(device).wait_stream(side)
 
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            stats = self.graphed_body(prompt, target, row_steps, num_steps)
+            stats = self.graphed_body(*inputs[:3], num_steps, *inputs[3:])
 
         grads = [(p, p.grad) for p in params if p.grad is not None]
         for p, grad in zip(params, kept):
             p.grad = grad
 
-        inputs = (prompt, target, row_steps)
         staging = tuple(torch.empty(t.shape, dtype = t.dtype, pin_memory = True) for t in inputs)
         copied = torch.cuda.Event()
         copied.record()

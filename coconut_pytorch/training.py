@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import torch
 
 from coconut_pytorch.coconut import Coconut
-from coconut_pytorch.curriculum import METHODS, Curriculum, EpochLayout
+from coconut_pytorch.curriculum import ALIGNABLE_METHODS, METHODS, Curriculum, EpochLayout
 from coconut_pytorch.data.example import Example
 from coconut_pytorch.data.fresh_sets import FreshSets, held_out_seed
 from coconut_pytorch.data.loaders import load_examples
@@ -50,6 +50,8 @@ class TrainConfig:
     tokens_per_stage: int | None = None     # stages remove this many language tokens, not whole steps (iCoT-style)
     removal_smoothing: float | None = None  # iCoT's removal smoothing rate lambda (with tokens_per_stage; iCoT: 4)
     reset_optimizer: bool = True
+    thought_loss: float = 0.                # weight of a loss aligning each thought with the words it replaced
+                                            # (Coconut.thought_loss); 0 = off, as in the paper
 
     # data and optimisation
     train_size: int = 8000
@@ -99,7 +101,8 @@ class TrainConfig:
         if self.removal_smoothing is not None and self.tokens_per_stage is None:
             raise ValueError('removal_smoothing needs tokens_per_stage: it smooths the removal of tokens')
         for name, minimum, inclusive in (('lr', 0., False), ('weight_decay', 0., True), ('max_grad_norm', 0., False),
-                                         ('uniform_prob', 0., True), ('time_budget', 0., True), ('removal_smoothing', 0., False)):
+                                         ('uniform_prob', 0., True), ('time_budget', 0., True), ('removal_smoothing', 0., False),
+                                         ('thought_loss', 0., True)):
             value = getattr(self, name)
             if value is None and name in ('time_budget', 'removal_smoothing'):
                 continue
@@ -111,6 +114,8 @@ class TrainConfig:
             raise ValueError(f'uniform_prob must be at most 1, got {self.uniform_prob}')
         if self.method not in METHODS:
             raise ValueError(f'method must be one of {list(METHODS)}, got {self.method!r}')
+        if self.thought_loss > 0 and self.method not in ALIGNABLE_METHODS:
+            raise ValueError(f'thought_loss needs continuous thoughts to align: method must be one of {list(ALIGNABLE_METHODS)}, got {self.method!r}')
         if self.task not in TASKS:
             raise ValueError(f'task must be one of {sorted(TASKS)}, got {self.task!r}')
         if not isinstance(self.task_kwargs, dict):
@@ -168,7 +173,8 @@ def build_model(config: TrainConfig, num_tokens: int, curriculum: Curriculum) ->
             num_residual_streams = config.num_residual_streams
         ),
         checkpoint = config.checkpoint,
-        thought_mode = curriculum.thought_mode
+        thought_mode = curriculum.thought_mode,
+        thought_loss_weight = config.thought_loss
     )
 
 
@@ -323,7 +329,7 @@ def train(
     # every method trains as many epochs as the coconut schedule, so baselines get the same budget
     schedule = Curriculum(**{**asdict(curriculum), 'method': 'coconut'})
     total_epochs = schedule.total_epochs + config.final_epochs
-    layout = EpochLayout(tokenizer, curriculum, config.batch_size, config.seed)
+    layout = EpochLayout(tokenizer, curriculum, config.batch_size, config.seed, with_thought_targets = config.thought_loss > 0)
     fresh_sets = FreshSets(config.task, config.task_kwargs, config.train_size, config.seed, total_epochs, layout, first_epoch = max(start_epoch, 1)) if config.fresh_data else None
     run_start = time.perf_counter()
     stopped_early = False
@@ -349,12 +355,14 @@ def train(
 
             model.train()
             loss_sum = torch.zeros((), device = device)
+            thought_loss_sum = torch.zeros((), device = device)
             correct = torch.zeros((), device = device)
             counted = torch.zeros((), device = device)
 
             for batch_index, batch in enumerate(iterator):
                 stats = train_step(batch)
                 loss_sum += stats.loss
+                thought_loss_sum += stats.thought_loss
                 correct += stats.correct
                 counted += stats.counted
 
@@ -366,6 +374,9 @@ def train(
                     iterator.set_postfix(loss = f'{stats.loss.item():.3f}', stage = stage, acc = f'{(correct / counted.clamp(min = 1)).item():.3f}')
 
             record = dict(epoch = epoch, stage = stage, loss = (loss_sum / len(batches)).item(), token_accuracy = (correct / counted.clamp(min = 1)).item())
+            if config.thought_loss > 0:
+                # `loss` includes it, weighted; alone it tells whether the thoughts hold what they replaced
+                record['thought_loss'] = (thought_loss_sum / len(batches)).item()
             history.append(record)
             if progress:
                 print(json.dumps(record), flush = True)

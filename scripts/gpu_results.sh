@@ -62,6 +62,9 @@ if [ "$suite" = prosqa ] || [ "$suite" = all ]; then
   # not yet run: frontier steps that name the first-stated qualifying parent, not a random one (no unlearnable
   # tokens in the language stages)
   run prosqa_coconut_frontier_first 440 $data --method coconut --fresh-data --task-kwargs '{"steps": "frontier_first"}' --cuda-graphs --final-epochs 24
+  # seventh session: each thought also trained to put its next-token distribution on the words of the frontier it
+  # replaced (--thought-loss), so the thoughts get a direct signal at every stage, the last one included
+  run prosqa_coconut_frontier_thought_loss 440 $data --method coconut "${frontier[@]}" --cuda-graphs --final-epochs 24 --thought-loss 1
 fi
 if [ "$suite" = mult ] || [ "$suite" = all ]; then
   for digits in 4 5; do

@@ -417,3 +417,80 @@ def test_compiled_training_gradients_equal_eager(compile_as):
         compiled = gradients(torch.compile(model.forward))
     for expected, got in zip(eager, compiled):
         torch.testing.assert_close(got, expected, rtol = 1e-9, atol = 1e-12)
+
+
+# the thought alignment loss
+
+def thought_targets_for(steps: torch.Tensor, c: int, seed: int = 0) -> torch.Tensor:
+    """Random word sets per thought, and some thoughts without a target."""
+    generator = torch.Generator().manual_seed(seed)
+    targets = torch.rand((len(steps), int(steps.max()) * c, NUM_TOKENS), generator = generator) < 0.1
+    targets[:, 1] = False
+    return targets
+
+
+def test_thought_loss_is_the_kl_from_the_replaced_words_to_each_thought():
+    model = make_model(num_latents_per_step = 2, thought_loss_weight = 0.5)
+    prompt, answer = torch.randint(0, NUM_TOKENS, (2, 5)), torch.randint(0, NUM_TOKENS, (2, 3))
+    targets = thought_targets_for(torch.tensor([2, 2]), c = 2)
+
+    loss, (breakdown, _, latents, _, _) = model(prompt, answer, num_reasoning_steps = 2, thought_targets = targets, return_intermediates = True)
+
+    log_probs = model.model.to_logits(latents).log_softmax(dim = -1)
+    kls = []
+    for row in range(2):
+        for slot in range(4):
+            words = targets[row, slot].nonzero().flatten()
+            if len(words) > 0:
+                # a uniform distribution over the words: KL = -log n - mean log p(word)
+                kls.append(-torch.log(torch.tensor(float(len(words)), dtype = torch.float64)) - log_probs[row, slot, words].mean())
+    torch.testing.assert_close(breakdown.thought_loss, torch.stack(kls).mean(), **TOL)
+    torch.testing.assert_close(loss, breakdown.answer_loss + 0.5 * breakdown.thought_loss, **TOL)
+    assert model(prompt, answer, num_reasoning_steps = 2, return_intermediates = True)[1][0].thought_loss is None
+
+
+def test_thought_loss_of_a_mixed_batch_equals_each_row_alone():
+    model = make_model(num_latents_per_step = 2)
+    prompts = ragged_prompts()
+    answer = torch.randint(0, NUM_TOKENS, (3, 4))
+    steps = torch.tensor([1, 3, 2])
+    targets = thought_targets_for(steps, c = 2)
+    # slots past a row's own steps are never targets, whatever they hold
+    targets[0, 2:] = True
+
+    _, (breakdown, *_) = model(prompts, answer, num_reasoning_steps = steps, thought_targets = targets, return_intermediates = True)
+
+    total, counted = 0., 0
+    for index, p in enumerate(prompts):
+        own = int(steps[index]) * 2
+        alone = targets[index:index + 1, :own]
+        _, (row, *_) = model(p[None], answer[index:index + 1], num_reasoning_steps = int(steps[index]), thought_targets = alone, return_intermediates = True)
+        with_target = int(alone.any(dim = -1).sum())
+        total, counted = total + row.thought_loss * with_target, counted + with_target
+    torch.testing.assert_close(breakdown.thought_loss, total / counted, **TOL)
+
+
+def test_thought_loss_trains_every_earlier_thought():
+    # the loss on the last thought reaches <bot>: it flows back through the whole recurrence
+    model = make_model(num_reasoning_steps = 3).train()
+    prompt, answer = torch.randint(0, NUM_TOKENS, (2, 5)), torch.randint(0, NUM_TOKENS, (2, 3))
+    targets = torch.zeros((2, 3, NUM_TOKENS), dtype = torch.bool)
+    targets[:, 2, 7] = True
+    _, (breakdown, *_) = model(prompt, answer, thought_targets = targets, return_intermediates = True)
+    breakdown.thought_loss.backward()
+    assert model.begin_of_thought.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize('kwargs, targets, error, message', [
+    (dict(), [[1.]], TypeError, 'thought_targets must be a tensor'),
+    (dict(), torch.zeros(2, 3, NUM_TOKENS), ValueError, 'thought_targets must have shape'),
+    (dict(), -torch.ones(2, 2, NUM_TOKENS), ValueError, 'nonnegative'),
+    (dict(thought_mode = 'pause'), torch.zeros(2, 2, NUM_TOKENS), ValueError, 'need continuous thoughts'),
+    (dict(num_hypotheses = 2), torch.zeros(2, 2, NUM_TOKENS), ValueError, 'need continuous thoughts'),
+])
+def test_bad_thought_targets_are_named(kwargs, targets, error, message):
+    model = make_model(**kwargs)
+    with pytest.raises(error, match = message):
+        model(torch.randint(0, NUM_TOKENS, (2, 5)), torch.randint(0, NUM_TOKENS, (2, 3)), thought_targets = targets)
+    with pytest.raises(ValueError, match = 'thought_loss_weight'):
+        make_model(thought_loss_weight = -1.)

@@ -227,13 +227,15 @@ def test_fresh_sets_from_the_workers_equal_sets_made_in_line():
 
     tokenizer = WordTokenizer(get_task('prosqa').vocabulary())
     curriculum = Curriculum(max_latent_stage = 6, epochs_per_stage = 1, uniform_prob = 0.3)
-    layout = EpochLayout(tokenizer, curriculum, batch_size = 10, seed = 3)
+    # with thought targets, so that every field of a batch travels back from the workers
+    layout = EpochLayout(tokenizer, curriculum, batch_size = 10, seed = 3, with_thought_targets = True)
     in_line = {epoch: generate_epoch('prosqa', {}, 24, fresh_data_seed(3, epoch), layout, epoch) for epoch in (1, 2, 3)}
 
     def same(made, expected):
         (batches, longest), (expected_batches, expected_longest) = made, expected
         assert longest == expected_longest and len(batches) == len(expected_batches) == 3
         for batch, expected_batch in zip(batches, expected_batches):
+            assert batch.thought_targets is not None
             for t, e in zip(batch, expected_batch):
                 assert torch.equal(t, e)
 
@@ -395,3 +397,76 @@ def test_rewarm_changes_training_only_after_the_first_stage(tmp_path):
         histories[rewarm] = [h['loss'] for h in torch.load(tmp_path / str(rewarm) / 'checkpoint.pt', weights_only = False)['history']]
     assert histories[True][0] == histories[False][0]     # stage 0: the same optimizer and warmup
     assert histories[True][1] != histories[False][1]     # stage 1: a fresh optimizer, warmed up again or not
+
+
+# thought targets: the language each continuous thought replaced
+
+def words_of(staged):
+    return [TOKENIZER.decode(list(words), skip_special = False) for words in staged.thought_words]
+
+
+def test_each_thought_is_paired_with_the_step_it_replaced():
+    # c = 2: thoughts 2k and 2k + 1 replace step k; with pad_latent_to_max, thoughts past the steps replace nothing
+    staged = encode_at_stage(EXAMPLE, TOKENIZER, Curriculum(thoughts_per_step = 2, max_latent_stage = 3), 2)
+    assert staged.num_thoughts == 4 and words_of(staged) == ['s1 a', 's1 a', 's2 b', 's2 b']
+
+    short = Example(question = 'q1', steps = ['s1 a'], answer = 'ans')
+    padded = encode_at_stage(short, TOKENIZER, Curriculum(thoughts_per_step = 2, max_latent_stage = 3, pad_latent_to_max = True), 2)
+    assert words_of(padded) == ['s1 a', 's1 a', '', '']
+
+    # the last stage drops steps past max_latent_stage without a thought for them
+    last = encode_at_stage(EXAMPLE, TOKENIZER, Curriculum(thoughts_per_step = 1, max_latent_stage = 2), 2)
+    assert words_of(last) == ['s1 a', 's2 b'] and TOKENIZER.decode(last.target, skip_special = False) == f'ans {EOS}'
+
+    # one thought at a time: a thought belongs to its step before the step leaves language
+    one = encode_at_stage(EXAMPLE, TOKENIZER, Curriculum(thoughts_per_step = 2, max_latent_stage = 3, one_thought_at_a_time = True), 3)
+    assert words_of(one) == ['s1 a', 's1 a', 's2 b']
+
+    no_curriculum = encode_at_stage(EXAMPLE, TOKENIZER, Curriculum(method = 'coconut_no_curriculum', thoughts_per_step = 1, max_latent_stage = 4), 0)
+    assert words_of(no_curriculum) == ['s1 a', 's2 b', 's3 c', 's4 d']
+
+
+def test_with_token_stages_each_thought_is_paired_with_its_tokens():
+    # r = 3 tokens a stage, separators counted: "s1 a <sep> | s2 b <sep> | s3 c ..."
+    curriculum = Curriculum(thoughts_per_step = 1, max_latent_stage = 4, tokens_per_stage = 3)
+    staged = encode_at_stage(EXAMPLE, TOKENIZER, curriculum, 2)
+    assert words_of(staged) == [f's1 a {SEP}', f's2 b {SEP}']
+    assert TOKENIZER.decode(staged.target, skip_special = False).startswith('s3 c')
+
+
+@pytest.mark.parametrize('method', [m for m in METHODS if m not in ('coconut', 'coconut_no_curriculum')])
+def test_methods_without_continuous_thoughts_have_no_thought_targets(method):
+    staged = encode_at_stage(EXAMPLE, TOKENIZER, Curriculum(method = method, thoughts_per_step = 1, max_latent_stage = 3), 2)
+    assert staged.thought_words == ()
+    if staged.num_thoughts > 0:
+        with pytest.raises(ValueError, match = 'thought targets need a method with continuous thoughts'):
+            collate([staged], len(TOKENIZER))
+
+
+def test_collated_thought_targets_mark_the_replaced_words():
+    curriculum = Curriculum(thoughts_per_step = 1, max_latent_stage = 3)
+    staged = [encode_at_stage(EXAMPLE, TOKENIZER, curriculum, stage) for stage in (2, 0, 3)]
+    batch = collate(staged, len(TOKENIZER))
+    assert batch.thought_targets.shape == (3, 3, len(TOKENIZER)) and batch.thought_targets.dtype == torch.bool
+    for row, example in enumerate(staged):
+        for slot in range(3):
+            expected = set(example.thought_words[slot]) if slot < example.num_thoughts else set()
+            assert set(batch.thought_targets[row, slot].nonzero().flatten().tolist()) == expected
+    assert collate(staged).thought_targets is None
+
+
+def test_thought_loss_is_trained_and_logged(tmp_path):
+    config = TrainConfig(method = 'coconut', thought_loss = 1., **{**SMALL, 'epochs_per_stage': 2, 'final_epochs': 2})
+    result = train(config, tmp_path)
+    history = torch.load(tmp_path / 'checkpoint.pt', weights_only = False)['history']
+    thought_losses = [record['thought_loss'] for record in history]
+    assert thought_losses[0] == 0.      # stage 0 has no thoughts
+    latent = [loss for loss, record in zip(thought_losses, history) if record['stage'] > 0]
+    assert all(loss > 0 for loss in latent) and latent[-1] < latent[0], thought_losses
+    model, _, loaded, _ = load_trained(result['checkpoint'])
+    assert loaded.thought_loss == 1. and model.thought_loss_weight == 1.
+
+    with pytest.raises(ValueError, match = 'thought_loss needs continuous thoughts'):
+        TrainConfig(method = 'pause', thought_loss = 1.)
+    with pytest.raises(ValueError, match = 'thought_loss must be >= 0'):
+        TrainConfig(thought_loss = -1.)

@@ -19,9 +19,10 @@ EXAMPLES = [
 TOKENIZER = WordTokenizer.from_texts([text for e in EXAMPLES for text in (e.question, *e.steps, e.answer)])
 
 
-def model_and_batch(thought_mode: str, stages, dtype = torch.float64, device = 'cpu', **coconut_kwargs):
+def model_and_batch(thought_mode: str, stages, dtype = torch.float64, device = 'cpu', thought_targets = False, **coconut_kwargs):
     curriculum = Curriculum(method = 'coconut' if thought_mode == 'continuous' else 'pause_as_thought', thoughts_per_step = 2, max_latent_stage = 3)
-    batch = collate([encode_at_stage(e, TOKENIZER, curriculum, stage) for e, stage in zip(EXAMPLES, stages)])
+    staged = [encode_at_stage(e, TOKENIZER, curriculum, stage) for e, stage in zip(EXAMPLES, stages)]
+    batch = collate(staged, len(TOKENIZER) if thought_targets else None)
     torch.manual_seed(0)
     model = Coconut(num_reasoning_steps = 0, transformer = dict(num_tokens = len(TOKENIZER), dim = 32, depth = 2, dim_head = 8, heads = 4, num_residual_streams = 2), thought_mode = thought_mode, **coconut_kwargs)
     return model.to(device, dtype).train(), batch
@@ -35,10 +36,12 @@ def pad(t: torch.Tensor, length: int) -> torch.Tensor:
     return torch.nn.functional.pad(t, (0, length - t.shape[1]), value = PAD_ID)
 
 
-@pytest.mark.parametrize('thought_mode, learn_begin_of_thought', [('continuous', False), ('pause', False), ('continuous', True)])
+@pytest.mark.parametrize('thought_mode, learn_begin_of_thought, thought_targets', [
+    ('continuous', False, False), ('pause', False, False), ('continuous', True, False), ('continuous', False, True)
+])
 @pytest.mark.parametrize('stages', [(1, 2, 0, 3), (2, 2, 2, 2), (0, 0, 0, 0)])
-def test_the_recorded_step_on_padded_buffers_equals_the_eager_step(thought_mode, learn_begin_of_thought, stages):
-    model, batch = model_and_batch(thought_mode, stages, learn_begin_of_thought = learn_begin_of_thought)
+def test_the_recorded_step_on_padded_buffers_equals_the_eager_step(thought_mode, learn_begin_of_thought, thought_targets, stages):
+    model, batch = model_and_batch(thought_mode, stages, learn_begin_of_thought = learn_begin_of_thought, thought_targets = thought_targets, thought_loss_weight = 0.7)
     step = TrainStep(model, loss_scale = 0.5)
 
     eager = step(batch)
@@ -47,12 +50,15 @@ def test_the_recorded_step_on_padded_buffers_equals_the_eager_step(thought_mode,
 
     # what a graph records: longer prompt and answer buffers, every row's steps as a tensor (a mask even where
     # all rows agree), the batch's most steps
-    num_steps, prompt_length, target_length = step.shape_key(batch)
+    num_steps, prompt_length, target_length, with_targets = step.shape_key(batch)
+    assert with_targets == thought_targets
     assert (prompt_length, target_length) != tuple(batch.prompt.shape[1:]) + tuple(batch.target.shape[1:])
-    recorded = step.graphed_body(pad(batch.prompt, prompt_length + 3), pad(batch.target, target_length + 2), batch.num_thoughts, num_steps)
+    recorded = step.graphed_body(pad(batch.prompt, prompt_length + 3), pad(batch.target, target_length + 2), batch.num_thoughts, num_steps, batch.thought_targets)
     recorded_grads = gradients(model)
 
-    for name in ('loss', 'correct', 'counted'):
+    if thought_targets and stages != (0, 0, 0, 0):
+        assert eager.thought_loss > 0
+    for name in ('loss', 'correct', 'counted', 'thought_loss'):
         torch.testing.assert_close(getattr(recorded, name), getattr(eager, name), atol = 1e-12, rtol = 1e-12)
     assert recorded_grads.keys() == eager_grads.keys()
     for name in eager_grads:
@@ -67,9 +73,12 @@ def test_graph_shapes_round_up_and_pad_to_an_epochs_longest():
     model, batch = model_and_batch('continuous', (1, 2, 0, 3))
     step = TrainStep(model, prompt_multiple = 32, target_multiple = 16)
     # the most thoughts of any row (the stage-3 row has 2 steps of 2 thoughts), lengths rounded up
-    assert tuple(batch.prompt.shape) == (4, 5) and step.shape_key(batch) == (4, 32, 16)
+    assert tuple(batch.prompt.shape) == (4, 5) and step.shape_key(batch) == (4, 32, 16, False)
     step.pad_to(40, 17)
-    assert step.shape_key(batch) == (4, 64, 32)
+    assert step.shape_key(batch) == (4, 64, 32, False)
+    # batches with thought targets get graphs of their own, which read the targets too
+    _, with_targets = model_and_batch('continuous', (1, 2, 0, 3), thought_targets = True)
+    assert step.shape_key(with_targets) == (4, 64, 32, True)
 
 
 def test_graphed_steps_check_their_batches_before_any_compute():
@@ -84,6 +93,8 @@ def test_graphed_steps_check_their_batches_before_any_compute():
         step.replay(Batch(batch.prompt, torch.full_like(batch.target, PAD_ID), batch.num_thoughts))
     with pytest.raises(ValueError, match = 'num_reasoning_steps must be >= 0'):
         step.replay(Batch(batch.prompt, batch.target, -batch.num_thoughts))
+    with pytest.raises(ValueError, match = 'thought_targets must have shape'):
+        step.replay(batch._replace(thought_targets = torch.zeros(4, 1, len(TOKENIZER), dtype = torch.bool)))
 
 
 def test_cuda_graphs_need_a_cuda_model():
@@ -93,14 +104,14 @@ def test_cuda_graphs_need_a_cuda_model():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason = 'needs CUDA')
-@pytest.mark.parametrize('thought_mode', ['continuous', 'pause'])
-def test_cuda_graph_replays_equal_eager_steps(thought_mode):
+@pytest.mark.parametrize('thought_mode, thought_targets', [('continuous', False), ('pause', False), ('continuous', True)])
+def test_cuda_graph_replays_equal_eager_steps(thought_mode, thought_targets):
     model, _ = model_and_batch(thought_mode, (0, 0, 0, 0), dtype = torch.float32, device = 'cuda')
     eager_step, graphed_step = TrainStep(model, loss_scale = 0.5), TrainStep(model, loss_scale = 0.5, cuda_graphs = True)
 
     # several shapes, a shape seen again, and gradients accumulating over two steps before they are compared
     for stages in [(1, 2, 0, 3), (2, 2, 2, 2), (1, 2, 0, 3), (0, 0, 0, 0), (3, 3, 3, 3)]:
-        _, batch = model_and_batch(thought_mode, stages)
+        _, batch = model_and_batch(thought_mode, stages, thought_targets = thought_targets)
         results = []
         for step in (eager_step, graphed_step):
             model.zero_grad(set_to_none = True)
@@ -108,15 +119,15 @@ def test_cuda_graph_replays_equal_eager_steps(thought_mode):
             results.append((stats, gradients(model)))
         (eager_stats, eager_grads), (graphed_stats, graphed_grads) = results
         for eager, graphed in zip(eager_stats, graphed_stats):
-            for name in ('loss', 'correct', 'counted'):
+            for name in ('loss', 'correct', 'counted', 'thought_loss'):
                 torch.testing.assert_close(getattr(graphed, name), getattr(eager, name), atol = 1e-5, rtol = 1e-5)
         assert graphed_grads.keys() == eager_grads.keys()
         for name in eager_grads:
             torch.testing.assert_close(graphed_grads[name], eager_grads[name], atol = 1e-5, rtol = 1e-4, msg = name)
 
     # (1, 2, 0, 3) and (2, 2, 2, 2) both take 4 thoughts (at most), a 32-token prompt and a 16-token answer: one graph
-    assert sorted(graphed_step.graphs) == [(0, 32, 16), (4, 32, 16), (6, 32, 16)]
+    assert sorted(graphed_step.graphs) == [(0, 32, 16, thought_targets), (4, 32, 16, thought_targets), (6, 32, 16, thought_targets)]
     # a batch of another size (an epoch's last) runs eagerly
-    _, batch = model_and_batch(thought_mode, (1, 1, 1, 1))
-    graphed_step(Batch(*(t[:3] for t in batch)))
+    _, batch = model_and_batch(thought_mode, (1, 1, 1, 1), thought_targets = thought_targets)
+    graphed_step(Batch(*(t[:3] if t is not None else None for t in batch)))
     assert len(graphed_step.graphs) == 3

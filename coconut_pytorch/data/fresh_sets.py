@@ -38,7 +38,7 @@ def generate_epoch_as_arrays(*arguments) -> tuple[list[tuple], int]:
     Tensors would travel as shared-memory file descriptors, one per tensor kept open while it lives: a few epochs of
     ProsQA batches in flight hold thousands, past the usual limit of 1024 open files."""
     batches, longest = generate_epoch(*arguments)
-    return [tuple(t.numpy() for t in batch) for batch in batches], longest
+    return [tuple(t.numpy() if t is not None else None for t in batch) for batch in batches], longest
 
 
 def default_workers() -> int:
@@ -93,7 +93,7 @@ class FreshSets:
         if made is None:
             return generate_epoch(*self.arguments(epoch))
         arrays, longest = made
-        return [Batch(*(torch.from_numpy(a) for a in batch)) for batch in arrays], longest
+        return [Batch(*(torch.from_numpy(a) if a is not None else None for a in batch)) for batch in arrays], longest
 
     def close(self):
         if self.pool is not None:
