@@ -65,6 +65,8 @@ if [ "$suite" = prosqa ] || [ "$suite" = all ]; then
   # seventh session: each thought also trained to put its next-token distribution on the words of the frontier it
   # replaced (--thought-loss), so the thoughts get a direct signal at every stage, the last one included
   run prosqa_coconut_frontier_thought_loss 440 $data --method coconut "${frontier[@]}" --cuda-graphs --final-epochs 24 --thought-loss 1
+  run prosqa_coconut_frontier_thought_loss_seed1 440 $data --method coconut "${frontier[@]}" --cuda-graphs --final-epochs 24 --thought-loss 1 --seed 1
+  run prosqa_coconut_frontier_thought_loss_seed2 440 $data --method coconut "${frontier[@]}" --cuda-graphs --final-epochs 24 --thought-loss 1 --seed 2
 fi
 if [ "$suite" = mult ] || [ "$suite" = all ]; then
   for digits in 4 5; do
