@@ -16,8 +16,8 @@ A target is the remaining steps, each followed by <sep>, then the answer and <eo
 The number of thoughts travels per example, so a batch may mix stages (`uniform_prob`) and stays exact.
 
 Each group of c continuous thoughts replaces a piece of language (a step, or r tokens with `tokens_per_stage`);
-`StagedExample.thought_words` keeps, per thought, the token ids of the piece it replaced, so that a loss can align
-the thought with that language (`Coconut(thought_loss_weight)`, `TrainConfig.thought_loss`).
+`StagedExample.thought_words` keeps, per thought, the token ids it replaced (its c-th of the piece), so that a loss
+can align the thought with that language (`Coconut(thought_loss_weight)`, `TrainConfig.thought_loss`).
 """
 
 from __future__ import annotations
@@ -174,14 +174,22 @@ class StagedExample(NamedTuple):
     prompt: Tensor      # (n,) question ids
     target: Tensor      # (m,) remaining steps with <sep> after each, then answer and <eos>
     num_thoughts: int
-    thought_words: tuple[tuple[int, ...], ...] = ()     # per thought, the ids of the language it replaced (may be
-                                                        # empty: a padded thought replaced nothing); () for methods
-                                                        # without continuous thoughts
+    thought_words: tuple[tuple[int, ...], ...] = ()     # per thought, the ids of the language it replaced (its part
+                                                        # of the piece its group replaced; may be empty: a padded
+                                                        # thought replaced nothing); () for methods without
+                                                        # continuous thoughts
 
 
 def words_per_thought(pieces: Sequence[Sequence[int]], num_thoughts: int, thoughts_per_piece: int) -> tuple[tuple[int, ...], ...]:
-    """Thought i replaced piece i // c; thoughts past the last piece (`pad_latent_to_max`) replaced nothing."""
-    return tuple(tuple(pieces[i // thoughts_per_piece]) if i // thoughts_per_piece < len(pieces) else () for i in range(num_thoughts))
+    """The c thoughts of group j replaced piece j, in order: thought k of the group gets the k-th of c contiguous,
+    near-equal parts of it (the whole piece when c = 1), so later thoughts of a group answer for later words.
+    Thoughts past the last piece (`pad_latent_to_max`), or past the words of a piece shorter than c, replaced nothing."""
+    c, words = thoughts_per_piece, []
+    for i in range(num_thoughts):
+        group, k = divmod(i, c)
+        piece = pieces[group] if group < len(pieces) else ()
+        words.append(tuple(piece[len(piece) * k // c:len(piece) * (k + 1) // c]))
+    return tuple(words)
 
 
 def encode_at_stage(example: Example, tokenizer: WordTokenizer, curriculum: Curriculum, stage: int, extra_removed: int = 0) -> StagedExample:

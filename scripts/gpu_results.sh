@@ -82,5 +82,8 @@ if [ "$suite" = mult ] || [ "$suite" = all ]; then
     tokens=(--tokens-per-stage 8 --removal-smoothing 4 --epochs-per-stage 3 --final-epochs 10 --fresh-data --cuda-graphs)
     run mult${digits}_icot         540 $data --method no_thoughts "${tokens[@]}"
     run mult${digits}_coconut_tokens 540 $data --method coconut "${tokens[@]}"
+    # seventh session: the same with each thought aligned with its 4 of the 8 tokens (--thought-loss), and two
+    # epochs a stage so that the last stage gets more of the budget
+    run mult${digits}_coconut_tokens_thought_loss 470 $data --method coconut "${tokens[@]}" --epochs-per-stage 2 --thought-loss 1
   done
 fi

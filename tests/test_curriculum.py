@@ -406,13 +406,20 @@ def words_of(staged):
 
 
 def test_each_thought_is_paired_with_the_step_it_replaced():
-    # c = 2: thoughts 2k and 2k + 1 replace step k; with pad_latent_to_max, thoughts past the steps replace nothing
+    # c = 2: thoughts 2k and 2k + 1 replace step k, the first its first half, the second the rest; with
+    # pad_latent_to_max, thoughts past the steps replace nothing
     staged = encode_at_stage(EXAMPLE, TOKENIZER, Curriculum(thoughts_per_step = 2, max_latent_stage = 3), 2)
-    assert staged.num_thoughts == 4 and words_of(staged) == ['s1 a', 's1 a', 's2 b', 's2 b']
+    assert staged.num_thoughts == 4 and words_of(staged) == ['s1', 'a', 's2', 'b']
 
     short = Example(question = 'q1', steps = ['s1 a'], answer = 'ans')
     padded = encode_at_stage(short, TOKENIZER, Curriculum(thoughts_per_step = 2, max_latent_stage = 3, pad_latent_to_max = True), 2)
-    assert words_of(padded) == ['s1 a', 's1 a', '', '']
+    assert words_of(padded) == ['s1', 'a', '', '']
+
+    # c = 3 on a 2-word step: one thought has no word of its own
+    three = encode_at_stage(EXAMPLE, TOKENIZER, Curriculum(thoughts_per_step = 3, max_latent_stage = 3), 1)
+    assert words_of(three) == ['', 's1', 'a']
+    odd = Example(question = 'q1', steps = ['s1 a b c d'], answer = 'ans')
+    assert words_of(encode_at_stage(odd, TOKENIZER, Curriculum(thoughts_per_step = 2, max_latent_stage = 1), 1)) == ['s1 a', 'b c d']
 
     # the last stage drops steps past max_latent_stage without a thought for them
     last = encode_at_stage(EXAMPLE, TOKENIZER, Curriculum(thoughts_per_step = 1, max_latent_stage = 2), 2)
@@ -420,7 +427,7 @@ def test_each_thought_is_paired_with_the_step_it_replaced():
 
     # one thought at a time: a thought belongs to its step before the step leaves language
     one = encode_at_stage(EXAMPLE, TOKENIZER, Curriculum(thoughts_per_step = 2, max_latent_stage = 3, one_thought_at_a_time = True), 3)
-    assert words_of(one) == ['s1 a', 's1 a', 's2 b']
+    assert words_of(one) == ['s1', 'a', 's2']
 
     no_curriculum = encode_at_stage(EXAMPLE, TOKENIZER, Curriculum(method = 'coconut_no_curriculum', thoughts_per_step = 1, max_latent_stage = 4), 0)
     assert words_of(no_curriculum) == ['s1 a', 's2 b', 's3 c', 's4 d']
@@ -432,6 +439,9 @@ def test_with_token_stages_each_thought_is_paired_with_its_tokens():
     staged = encode_at_stage(EXAMPLE, TOKENIZER, curriculum, 2)
     assert words_of(staged) == [f's1 a {SEP}', f's2 b {SEP}']
     assert TOKENIZER.decode(staged.target, skip_special = False).startswith('s3 c')
+    # with c = r, one token per thought
+    one_each = encode_at_stage(EXAMPLE, TOKENIZER, Curriculum(thoughts_per_step = 3, max_latent_stage = 4, tokens_per_stage = 3), 2)
+    assert words_of(one_each) == ['s1', 'a', SEP, 's2', 'b', SEP]
 
 
 @pytest.mark.parametrize('method', [m for m in METHODS if m not in ('coconut', 'coconut_no_curriculum')])
