@@ -85,5 +85,7 @@ if [ "$suite" = mult ] || [ "$suite" = all ]; then
     # seventh session: the same with each thought aligned with its 4 of the 8 tokens (--thought-loss), and two
     # epochs a stage so that the last stage gets more of the budget
     run mult${digits}_coconut_tokens_thought_loss 470 $data --method coconut "${tokens[@]}" --epochs-per-stage 2 --thought-loss 1
+    # ... which finished in half its budget with the last stage still improving: 3 epochs a stage and 30 at the last
+    run mult${digits}_coconut_tokens_thought_loss_long 500 $data --method coconut "${tokens[@]}" --final-epochs 30 --thought-loss 1
   done
 fi
