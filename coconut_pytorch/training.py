@@ -373,7 +373,8 @@ def train(
                 if hasattr(iterator, 'set_postfix') and batch_index % 20 == 0:
                     iterator.set_postfix(loss = f'{stats.loss.item():.3f}', stage = stage, acc = f'{(correct / counted.clamp(min = 1)).item():.3f}')
 
-            record = dict(epoch = epoch, stage = stage, loss = (loss_sum / len(batches)).item(), token_accuracy = (correct / counted.clamp(min = 1)).item())
+            record = dict(epoch = epoch, stage = stage, loss = (loss_sum / len(batches)).item(), token_accuracy = (correct / counted.clamp(min = 1)).item(),
+                          seconds = round(elapsed + time.perf_counter() - run_start, 2))     # training time at the epoch's end
             if config.thought_loss > 0:
                 # `loss` includes it, weighted; alone it tells whether the thoughts hold what they replaced
                 record['thought_loss'] = (thought_loss_sum / len(batches)).item()

@@ -67,6 +67,9 @@ if [ "$suite" = prosqa ] || [ "$suite" = all ]; then
   run prosqa_coconut_frontier_thought_loss 440 $data --method coconut "${frontier[@]}" --cuda-graphs --final-epochs 24 --thought-loss 1
   run prosqa_coconut_frontier_thought_loss_seed1 440 $data --method coconut "${frontier[@]}" --cuda-graphs --final-epochs 24 --thought-loss 1 --seed 1
   run prosqa_coconut_frontier_thought_loss_seed2 440 $data --method coconut "${frontier[@]}" --cuda-graphs --final-epochs 24 --thought-loss 1 --seed 2
+  # ablations of that recipe (400 s budgets): the paper's proof-chain steps instead of frontiers, and no curriculum
+  run prosqa_coconut_chain_thought_loss 400 $data --method coconut --fresh-data --cuda-graphs --final-epochs 24 --thought-loss 1
+  run prosqa_coconut_no_curriculum_thought_loss 400 $data --method coconut_no_curriculum "${frontier[@]}" --cuda-graphs --final-epochs 24 --thought-loss 1
 fi
 if [ "$suite" = mult ] || [ "$suite" = all ]; then
   for digits in 4 5; do
