@@ -400,7 +400,7 @@ def train(
     seconds = elapsed + time.perf_counter() - run_start
     state = torch.load(checkpoint_path, map_location = device, weights_only = False)
 
-    plot_history(state['history'], out_dir / 'training.png', title = f'{config.task} / {config.method}')
+    plot_history(state['history'], out_dir / 'training.png', title = f'{config.task} / {config.method}', thought_loss_weight = config.thought_loss)
 
     # a run stopped by its time budget is still evaluated, at the stage it reached (and says so)
     info = state['inference']
