@@ -3,6 +3,7 @@
     python benchmarks/train_throughput.py                       # ProsQA frontier steps, the GPU results' model
     python benchmarks/train_throughput.py --stages 0,6 --batches 20
     python benchmarks/train_throughput.py --device cpu --small  # smoke run
+    python benchmarks/train_throughput.py --thought-loss 1 --pad-to-longest   # as the seventh session's ProsQA runs
 
 For each stage it lays out one generated set at that stage (as `train` does), then times `--batches` optimizer
 steps (forward, backward, clip, AdamW; bf16 autocast on CUDA) after `--warmup` untimed ones, with
@@ -10,6 +11,8 @@ steps (forward, backward, clip, AdamW; bf16 autocast on CUDA) after `--warmup` u
 each shape's graph first, and its time is printed apart). Prints examples/s for each and their ratio, the time of the last graph's bare
 replays (the step's device time, without batch copies or AdamW), and the losses of the two modes' first
 steps (from the same weights, they should agree to bf16 precision). `--profile STAGE` prints a profiler table.
+`--thought-loss W` adds the thought alignment loss (batches carry thought targets), and `--pad-to-longest` pads
+every graphed batch to the set's longest prompt and answer, as `train` pads an epoch's batches.
 """
 
 from __future__ import annotations
@@ -32,13 +35,16 @@ GPU_RESULTS_MODEL = dict(dim = 256, depth = 6, heads = 8, dim_head = 32, num_res
 SMALL_MODEL = dict(dim = 32, depth = 1, heads = 2, dim_head = 16, num_residual_streams = 1, batch_size = 16, lr = 1e-3)
 
 
-def timed_steps(config: TrainConfig, tokenizer, curriculum, staged, cuda_graphs: bool, warmup: int, batches: int) -> dict:
+def timed_steps(config: TrainConfig, tokenizer, curriculum, staged, cuda_graphs: bool, warmup: int, batches: int, pad_to_longest: bool = False) -> dict:
     device = torch.device(config.device)
     cuda = device.type == 'cuda'
     model = build_model(config, len(tokenizer), curriculum).to(device).train()
     optimizer = make_optimizer(model, config)
     step = TrainStep(model, torch.bfloat16 if config.bf16 else None, cuda_graphs = cuda_graphs)
     chunks = [staged[i:i + config.batch_size] for i in range(0, (warmup + batches) * config.batch_size, config.batch_size)]
+    num_tokens = len(tokenizer) if config.thought_loss > 0 else None
+    if pad_to_longest:
+        step.pad_to(max(len(s.prompt) for s in staged), max(len(s.target) for s in staged))
 
     def sync():
         if cuda:
@@ -47,7 +53,7 @@ def timed_steps(config: TrainConfig, tokenizer, curriculum, staged, cuda_graphs:
     def run(chunk, host: dict):
         # host time of each part (no sync: while the GPU keeps up, the host only launches)
         t0 = time.perf_counter()
-        batch = collate(chunk)
+        batch = collate(chunk, num_tokens)
         t1 = time.perf_counter()
         stats = step(batch)
         t2 = time.perf_counter()
@@ -104,7 +110,8 @@ def profile_steps(config: TrainConfig, tokenizer, curriculum, staged, steps: int
     model = build_model(config, len(tokenizer), curriculum).to(config.device).train()
     optimizer = make_optimizer(model, config)
     step = TrainStep(model, torch.bfloat16 if config.bf16 else None)
-    batches = [collate(staged[i:i + config.batch_size]) for i in range(0, (steps + 2) * config.batch_size, config.batch_size)]
+    num_tokens = len(tokenizer) if config.thought_loss > 0 else None
+    batches = [collate(staged[i:i + config.batch_size], num_tokens) for i in range(0, (steps + 2) * config.batch_size, config.batch_size)]
 
     def run(batch):
         step(batch)
@@ -135,6 +142,8 @@ def main():
     parser.add_argument('--small', action = 'store_true', help = 'a tiny model, for a CPU smoke run')
     parser.add_argument('--model', type = json.loads, default = None, help = 'TrainConfig model settings as JSON (default: the GPU results\' model)')
     parser.add_argument('--profile', type = int, default = None, help = 'instead, print the device-time profile of eager steps at this stage')
+    parser.add_argument('--thought-loss', type = float, default = 0., help = 'weight of the thought alignment loss (0: off)')
+    parser.add_argument('--pad-to-longest', action = 'store_true', help = "pad graphed batches to the set's longest prompt and answer, as train does")
     args = parser.parse_args()
 
     cuda = args.device.startswith('cuda')
@@ -142,7 +151,7 @@ def main():
     batch_size = model_settings['batch_size']
     config = TrainConfig(
         task = args.task, task_kwargs = args.task_kwargs, method = args.method, max_latent_stage = args.max_latent_stage,
-        train_size = (args.warmup + args.batches) * batch_size, eval_size = 1, device = args.device, bf16 = cuda,
+        train_size = (args.warmup + args.batches) * batch_size, eval_size = 1, device = args.device, bf16 = cuda, thought_loss = args.thought_loss,
         **model_settings
     )
     train_set, _, tokenizer, max_steps = load_data(config)
@@ -153,7 +162,8 @@ def main():
         return profile_steps(config, tokenizer, curriculum, staged)
 
     device_name = torch.cuda.get_device_name() if cuda else 'cpu'
-    print(f'# {device_name}, torch {torch.__version__}, task {args.task} {json.dumps(args.task_kwargs)}, method {args.method}, model {json.dumps(model_settings)}')
+    print(f'# {device_name}, torch {torch.__version__}, task {args.task} {json.dumps(args.task_kwargs)}, method {args.method}, model {json.dumps(model_settings)}, '
+          f'thought loss {args.thought_loss}, pad to longest {args.pad_to_longest}')
     print('| stage | thoughts | prompt x answer | eager ex/s | graphed ex/s | x | eager ms | graphed ms | replay ms | capture s | graphs | loss eager / graphed |')
     print('|---|---|---|---|---|---|---|---|---|---|---|---|')
     host_times = []
@@ -163,7 +173,7 @@ def main():
         eager = timed_steps(config, tokenizer, curriculum, staged, False, args.warmup, args.batches)
         row = [stage, int(first.num_thoughts.max()), f'{first.prompt.shape[1]} x {first.target.shape[1]}', f'{eager["examples_per_s"]:,.0f}']
         if cuda:
-            graphed = timed_steps(config, tokenizer, curriculum, staged, True, args.warmup, args.batches)
+            graphed = timed_steps(config, tokenizer, curriculum, staged, True, args.warmup, args.batches, args.pad_to_longest)
             row += [f'{graphed["examples_per_s"]:,.0f}', f'{graphed["examples_per_s"] / eager["examples_per_s"]:.2f}',
                     f'{eager["ms_per_step"]:.1f}', f'{graphed["ms_per_step"]:.1f}', f'{graphed["replay_ms"]:.1f}', f'{graphed["warmup_s"]:.1f}', graphed['graphs'],
                     f'{eager["first_loss"]:.4f} / {graphed["first_loss"]:.4f}']

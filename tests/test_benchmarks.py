@@ -20,6 +20,17 @@ def test_train_throughput_smoke_run_reports_each_stage():
     assert all(float(row[3].replace(',', '')) > 0 for row in rows)
 
 
+def test_train_throughput_with_the_thought_loss():
+    out = subprocess.run(
+        [sys.executable, 'benchmarks/train_throughput.py', '--device', 'cpu', '--small', '--batches', '2', '--warmup', '1', '--stages', '3',
+         '--thought-loss', '1', '--pad-to-longest'],
+        cwd = ROOT, capture_output = True, text = True, timeout = 300, check = True
+    ).stdout
+    assert 'thought loss 1.0, pad to longest True' in out
+    rows = [line.split('|')[1:-1] for line in out.splitlines() if re.match(r'\| \d', line)]
+    assert [int(row[1]) for row in rows] == [3]
+
+
 def test_train_throughput_profiles_a_stage():
     out = subprocess.run(
         [sys.executable, 'benchmarks/train_throughput.py', '--device', 'cpu', '--small', '--profile', '3'],
