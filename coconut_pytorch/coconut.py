@@ -328,11 +328,13 @@ class Coconut(Module):
             return_loss = False
 
         if exists(thought_targets):
-            thought_targets = self.check_thought_targets(thought_targets, batch, num_steps)
+            self.check_thought_targets(thought_targets, batch, num_steps)
+            thought_targets = thought_targets.to(self.device)
 
         return self.forward_aligned(aligned, answer, num_steps, row_steps, return_loss = return_loss, return_intermediates = return_intermediates, thought_targets = thought_targets)
 
-    def check_thought_targets(self, thought_targets, batch: int, num_steps: int) -> Tensor:
+    def check_thought_targets(self, thought_targets, batch: int, num_steps: int):
+        """Raise if `thought_targets` cannot serve a batch of `batch` rows with `num_steps` steps; moves nothing."""
         if not torch.is_tensor(thought_targets):
             raise TypeError(f'thought_targets must be a tensor of shape (batch, thoughts, num_tokens), got {type(thought_targets).__name__}')
         if self.thought_mode != 'continuous' or self.num_hypotheses > 1:
@@ -342,7 +344,6 @@ class Coconut(Module):
             raise ValueError(f'thought_targets must have shape (batch, steps x latents per step, num_tokens) = {expected}, got {tuple(thought_targets.shape)}')
         if thought_targets.is_complex() or (thought_targets.dtype != torch.bool and bool((thought_targets < 0).any())):
             raise ValueError('thought_targets must be nonnegative weights over the vocabulary (bool or real)')
-        return thought_targets.to(self.device)
 
     def forward_aligned(
         self,

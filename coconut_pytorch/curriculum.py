@@ -202,8 +202,7 @@ def encode_at_stage(example: Example, tokenizer: WordTokenizer, curriculum: Curr
         language = [token for step in steps for token in step + [tokenizer.sep_id]]
         removed, thoughts = curriculum.token_layout(stage, len(language), extra_removed)
         target = language[removed:] + answer
-        pieces = [language[start:start + r] for start in range(0, len(language), r)]
-        words = words_per_thought(pieces, thoughts, c) if alignable else ()
+        words = words_per_thought([language[start:start + r] for start in range(0, len(language), r)], thoughts, c) if alignable else ()
         return StagedExample(torch.tensor(question), torch.tensor(target), thoughts, words)
 
     removed, thoughts = curriculum.layout(stage, len(steps))

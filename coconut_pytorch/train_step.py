@@ -145,7 +145,7 @@ class TrainStep:
         as_padded_ids(batch.target, 'answer', num_tokens, require_tokens = False, require_any_token = True)
         check_reasoning_steps(batch.num_thoughts, batch.prompt.shape[0], 'cpu')
         if batch.thought_targets is not None:
-            self.model.check_thought_targets(batch.thought_targets.cpu(), batch.prompt.shape[0], int(batch.num_thoughts.max()))
+            self.model.check_thought_targets(batch.thought_targets, batch.prompt.shape[0], int(batch.num_thoughts.max()))
 
         key = self.shape_key(batch)
         if key not in self.graphs:
