@@ -90,5 +90,11 @@ if [ "$suite" = mult ] || [ "$suite" = all ]; then
     run mult${digits}_coconut_tokens_thought_loss 470 $data --method coconut "${tokens[@]}" --epochs-per-stage 2 --thought-loss 1
     # ... which finished in half its budget with the last stage still improving: 3 epochs a stage and 30 at the last
     run mult${digits}_coconut_tokens_thought_loss_long 500 $data --method coconut "${tokens[@]}" --final-epochs 30 --thought-loss 1
+    # eighth session: one thought per language token (8 tokens a stage, 8 thoughts in their place), each aligned with
+    # the one token it replaced; 20,000 new examples an epoch. 5x5 has 75 language tokens (10 stages, 80 thoughts at
+    # the end): one epoch a stage, and 600 s over two commands (the second with RESUME=1)
+    token_thoughts=(--tokens-per-stage 8 --c-thought 8 --thought-loss 1 --fresh-data --cuda-graphs --train-size 20000 --final-epochs 30)
+    run mult${digits}_coconut_token_thoughts 490 $data --method coconut "${token_thoughts[@]}" --epochs-per-stage 2
+    run mult${digits}_coconut_token_thoughts_1eps 290 $data --method coconut "${token_thoughts[@]}" --epochs-per-stage 1
   done
 fi
