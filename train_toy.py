@@ -48,6 +48,7 @@ def parse_args():
     arg('--grad-accum', type = int, default = defaults.grad_accum)
     arg('--lr', type = float, default = defaults.lr)
     arg('--warmup-steps', type = int, default = defaults.warmup_steps, help = 'linear learning-rate warmup, in optimizer steps')
+    arg('--lr-decay-epochs', type = float, default = defaults.lr_decay_epochs, help = "the run's last N epochs take the learning rate linearly to 0 (0: constant to the end)")
     arg('--dim', type = int, default = defaults.dim)
     arg('--depth', type = int, default = defaults.depth)
     arg('--heads', type = int, default = defaults.heads)

@@ -9,6 +9,7 @@ continues exactly where it stopped. The optimizer is rebuilt at every stage chan
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import time
@@ -68,6 +69,9 @@ class TrainConfig:
     rewarm_each_stage: bool = False         # warm up again after every optimizer reset: a new Adam's first updates
                                             # move every weight by about lr, whatever its gradient's size
     max_grad_norm: float = 1.
+    lr_decay_epochs: float = 0.             # the run's last N epochs take the lr linearly down to 0 (warmup-stable-
+                                            # decay); exact answers hinge on the last tenths of a percent of token
+                                            # accuracy, which a constant lr keeps shaking loose
 
     # model
     dim: int = 96
@@ -100,7 +104,7 @@ class TrainConfig:
             raise ValueError('tokens_per_stage and one_thought_at_a_time cannot be combined')
         if self.removal_smoothing is not None and self.tokens_per_stage is None:
             raise ValueError('removal_smoothing needs tokens_per_stage: it smooths the removal of tokens')
-        for name, minimum, inclusive in (('lr', 0., False), ('weight_decay', 0., True), ('max_grad_norm', 0., False),
+        for name, minimum, inclusive in (('lr', 0., False), ('weight_decay', 0., True), ('max_grad_norm', 0., False), ('lr_decay_epochs', 0., True),
                                          ('uniform_prob', 0., True), ('time_budget', 0., True), ('removal_smoothing', 0., False),
                                          ('thought_loss', 0., True)):
             value = getattr(self, name)
@@ -232,10 +236,13 @@ def load_data(config: TrainConfig) -> tuple[list[Example], list[Example], WordTo
     return train_set, eval_set, tokenizer, max(len(example.steps) for example in train_set)
 
 
-def learning_rate(config: TrainConfig, step: int, optimizer_start: int) -> float:
-    """The lr of optimizer step `step` (counted over the run); `optimizer_start` is the step the optimizer was made at."""
+def learning_rate(config: TrainConfig, step: int, optimizer_start: int, epochs_left: float = math.inf) -> float:
+    """The lr of optimizer step `step` (counted over the run); `optimizer_start` is the step the optimizer was made at,
+    `epochs_left` how much of the run is left after this step, in epochs (fractional; for `lr_decay_epochs`)."""
     since = step - optimizer_start if config.rewarm_each_stage else step
-    return config.lr * min(1., (since + 1) / max(1, config.warmup_steps))
+    warmup = min(1., (since + 1) / max(1, config.warmup_steps))
+    decay = min(1., max(0., epochs_left) / config.lr_decay_epochs) if config.lr_decay_epochs > 0 else 1.
+    return config.lr * warmup * decay
 
 
 def make_optimizer(model: Coconut, config: TrainConfig) -> torch.optim.Optimizer:
@@ -367,7 +374,8 @@ def train(
                 counted += stats.counted
 
                 if (batch_index + 1) % config.grad_accum == 0 or batch_index == len(batches) - 1:
-                    apply_gradients(model, optimizer, learning_rate(config, step, optimizer_start), config.max_grad_norm)
+                    epochs_left = total_epochs - epoch - (batch_index + 1) / len(batches)
+                    apply_gradients(model, optimizer, learning_rate(config, step, optimizer_start, epochs_left), config.max_grad_norm)
                     step += 1
 
                 if hasattr(iterator, 'set_postfix') and batch_index % 20 == 0:

@@ -399,6 +399,33 @@ def test_rewarm_changes_training_only_after_the_first_stage(tmp_path):
     assert histories[True][1] != histories[False][1]     # stage 1: a fresh optimizer, warmed up again or not
 
 
+
+def test_lr_decay_takes_the_last_epochs_linearly_to_zero():
+    from coconut_pytorch.training import learning_rate
+
+    config = TrainConfig(lr = 1e-3, warmup_steps = 1, lr_decay_epochs = 2)
+    assert [learning_rate(config, 100, 0, left) for left in (5., 2., 1., .5, 0.)] == pytest.approx([1e-3, 1e-3, 5e-4, 2.5e-4, 0.])
+    assert learning_rate(TrainConfig(lr = 1e-3, warmup_steps = 1), 100, 0, 0.) == pytest.approx(1e-3)  # off: constant
+    with pytest.raises(ValueError, match = 'lr_decay_epochs'):
+        TrainConfig(lr_decay_epochs = -1)
+
+
+def test_a_run_decays_its_lr_over_its_last_epochs(tmp_path, monkeypatch):
+    # the loop hands each optimizer step how much of the run is left: with lr_decay_epochs = 1, every epoch but the
+    # last runs at the full lr, and the last one falls to 0 step by step
+    import coconut_pytorch.training as training
+
+    lrs = []
+    apply = training.apply_gradients
+    monkeypatch.setattr(training, 'apply_gradients', lambda model, optimizer, lr, norm: (lrs.append(lr), apply(model, optimizer, lr, norm)))
+    train(TrainConfig(method = 'coconut', lr_decay_epochs = 1, **{**SMALL, 'warmup_steps': 0}), tmp_path)
+
+    epochs = len(torch.load(tmp_path / 'checkpoint.pt', weights_only = False)['history'])
+    per_epoch = len(lrs) // epochs
+    assert epochs > 1 and per_epoch > 1 and len(lrs) == epochs * per_epoch
+    assert lrs[:-per_epoch] == pytest.approx([TrainConfig.lr] * (epochs - 1) * per_epoch)
+    assert lrs[-per_epoch:] == pytest.approx([TrainConfig.lr * (per_epoch - k) / per_epoch for k in range(1, per_epoch + 1)])
+
 # thought targets: the language each continuous thought replaced
 
 def words_of(staged):
