@@ -101,5 +101,6 @@ if [ "$suite" = mult ] || [ "$suite" = all ]; then
     if [ $digits = 4 ]; then decay=(--final-epochs 14 --lr-decay-epochs 5); budget=520
     else decay=(--final-epochs 5 --lr-decay-epochs 3); budget=300; fi
     run mult${digits}_coconut_token_thoughts_decay $budget $data --method coconut "${token_thoughts[@]}" --epochs-per-stage 1 "${decay[@]}"
+    run mult${digits}_coconut_token_thoughts_decay_seed1 $budget $data --method coconut "${token_thoughts[@]}" --epochs-per-stage 1 "${decay[@]}" --seed 1
   done
 fi
