@@ -100,10 +100,6 @@ class TrainConfig:
             check_int('max_latent_stage', self.max_latent_stage, 0)
         if self.tokens_per_stage is not None:
             check_int('tokens_per_stage', self.tokens_per_stage, 1)
-        if self.tokens_per_stage is not None and self.one_thought_at_a_time:
-            raise ValueError('tokens_per_stage and one_thought_at_a_time cannot be combined')
-        if self.removal_smoothing is not None and self.tokens_per_stage is None:
-            raise ValueError('removal_smoothing needs tokens_per_stage: it smooths the removal of tokens')
         for name, minimum, inclusive in (('lr', 0., False), ('weight_decay', 0., True), ('max_grad_norm', 0., False), ('lr_decay_epochs', 0., True),
                                          ('uniform_prob', 0., True), ('time_budget', 0., True), ('removal_smoothing', 0., False),
                                          ('thought_loss', 0., True)):
@@ -118,6 +114,8 @@ class TrainConfig:
             raise ValueError(f'uniform_prob must be at most 1, got {self.uniform_prob}')
         if self.method not in METHODS:
             raise ValueError(f'method must be one of {list(METHODS)}, got {self.method!r}')
+        # how the curriculum settings combine is the Curriculum's to say: build one (stage count not yet known)
+        self.curriculum(task_max_steps = 0, longest_language = 0)
         if self.thought_loss > 0 and self.method not in ALIGNABLE_METHODS:
             raise ValueError(f'thought_loss needs continuous thoughts to align: method must be one of {list(ALIGNABLE_METHODS)}, got {self.method!r}')
         if self.task not in TASKS:

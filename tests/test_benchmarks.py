@@ -37,3 +37,28 @@ def test_train_throughput_profiles_a_stage():
         cwd = ROOT, capture_output = True, text = True, timeout = 300, check = True
     ).stdout
     assert 'aten::mm' in out and 'Self CPU time total' in out
+
+
+def test_held_out_overlap_counts_the_questions_a_run_trained_on(tmp_path):
+    # running sums of 3 digits have 1,000 questions: a 64-example held-out set overlaps 3 fresh sets of 400
+    import json
+
+    from coconut_pytorch.data.fresh_sets import fresh_data_seed, held_out_seed
+    from coconut_pytorch.data.loaders import load_examples
+    from coconut_pytorch.data.tasks import get_task
+
+    settings = dict(task = 'running_sum', task_kwargs = dict(num_digits = 3), train_size = 400, eval_size = 64, fresh_data = True, seed = 2)
+    unseen_file = tmp_path / 'unseen.json'
+    out = subprocess.run(
+        [sys.executable, 'scripts/held_out_overlap.py', '--config', json.dumps(settings), '--epochs', '3', '--unseen', str(unseen_file)],
+        cwd = ROOT, capture_output = True, text = True, timeout = 300, check = True
+    ).stdout
+    report = json.loads(out.splitlines()[-1])
+
+    task = get_task('running_sum', num_digits = 3)
+    seen = {e.question for seed in (2, fresh_data_seed(2, 1), fresh_data_seed(2, 2)) for e in task.generate(400, seed = seed)}
+    held_out = task.generate(64, seed = held_out_seed(2))
+    expected = sum(e.question in seen for e in held_out)
+    assert 0 < expected < 64
+    assert report['also_trained_on'] == expected and report['held_out'] == 64
+    assert [e.question for e in load_examples(unseen_file)] == [e.question for e in held_out if e.question not in seen]
