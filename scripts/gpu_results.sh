@@ -112,6 +112,7 @@ if [ "$suite" = mult ] || [ "$suite" = all ]; then
       # 16, loss 0.09 -> 8.8): 8-token stages again, a batch of 256 at the lr of 1e-3
       run mult5_coconut_token_thoughts_b256 540 $data --method coconut "${token_thoughts[@]}" --epochs-per-stage 1 --batch-size 256 --final-epochs 9 --lr-decay-epochs 4
       run mult5_coconut_token_thoughts_b256_seed1 540 $data --method coconut "${token_thoughts[@]}" --epochs-per-stage 1 --batch-size 256 --final-epochs 9 --lr-decay-epochs 4 --seed 1
+      run mult5_coconut_token_thoughts_b256_seed2 540 $data --method coconut "${token_thoughts[@]}" --epochs-per-stage 1 --batch-size 256 --final-epochs 9 --lr-decay-epochs 4 --seed 2
     fi
   done
 fi
