@@ -113,6 +113,8 @@ if [ "$suite" = mult ] || [ "$suite" = all ]; then
       run mult5_coconut_token_thoughts_b256 540 $data --method coconut "${token_thoughts[@]}" --epochs-per-stage 1 --batch-size 256 --final-epochs 9 --lr-decay-epochs 4
       run mult5_coconut_token_thoughts_b256_seed1 540 $data --method coconut "${token_thoughts[@]}" --epochs-per-stage 1 --batch-size 256 --final-epochs 9 --lr-decay-epochs 4 --seed 1
       run mult5_coconut_token_thoughts_b256_seed2 540 $data --method coconut "${token_thoughts[@]}" --epochs-per-stage 1 --batch-size 256 --final-epochs 9 --lr-decay-epochs 4 --seed 2
+      # ablation: the same without the thought alignment loss
+      run mult5_coconut_token_thoughts_b256_no_thought_loss 540 $data --method coconut "${token_thoughts[@]}" --epochs-per-stage 1 --batch-size 256 --final-epochs 9 --lr-decay-epochs 4 --thought-loss 0
     fi
   done
 fi
