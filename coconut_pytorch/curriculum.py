@@ -254,13 +254,18 @@ def thought_targets(staged: Sequence[StagedExample], num_tokens: int) -> Tensor:
     """(b, most thoughts, V) bool: True at the words each thought replaced; all False for a thought that replaced
     nothing and in the slots past a row's own thoughts."""
     most = max((s.num_thoughts for s in staged), default = 0)
-    targets = torch.zeros((len(staged), most, num_tokens), dtype = torch.bool)
+    # one scatter for the whole batch: indexing per thought cost about 1 ms an example at 80 thoughts
+    rows, slots, words = [], [], []
     for row, example in enumerate(staged):
         if len(example.thought_words) != example.num_thoughts:
             raise ValueError(f'example {row} has {example.num_thoughts} thoughts but words for {len(example.thought_words)}: '
                              'thought targets need a method with continuous thoughts (coconut, coconut_no_curriculum)')
-        for slot, words in enumerate(example.thought_words):
-            targets[row, slot, list(words)] = True
+        for slot, slot_words in enumerate(example.thought_words):
+            rows += [row] * len(slot_words)
+            slots += [slot] * len(slot_words)
+            words += slot_words
+    targets = torch.zeros((len(staged), most, num_tokens), dtype = torch.bool)
+    targets[torch.tensor(rows, dtype = torch.long), torch.tensor(slots, dtype = torch.long), torch.tensor(words, dtype = torch.long)] = True
     return targets
 
 
