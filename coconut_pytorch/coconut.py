@@ -18,8 +18,10 @@ Shapes: b batch, n prompt length, m answer length, c latents per step, S steps, 
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
-from numbers import Integral
+from collections.abc import Mapping
+from numbers import Integral, Real
 from typing import Callable, NamedTuple, Sequence
 
 import torch
@@ -474,10 +476,10 @@ class Coconut(Module):
     def generate(
         self,
         prompt: Tensor | Sequence[Tensor],
-        max_length: int,
-        temperature: float = 1.,
+        max_length: int = 16,
         filter_fn: Callable[..., Tensor] = min_p_filter,
         filter_kwargs: dict | None = None,
+        temperature: float = 1.,
         eos_token_id: int | None = None,
         num_reasoning_steps: int | Tensor | None = None,
         generator: torch.Generator | None = None,
@@ -493,8 +495,9 @@ class Coconut(Module):
         Args:
             prompt: (b, n) ids with -1 padding, or a list of 1-d id tensors of any lengths.
             max_length: number of tokens to generate.
-            temperature: 0. is greedy.
-            filter_fn, filter_kwargs: logit filter applied before sampling (`min_p_filter`, `top_k_filter`).
+            filter_fn, filter_kwargs: logit filter applied before sampling (`min_p_filter`, `top_k_filter`, or any
+                callable taking logits (b, V) and keyword arguments and returning logits of the same shape).
+            temperature: 0. is greedy (the filter is then not applied).
             eos_token_id: rows that emit it stop; their later positions are -1.
             num_reasoning_steps: overrides the default; an int or a (b,) tensor.
             generator: a torch.Generator for reproducible sampling.
@@ -505,10 +508,16 @@ class Coconut(Module):
         Returns (b, max_length) token ids.
         """
         check_positive_int(max_length, 'max_length')
-        if not isinstance(temperature, (int, float)) or temperature < 0:
-            raise ValueError(f'temperature must be a number >= 0, got {temperature!r}')
-        if exists(eos_token_id) and not (isinstance(eos_token_id, int) and 0 <= eos_token_id < self.num_tokens):
+        if not isinstance(temperature, Real) or isinstance(temperature, bool) or not math.isfinite(temperature) or temperature < 0:
+            raise ValueError(f'temperature must be a finite number >= 0, got {temperature!r}')
+        if not callable(filter_fn):
+            raise TypeError(f'filter_fn must be a callable (logits, **filter_kwargs) -> logits, e.g. min_p_filter, got {filter_fn!r}')
+        if exists(filter_kwargs) and not isinstance(filter_kwargs, Mapping):
+            raise TypeError(f'filter_kwargs must be a dict of keyword arguments for filter_fn, got {type(filter_kwargs).__name__}')
+        if exists(eos_token_id) and not (isinstance(eos_token_id, Integral) and not isinstance(eos_token_id, bool) and 0 <= eos_token_id < self.num_tokens):
             raise ValueError(f'eos_token_id must be an int in [0, {self.num_tokens}), got {eos_token_id!r}')
+        if exists(generator) and not isinstance(generator, torch.Generator):
+            raise TypeError(f'generator must be a torch.Generator, got {type(generator).__name__}')
         if cuda_graph and self.device.type != 'cuda':
             raise ValueError(f'cuda_graph = True needs the model on a CUDA device, it is on {self.device}')
 
@@ -533,7 +542,14 @@ class Coconut(Module):
 
         logits, _ = self.finish(reasoned, None, None)
 
-        sample = lambda logits: gumbel_sample(filter_fn(logits, **filter_kwargs) if temperature > 0 else logits, temperature, generator = generator)
+        def sample(logits: Tensor) -> Tensor:
+            if temperature > 0:
+                filtered = filter_fn(logits, **filter_kwargs)
+                if not torch.is_tensor(filtered) or filtered.shape != logits.shape:
+                    raise ValueError(f'filter_fn must return logits of the shape it was given, {tuple(logits.shape)}, got '
+                                     f'{tuple(filtered.shape) if torch.is_tensor(filtered) else type(filtered).__name__}')
+                logits = filtered
+            return gumbel_sample(logits, temperature, generator = generator)
 
         tokens = torch.full((batch, max_length), PAD_ID, dtype = torch.long, device = self.device)
         done = torch.zeros(batch, dtype = torch.bool, device = self.device)

@@ -37,6 +37,8 @@ def gumbel_sample(logits: Tensor, temperature: float = 1., generator: torch.Gene
     if temperature <= 0.:
         return logits.argmax(dim = -1)
 
-    uniform = torch.rand(logits.shape, device = logits.device, generator = generator).clamp(1e-20, 1.)
-    gumbel = -torch.log(-torch.log(uniform).clamp(min = 1e-20))
+    # u in [1e-20, 1): -log(u) lies in (0, 46], so the outer log is finite. (Negating after a clamp, as in
+    # `-log(u).clamp(...)`, would clamp log(u) itself and turn every draw into NaN.)
+    uniform = torch.rand(logits.shape, device = logits.device, generator = generator).clamp(min = 1e-20)
+    gumbel = -torch.log(-torch.log(uniform))
     return (logits / temperature + gumbel).argmax(dim = -1)

@@ -11,6 +11,7 @@ import torch
 
 from coconut_pytorch import Coconut, Transformer
 from coconut_pytorch.kv_cache import StaticKVCache
+from coconut_pytorch.sampling import gumbel_sample, top_k_filter
 
 TOL = dict(atol = 1e-8, rtol = 1e-8)
 NUM_TOKENS = 32
@@ -233,6 +234,32 @@ def test_return_intermediates_structure():
 
     prompt_logits_2, latents_2, answer_logits_2, _ = model(prompt, answer, return_loss = False)
     torch.testing.assert_close(answer_logits, answer_logits_2)
+
+
+@pytest.mark.parametrize('temperature', [1., 0.5])
+def test_gumbel_sampling_draws_from_the_softmax(temperature):
+    logits = torch.tensor([2., 1., 0., -1., -30.])
+    draws = gumbel_sample(logits.expand(40_000, -1), temperature, generator = torch.Generator().manual_seed(0))
+    frequencies = torch.bincount(draws, minlength = len(logits)).double() / len(draws)
+    expected = (logits.double() / temperature).softmax(dim = -1)
+    # 40,000 draws: the standard error of each frequency is at most 0.0025
+    torch.testing.assert_close(frequencies, expected, atol = 0.01, rtol = 0)
+
+
+def test_sampling_with_one_candidate_left_is_greedy_and_otherwise_varies():
+    model = make_model()
+    prompt = torch.randint(0, NUM_TOKENS, (4, 5))
+    greedy = model.generate(prompt, 10, temperature = 0.)
+    # positionally, as coconut-pytorch 0.0.32 took them: prompt, max_length, filter_fn, filter_kwargs, temperature
+    assert torch.equal(model.generate(prompt, 10, top_k_filter, dict(k = 1), 1.), greedy)
+    sampled = model.generate(prompt, 10, filter_kwargs = dict(min_p = 0.), temperature = 3., generator = torch.Generator().manual_seed(0))
+    assert not torch.equal(sampled, greedy) and len(sampled.unique()) > 2
+
+
+def test_a_filter_that_changes_the_shape_is_an_error():
+    model = make_model()
+    with pytest.raises(ValueError, match = 'filter_fn must return'):
+        model.generate(torch.randint(0, NUM_TOKENS, (2, 5)), 3, filter_fn = lambda logits: logits[:, :3])
 
 
 def test_sampling_is_reproducible_with_a_generator_and_eos_pads():

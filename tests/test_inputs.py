@@ -52,6 +52,13 @@ BAD_CALLS = [
     ('negative temperature', lambda m: m.generate(PROMPT, max_length = 2, temperature = -1.), ValueError, 'temperature'),
     ('eos out of range', lambda m: m.generate(PROMPT, max_length = 2, eos_token_id = NUM_TOKENS), ValueError, 'eos_token_id'),
     ('generate with float prompt', lambda m: m.generate(PROMPT.float(), max_length = 2), TypeError, 'prompt'),
+    ('nan temperature', lambda m: m.generate(PROMPT, max_length = 2, temperature = float('nan')), ValueError, 'temperature'),
+    ('bool temperature', lambda m: m.generate(PROMPT, max_length = 2, temperature = True), ValueError, 'temperature'),
+    ('filter_fn by name', lambda m: m.generate(PROMPT, max_length = 2, filter_fn = 'min_p'), TypeError, 'filter_fn'),
+    ('filter_fn by name, greedy', lambda m: m.generate(PROMPT, max_length = 2, filter_fn = 'min_p', temperature = 0.), TypeError, 'filter_fn'),
+    ('filter_kwargs a list', lambda m: m.generate(PROMPT, max_length = 2, filter_kwargs = [0.1]), TypeError, 'filter_kwargs'),
+    ('generator a seed', lambda m: m.generate(PROMPT, max_length = 2, generator = 0), TypeError, 'generator'),
+    ('bool eos', lambda m: m.generate(PROMPT, max_length = 2, eos_token_id = True), ValueError, 'eos_token_id'),
     ('generate with id out of range', lambda m: m.generate(PROMPT + NUM_TOKENS, max_length = 2), ValueError, 'prompt'),
 ]
 
