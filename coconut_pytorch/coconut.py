@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Mapping
+from functools import wraps
 from numbers import Integral, Real
 from typing import Callable, NamedTuple, Sequence
 
@@ -54,6 +55,31 @@ def check_positive_int(value, name: str):
         raise ValueError(f'{name} must be >= 1, got {value}')
 
 
+def check_loss_weight(value, name: str):
+    if not isinstance(value, Real) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+        raise ValueError(f'{name} must be a finite number >= 0, got {value!r}')
+
+
+def accepts_legacy_positional_order(order: tuple[str, ...]):
+    """coconut-pytorch 0.0.32 took the transformer second (`Coconut(3, dict(num_tokens = ..., ...))`), this package
+    takes `num_latents_per_step` second, as its keyword examples read. A call whose second positional argument is a
+    transformer or its settings binds all its positional arguments in the old `order` instead."""
+    def decorate(init):
+        @wraps(init)
+        def init_in_either_order(self, *args, **kwargs):
+            if len(args) >= 2 and isinstance(args[1], (dict, Transformer)):
+                if len(args) > len(order):
+                    raise TypeError(f'{type(self).__name__} takes at most {len(order)} positional arguments in the 0.0.32 order {order}, got {len(args)}')
+                for name, value in zip(order, args):
+                    if name in kwargs:
+                        raise TypeError(f'{type(self).__name__} got multiple values for argument {name!r}')
+                    kwargs[name] = value
+                args = ()
+            return init(self, *args, **kwargs)
+        return init_in_either_order
+    return decorate
+
+
 # outputs
 
 class Intermediates(NamedTuple):
@@ -67,6 +93,7 @@ class LossBreakdown(NamedTuple):
     answer_loss: Tensor
     begin_thought_loss: Tensor | None
     thought_loss: Tensor | None = None
+    hypothesis_similarity_loss: Tensor | None = None
 
 
 class Reasoned(NamedTuple):
@@ -94,8 +121,16 @@ class Coconut(Module):
         thought_mode: 'continuous' (Coconut) or 'pause' (the same slots filled by one learned pause embedding,
             with no feedback: the paper's pause-token baseline).
         thought_loss_weight: weight of the thought alignment loss, added when `forward` gets `thought_targets`.
+        mix_hypotheses: with H > 1, a learned linear map over all H streams' thoughts (the identity at
+            initialisation) before they are fed back at every step, so the streams can exchange what they found.
+        hypothesis_similarity_loss_weight: with H > 1, weight of a loss that is the mean cosine similarity between
+            the H streams' thoughts at the same position: it pushes the hypotheses apart (0: off).
+
+    Positional arguments may also come in coconut-pytorch 0.0.32's order, with the transformer second:
+    `Coconut(num_reasoning_steps, transformer, num_latents_per_step, learn_begin_of_thought, begin_thought_loss_weight, checkpoint)`.
     """
 
+    @accepts_legacy_positional_order(('num_reasoning_steps', 'transformer', 'num_latents_per_step', 'learn_begin_of_thought', 'begin_thought_loss_weight', 'checkpoint'))
     def __init__(
         self,
         num_reasoning_steps: int,
@@ -106,12 +141,11 @@ class Coconut(Module):
         begin_thought_loss_weight: float = 1.,
         num_hypotheses: int = 1,
         thought_mode: str = 'continuous',
-        thought_loss_weight: float = 1.
+        thought_loss_weight: float = 1.,
+        mix_hypotheses: bool = False,
+        hypothesis_similarity_loss_weight: float = 0.
     ):
         super().__init__()
-
-        if isinstance(num_latents_per_step, (dict, Transformer)):
-            raise TypeError('num_latents_per_step must be an int; pass the transformer by keyword: transformer = dict(...)')
 
         if not isinstance(num_reasoning_steps, Integral) or isinstance(num_reasoning_steps, bool):
             raise TypeError(f'num_reasoning_steps must be an int, got {type(num_reasoning_steps).__name__}')
@@ -145,9 +179,19 @@ class Coconut(Module):
         self.end_of_thought = nn.Parameter(torch.randn(dim) * 1e-2)
         self.pause_embed = nn.Parameter(torch.randn(dim) * 1e-2) if thought_mode == 'pause' else None
 
-        if isinstance(thought_loss_weight, bool) or not isinstance(thought_loss_weight, (int, float)) or thought_loss_weight < 0:
-            raise ValueError(f'thought_loss_weight must be a number >= 0, got {thought_loss_weight!r}')
+        check_loss_weight(thought_loss_weight, 'thought_loss_weight')
+        check_loss_weight(begin_thought_loss_weight, 'begin_thought_loss_weight')
+        check_loss_weight(hypothesis_similarity_loss_weight, 'hypothesis_similarity_loss_weight')
         self.thought_loss_weight = thought_loss_weight
+        self.hypothesis_similarity_loss_weight = hypothesis_similarity_loss_weight
+
+        # streams mix through one linear map over their concatenated thoughts, started at the identity so that a
+        # model begins as H independent streams
+        self.hypothesis_mixer = None
+        if mix_hypotheses and num_hypotheses > 1:
+            self.hypothesis_mixer = nn.Linear(num_hypotheses * dim, num_hypotheses * dim)
+            nn.init.eye_(self.hypothesis_mixer.weight)
+            nn.init.zeros_(self.hypothesis_mixer.bias)
 
         self.learn_begin_of_thought = learn_begin_of_thought
         self.begin_thought_loss_weight = begin_thought_loss_weight
@@ -233,7 +277,7 @@ class Coconut(Module):
         thoughts = [out.hiddens[:, -c:]]
 
         for step in range(1, num_steps):
-            out = self.run([thoughts[-1]], used_by(at_step(step), c, hyps), cache)
+            out = self.run([self.fed_back(thoughts[-1])], used_by(at_step(step), c, hyps), cache)
             cache = out.cache
             thoughts.append(out.hiddens)
 
@@ -245,9 +289,16 @@ class Coconut(Module):
 
         # the last thoughts enter their own streams' caches; then the streams fold into one row per example,
         # side by side after the shared prompt (segment 0), so <eot> and the answer attend to every hypothesis
-        cache = self.run([thoughts[-1]], last_mask, cache).cache
+        cache = self.run([self.fed_back(thoughts[-1])], last_mask, cache).cache
         cache = cache.merge_batch_segments(hyps, from_segment = 1)
         return Reasoned(cache, [eot], eot_mask, thoughts, prompt_hiddens, has_thoughts)
+
+    def fed_back(self, thoughts: Tensor) -> Tensor:
+        """The next input of the H streams' thoughts (b H, c, D): themselves, or mixed across streams."""
+        if not exists(self.hypothesis_mixer):
+            return thoughts
+        mixed = self.hypothesis_mixer(rearrange(thoughts, '(b h) c d -> b c (h d)', h = self.num_hypotheses))
+        return rearrange(mixed, 'b c (h d) -> (b h) c d', h = self.num_hypotheses)
 
     def finish(self, reasoned: Reasoned, answer_inputs: Tensor | None, answer_mask: Tensor | None) -> tuple[Tensor, TransformerOutput | None]:
         """Run the tail (last thoughts, <eot>) and the answer inputs; return logits predicting the answer tokens.
@@ -344,8 +395,8 @@ class Coconut(Module):
         expected = (batch, num_steps * self.num_latents_per_step, self.num_tokens)
         if tuple(thought_targets.shape) != expected:
             raise ValueError(f'thought_targets must have shape (batch, steps x latents per step, num_tokens) = {expected}, got {tuple(thought_targets.shape)}')
-        if thought_targets.is_complex() or (thought_targets.dtype != torch.bool and bool((thought_targets < 0).any())):
-            raise ValueError('thought_targets must be nonnegative weights over the vocabulary (bool or real)')
+        if thought_targets.is_complex() or (thought_targets.dtype != torch.bool and bool(((thought_targets < 0) | ~torch.isfinite(thought_targets)).any())):
+            raise ValueError('thought_targets must be finite nonnegative weights over the vocabulary (bool or real)')
 
     def forward_aligned(
         self,
@@ -407,10 +458,30 @@ class Coconut(Module):
             thought_loss = self.thought_loss(latent_tokens, thought_targets, row_steps)
             loss = loss + thought_loss * self.thought_loss_weight
 
+        similarity_loss = None
+        if self.num_hypotheses > 1 and self.hypothesis_similarity_loss_weight > 0 and num_steps > 0:
+            similarity_loss = self.hypothesis_similarity_loss(latent_tokens, row_steps)
+            loss = loss + similarity_loss * self.hypothesis_similarity_loss_weight
+
         if not return_intermediates:
             return loss
 
-        return loss, (LossBreakdown(answer_loss, begin_thought_loss, thought_loss), *intermediates)
+        return loss, (LossBreakdown(answer_loss, begin_thought_loss, thought_loss, similarity_loss), *intermediates)
+
+    def hypothesis_similarity_loss(self, latent_tokens: Tensor, row_steps: Tensor | None) -> Tensor:
+        """Mean cosine similarity between every pair of the H streams' thoughts at the same position (b, H, N, D),
+        over the positions within each row's steps: in [-1, 1], lower when the hypotheses differ."""
+        hyps, c = self.num_hypotheses, self.num_latents_per_step
+        normed = F.normalize(latent_tokens.to(torch.promote_types(latent_tokens.dtype, torch.float32)), dim = -1)
+        similarity = torch.einsum('b i n d, b j n d -> b n i j', normed, normed)
+        pairs = torch.ones(hyps, hyps, device = similarity.device).triu(1)
+        per_position = (similarity * pairs).sum(dim = (-1, -2)) / pairs.sum()     # (b, N)
+
+        if not exists(row_steps):
+            return per_position.mean()
+        slot_step = torch.arange(per_position.shape[1], device = per_position.device) // c
+        active = (slot_step < rearrange(row_steps, 'b -> b 1')).to(per_position.dtype)
+        return (per_position * active).sum() / active.sum().clamp(min = 1)
 
     def thought_loss(self, latent_tokens: Tensor, thought_targets: Tensor, row_steps: Tensor | None) -> Tensor:
         """Aligns each thought with the language it replaced: the KL divergence from the targets, normalised to a

@@ -15,6 +15,8 @@ Shapes: b batch, n new tokens, k all keys (cache + new), h heads, d dim_head, s 
 
 from __future__ import annotations
 
+import math
+from numbers import Real
 from typing import Callable, NamedTuple, Sequence
 
 import torch
@@ -256,6 +258,7 @@ class Transformer(Module):
         ff_glu: 'swiglu' or 'geglu'.
         value_residual: mix the first layer's values into later layers through a learned gate.
         rotary_base: base of the rotary frequencies.
+        accept_value_residual: coconut-pytorch 0.0.32's name for `value_residual` (wins when given).
     """
 
     def __init__(
@@ -271,12 +274,19 @@ class Transformer(Module):
         ff_glu: str = 'swiglu',
         ff_dropout: float = 0.,
         value_residual: bool = True,
-        rotary_base: float = 10000.
+        rotary_base: float = 10000.,
+        accept_value_residual: bool | None = None
     ):
         super().__init__()
         for name, value in dict(num_tokens = num_tokens, dim = dim, depth = depth, dim_head = dim_head, heads = heads, num_residual_streams = num_residual_streams).items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f'{name} must be a positive integer, got {value!r}')
+
+        for name, value in dict(ff_mult = ff_mult, rotary_base = rotary_base).items():
+            if not isinstance(value, Real) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f'{name} must be a finite number > 0, got {value!r}')
+
+        value_residual = default(accept_value_residual, value_residual)
 
         if dim_head % 2 != 0:
             raise ValueError(f'dim_head must be even for rotary embeddings, got {dim_head}')
@@ -285,6 +295,10 @@ class Transformer(Module):
         unknown = set(attend_kwargs) - SUPPORTED_ATTEND_KWARGS
         if unknown:
             raise ValueError(f'attend_kwargs has unsupported keys {sorted(unknown)}; supported: {sorted(SUPPORTED_ATTEND_KWARGS)}')
+
+        for name, value in (('attend_kwargs["dropout"]', attend_kwargs.get('dropout', 0.)), ('ff_dropout', ff_dropout)):
+            if not isinstance(value, Real) or isinstance(value, bool) or not 0. <= value < 1.:
+                raise ValueError(f'{name} must be a probability in [0, 1), got {value!r}')
 
         self.num_tokens = num_tokens
         self.dim = dim

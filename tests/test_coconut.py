@@ -158,6 +158,48 @@ def test_hypotheses_generate_and_padding():
     assert (first_thoughts[:, 0] - first_thoughts[:, 1]).abs().amax() > 1e-6
 
 
+def test_hypothesis_mixing_starts_as_independent_streams_and_then_lets_them_exchange():
+    prompt, answer = torch.randint(0, NUM_TOKENS, (2, 5)), torch.randint(0, NUM_TOKENS, (2, 4))
+    mixed = make_model(num_latents_per_step = 2, num_reasoning_steps = 3, num_hypotheses = 2, mix_hypotheses = True)
+    plain = make_model(num_latents_per_step = 2, num_reasoning_steps = 3, num_hypotheses = 2)
+    plain.load_state_dict({k: v for k, v in mixed.state_dict().items() if not k.startswith('hypothesis_mixer')})
+
+    # at initialisation the mixer is the identity: the same logits as streams that never mix
+    torch.testing.assert_close(mixed(prompt, answer, return_loss = False).answer_logits, plain(prompt, answer, return_loss = False).answer_logits, **TOL)
+
+    def later_thoughts_of_stream_1(model):
+        return model(prompt, answer, return_loss = False).latent_tokens[:, 1, 2:]
+
+    with torch.no_grad():
+        mixed.hypothesis_mixer.weight.add_(torch.randn_like(mixed.hypothesis_mixer.weight) * 0.1)
+    for model, exchanges in ((plain, False), (mixed, True)):
+        before = later_thoughts_of_stream_1(model)
+        with torch.no_grad():
+            model.begin_of_thought[0].add_(1.)      # only stream 0 starts elsewhere
+        changed = (later_thoughts_of_stream_1(model) - before).abs().amax() > 1e-6
+        assert bool(changed) == exchanges
+
+
+def test_hypothesis_similarity_loss_is_the_mean_cosine_similarity_of_the_streams():
+    model = make_model(num_latents_per_step = 2, num_reasoning_steps = 3, num_hypotheses = 3, hypothesis_similarity_loss_weight = 0.5)
+    prompt, answer = torch.randint(0, NUM_TOKENS, (2, 5)), torch.randint(0, NUM_TOKENS, (2, 4))
+    steps = torch.tensor([3, 1])
+
+    loss, (breakdown, _, latents, *_) = model(prompt, answer, num_reasoning_steps = steps, return_intermediates = True)
+    # by hand, over the positions within each row's steps: row 0 has 3 x 2 thoughts, row 1 has 1 x 2
+    expected = []
+    for row, positions in ((0, 6), (1, 2)):
+        for n in range(positions):
+            for i in range(3):
+                for j in range(i + 1, 3):
+                    expected.append(torch.cosine_similarity(latents[row, i, n], latents[row, j, n], dim = 0))
+    torch.testing.assert_close(breakdown.hypothesis_similarity_loss, torch.stack(expected).mean(), **TOL)
+    torch.testing.assert_close(loss, breakdown.answer_loss + 0.5 * breakdown.hypothesis_similarity_loss, **TOL)
+
+    # off by default, and there is nothing to compare with one stream
+    assert make_model(num_hypotheses = 2)(prompt, answer, return_intermediates = True)[1][0].hypothesis_similarity_loss is None
+
+
 @pytest.mark.parametrize('num_hypotheses', [1, 2])
 def test_checkpoint_gives_same_loss_and_gradients(num_hypotheses):
     model = make_model(num_residual_streams = 4, num_latents_per_step = 2, num_reasoning_steps = 3, num_hypotheses = num_hypotheses, learn_begin_of_thought = True).train()
@@ -514,6 +556,7 @@ def test_thought_loss_trains_every_earlier_thought():
     (dict(), -torch.ones(2, 2, NUM_TOKENS), ValueError, 'nonnegative'),
     (dict(thought_mode = 'pause'), torch.zeros(2, 2, NUM_TOKENS), ValueError, 'need continuous thoughts'),
     (dict(num_hypotheses = 2), torch.zeros(2, 2, NUM_TOKENS), ValueError, 'need continuous thoughts'),
+    (dict(), torch.full((2, 2, NUM_TOKENS), float('nan')), ValueError, 'finite nonnegative'),
 ])
 def test_bad_thought_targets_are_named(kwargs, targets, error, message):
     model = make_model(**kwargs)

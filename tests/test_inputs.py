@@ -76,6 +76,10 @@ def test_bad_input_is_rejected_before_compute(no_compute, description, call, err
     (dict(num_reasoning_steps = 2, num_hypotheses = 0), ValueError, 'num_hypotheses'),
     (dict(num_reasoning_steps = 2, thought_mode = 'dream'), ValueError, 'thought_mode'),
     (dict(num_reasoning_steps = 2, transformer = None), TypeError, 'transformer'),
+    (dict(num_reasoning_steps = 2, begin_thought_loss_weight = 'a'), ValueError, 'begin_thought_loss_weight'),
+    (dict(num_reasoning_steps = 2, begin_thought_loss_weight = float('nan')), ValueError, 'begin_thought_loss_weight'),
+    (dict(num_reasoning_steps = 2, thought_loss_weight = -1.), ValueError, 'thought_loss_weight'),
+    (dict(num_reasoning_steps = 2, hypothesis_similarity_loss_weight = float('inf')), ValueError, 'hypothesis_similarity_loss_weight'),
 ])
 def test_bad_constructor_arguments(kwargs, error, name):
     kwargs = {'transformer': dict(num_tokens = NUM_TOKENS, dim = 16, depth = 1), **kwargs}
@@ -90,6 +94,11 @@ def test_bad_constructor_arguments(kwargs, error, name):
     (dict(num_residual_streams = 0), 'num_residual_streams'),
     (dict(attend_kwargs = dict(causal = False)), 'attend_kwargs'),
     (dict(ff_glu = 'relu'), 'ff_glu'),
+    (dict(ff_mult = 0), 'ff_mult'),
+    (dict(ff_mult = -1), 'ff_mult'),
+    (dict(rotary_base = 0.), 'rotary_base'),
+    (dict(attend_kwargs = dict(dropout = 2.)), 'dropout'),
+    (dict(ff_dropout = -0.1), 'ff_dropout'),
 ])
 def test_bad_transformer_arguments(kwargs, name):
     with pytest.raises(ValueError, match = name):
