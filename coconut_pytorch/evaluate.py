@@ -35,10 +35,13 @@ def answer_text(tokens: Sequence[int], tokenizer: WordTokenizer) -> str:
 
 
 def encode_questions(examples: Sequence[Example], tokenizer: WordTokenizer, source: str = 'examples') -> list[torch.Tensor]:
+    """The questions as id tensors. Each gold answer must encode too: an answer with a word the model cannot write
+    would be scored wrong whatever the model did, so it is an error naming the example, not a silent miss."""
     prompts = []
     for index, example in enumerate(examples):
         try:
             prompts.append(torch.tensor(tokenizer.encode(example.question)))
+            tokenizer.encode(example.answer)
         except ValueError as error:
             raise ValueError(f'{source}: example {index} cannot be encoded: {error}') from None
         if len(prompts[-1]) == 0:
@@ -120,6 +123,10 @@ def main(argv: Sequence[str] | None = None):
         parser.error(f'--limit must be >= 1, got {args.limit}')
     if args.num_thoughts is not None and args.num_thoughts < 0:
         parser.error(f'--num-thoughts must be >= 0, got {args.num_thoughts}')
+    if args.batch_size < 1:
+        parser.error(f'--batch-size must be >= 1, got {args.batch_size}')
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        parser.error(f'--max-new-tokens must be >= 1, got {args.max_new_tokens}')
 
     try:
         model, tokenizer, config, info = load_trained(args.checkpoint, device = args.device)
@@ -129,7 +136,7 @@ def main(argv: Sequence[str] | None = None):
         result = evaluate_examples(
             model, tokenizer, examples,
             num_thoughts = num_thoughts,
-            max_new_tokens = args.max_new_tokens or info['max_new_tokens'],
+            max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else info['max_new_tokens'],
             batch_size = args.batch_size,
             source = str(args.data),
             autocast_dtype = torch.bfloat16 if args.bf16 else None

@@ -108,8 +108,9 @@ class TrainConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f'{name} must be a number, got {type(value).__name__}')
-            if value < minimum or (value == minimum and not inclusive) or value != value:
-                raise ValueError(f"{name} must be {'>=' if inclusive else '>'} {minimum}, got {value}")
+            if value < minimum or (value == minimum and not inclusive) or not math.isfinite(value):
+                raise ValueError(f"{name} must be finite and {'>=' if inclusive else '>'} {minimum}, got {value}")
+        check_int('seed', self.seed, 0)     # random.Random ignores a seed's sign: -1 would repeat seed 1's data
         if self.uniform_prob > 1:
             raise ValueError(f'uniform_prob must be at most 1, got {self.uniform_prob}')
         if self.method not in METHODS:
@@ -126,6 +127,9 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, (str, os.PathLike)):
                 raise TypeError(f'{name} must be a path, got {type(value).__name__}')
+            if value is not None:
+                # kept as text: the checkpoint holds plain data only, and loads with weights_only = True
+                setattr(self, name, os.fspath(value))
         if self.train_file is not None and self.fresh_data:
             raise ValueError('fresh_data generates a new set from the task every epoch; it cannot be used with train_file')
         if self.cuda_graphs and not str(self.device).startswith('cuda'):
@@ -212,6 +216,8 @@ def load_data(config: TrainConfig) -> tuple[list[Example], list[Example], WordTo
         task = get_task(config.task, **config.task_kwargs)
         tokenizer = WordTokenizer(task.vocabulary())
         if eval_set is not None:
+            if len(eval_set) == 0:
+                raise ValueError(f'eval_file {config.eval_file} holds no examples')
             encode_questions(eval_set, tokenizer, config.eval_file)  # a word outside the task's vocabulary: fail now, not after training
         train_set = task.generate(config.train_size, seed = config.seed)
         if eval_set is None:
@@ -230,6 +236,12 @@ def load_data(config: TrainConfig) -> tuple[list[Example], list[Example], WordTo
         eval_set = [train_set[i] for i in order[:config.eval_size]]
         train_set = [train_set[i] for i in sorted(order[config.eval_size:])]
 
+    if len(eval_set) == 0:
+        raise ValueError(f'eval_file {config.eval_file} holds no examples')
+    for source, examples in ((config.train_file, train_set), (config.eval_file or config.train_file, eval_set)):
+        for index, example in enumerate(examples):
+            if not example.question.strip():
+                raise ValueError(f'{source}: example {index} has an empty question')
     tokenizer = WordTokenizer.from_texts(example_texts(train_set + eval_set))
     return train_set, eval_set, tokenizer, max(len(example.steps) for example in train_set)
 
@@ -272,7 +284,7 @@ def load_trained(path: str | Path, device: str = 'cpu'):
     if not path.is_file():
         raise ValueError(f'checkpoint {path} does not exist')
     try:
-        state = torch.load(path, map_location = device, weights_only = False)
+        state = torch.load(path, map_location = device, weights_only = True)     # a checkpoint is data: run no code from it
     except Exception as error:
         raise ValueError(f'checkpoint {path} could not be read: {error}') from None
     if not isinstance(state, dict) or 'config' not in state or 'model' not in state:
@@ -314,7 +326,10 @@ def train(
     if resume:
         if not checkpoint_path.is_file():
             raise ValueError(f'--resume: no checkpoint at {checkpoint_path}')
-        state = torch.load(checkpoint_path, map_location = device, weights_only = False)
+        state = torch.load(checkpoint_path, map_location = device, weights_only = True)
+        if state['tokenizer'] != tokenizer.to_dict():
+            # ids would silently mean other words (a file-trained vocabulary is rebuilt from the files)
+            raise ValueError(f'--resume: the vocabulary built from the data differs from the checkpoint\'s ({checkpoint_path}); were the data files changed?')
         if TrainConfig.from_dict(state['config']) != config:
             saved = TrainConfig.from_dict(state['config'])
             changed = [f.name for f in fields(TrainConfig) if getattr(saved, f.name) != getattr(config, f.name) and f.name not in RESUME_MAY_CHANGE]
@@ -404,7 +419,7 @@ def train(
             fresh_sets.close()
 
     seconds = elapsed + time.perf_counter() - run_start
-    state = torch.load(checkpoint_path, map_location = device, weights_only = False)
+    state = torch.load(checkpoint_path, map_location = device, weights_only = True)
 
     plot_history(state['history'], out_dir / 'training.png', title = f'{config.task} / {config.method}', thought_loss_weight = config.thought_loss)
 

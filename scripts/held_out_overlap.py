@@ -38,7 +38,7 @@ def main():
     if (args.checkpoint is None) == (args.config is None) or (args.config is not None and args.epochs is None):
         parser.error('give --checkpoint, or --config with --epochs')
     if args.checkpoint is not None:
-        state = torch.load(args.checkpoint, map_location = 'cpu', weights_only = False)
+        state = torch.load(args.checkpoint, map_location = 'cpu', weights_only = True)
         config, epochs_trained = TrainConfig.from_dict(state['config']), state['epoch'] + 1
     else:
         config, epochs_trained = TrainConfig(**args.config), args.epochs

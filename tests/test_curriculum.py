@@ -195,8 +195,8 @@ def test_resume_continues_exactly(tmp_path, fresh_data, rewarm):
     assert not first['finished'] and first['epoch'] == 0
     resumed = train(config, tmp_path / 'resumed', resume = True)
 
-    straight_state = torch.load(tmp_path / 'straight' / 'checkpoint.pt', weights_only = False)
-    resumed_state = torch.load(tmp_path / 'resumed' / 'checkpoint.pt', weights_only = False)
+    straight_state = torch.load(tmp_path / 'straight' / 'checkpoint.pt', weights_only = True)
+    resumed_state = torch.load(tmp_path / 'resumed' / 'checkpoint.pt', weights_only = True)
     assert [h['loss'] for h in straight_state['history']] == pytest.approx([h['loss'] for h in resumed_state['history']], rel = 1e-5)
     for name, tensor in straight_state['model'].items():
         torch.testing.assert_close(tensor, resumed_state['model'][name], rtol = 1e-5, atol = 1e-6)
@@ -290,17 +290,31 @@ def test_evaluate_command_on_files(tmp_path):
     failed = run('--data', str(broken), '--device', 'cpu')
     assert failed.returncode != 0 and 'broken.json' in failed.stderr
 
+    # a gold answer the vocabulary cannot write would count as wrong whatever the model did: an error instead
+    unwritable = tmp_path / 'unwritable.json'
+    save_json_examples([Example(question = '1 2 3', steps = [], answer = '6'), Example(question = '1 2 3', steps = [], answer = 'six')], unwritable)
+    failed = run('--data', str(unwritable), '--device', 'cpu')
+    assert failed.returncode != 0 and 'example 1' in failed.stderr and 'six' in failed.stderr
+
+    for flag, value in (('--batch-size', '0'), ('--max-new-tokens', '0')):
+        failed = run('--data', str(data), '--device', 'cpu', flag, value)
+        assert failed.returncode != 0 and flag in failed.stderr
+
 
 @pytest.mark.parametrize('setting, error, message', [
     (dict(batch_size = 0), ValueError, 'batch_size must be >= 1'),
     (dict(train_size = 2.5), TypeError, 'train_size must be an int'),
     (dict(depth = True), TypeError, 'depth must be an int'),
     (dict(final_epochs = -1), ValueError, 'final_epochs must be >= 0'),
-    (dict(lr = 0.), ValueError, 'lr must be > 0'),
-    (dict(lr = float('nan')), ValueError, 'lr must be > 0'),
+    (dict(lr = 0.), ValueError, 'lr must be finite and > 0'),
+    (dict(lr = float('nan')), ValueError, 'lr must be finite and > 0'),
+    (dict(lr = float('inf')), ValueError, 'lr must be finite'),
+    (dict(lr_decay_epochs = float('inf')), ValueError, 'lr_decay_epochs must be finite'),
+    (dict(thought_loss = float('inf')), ValueError, 'thought_loss must be finite'),
+    (dict(seed = -1), ValueError, 'seed must be >= 0'),
     (dict(lr = '1e-3'), TypeError, 'lr must be a number'),
     (dict(uniform_prob = 1.5), ValueError, 'uniform_prob must be at most 1'),
-    (dict(time_budget = -1.), ValueError, 'time_budget must be >= 0'),
+    (dict(time_budget = -1.), ValueError, 'time_budget must be finite and >= 0'),
     (dict(task = 'gsm8k'), ValueError, 'task must be one of'),
     (dict(method = 'icot'), ValueError, 'method must be one of'),
     (dict(task_kwargs = '{}'), TypeError, 'task_kwargs must be a dict'),
@@ -355,6 +369,22 @@ def test_load_data_from_files_splits_off_a_disjoint_held_out_set(tmp_path):
     empty.write_text('[]')
     with pytest.raises(ValueError, match = 'holds no examples'):
         load_data(TrainConfig(train_file = str(empty)))
+    # an empty held-out file is found before training, with a generated task or a training file
+    with pytest.raises(ValueError, match = 'eval_file .*empty.json holds no examples'):
+        load_data(TrainConfig(eval_file = str(empty)))
+    with pytest.raises(ValueError, match = 'eval_file .*empty.json holds no examples'):
+        load_data(TrainConfig(train_file = str(train_file), eval_file = str(empty)))
+
+
+def test_resume_refuses_data_files_whose_vocabulary_changed(tmp_path):
+    train_file, eval_file = running_sum_files(tmp_path)
+    config = TrainConfig(**{**SMALL, 'train_file': str(train_file), 'eval_file': str(eval_file), 'time_budget': 0.})
+    train(config, tmp_path / 'run')
+    # the same number of words, one spelled differently: every id after it would silently shift
+    for path in (train_file, eval_file):
+        path.write_text(path.read_text().replace('7', 'x7'))
+    with pytest.raises(ValueError, match = 'vocabulary'):
+        train(config, tmp_path / 'run', resume = True)
 
 
 def test_trains_on_files_and_the_evaluate_command_agrees(tmp_path):
@@ -394,7 +424,7 @@ def test_rewarm_changes_training_only_after_the_first_stage(tmp_path):
     histories = {}
     for rewarm in (False, True):
         train(TrainConfig(method = 'coconut', rewarm_each_stage = rewarm, **{**SMALL, 'warmup_steps': 50}), tmp_path / str(rewarm))
-        histories[rewarm] = [h['loss'] for h in torch.load(tmp_path / str(rewarm) / 'checkpoint.pt', weights_only = False)['history']]
+        histories[rewarm] = [h['loss'] for h in torch.load(tmp_path / str(rewarm) / 'checkpoint.pt', weights_only = True)['history']]
     assert histories[True][0] == histories[False][0]     # stage 0: the same optimizer and warmup
     assert histories[True][1] != histories[False][1]     # stage 1: a fresh optimizer, warmed up again or not
 
@@ -420,7 +450,7 @@ def test_a_run_decays_its_lr_over_its_last_epochs(tmp_path, monkeypatch):
     monkeypatch.setattr(training, 'apply_gradients', lambda model, optimizer, lr, norm: (lrs.append(lr), apply(model, optimizer, lr, norm)))
     train(TrainConfig(method = 'coconut', lr_decay_epochs = 1, **{**SMALL, 'warmup_steps': 0}), tmp_path)
 
-    epochs = len(torch.load(tmp_path / 'checkpoint.pt', weights_only = False)['history'])
+    epochs = len(torch.load(tmp_path / 'checkpoint.pt', weights_only = True)['history'])
     per_epoch = len(lrs) // epochs
     assert epochs > 1 and per_epoch > 1 and len(lrs) == epochs * per_epoch
     assert lrs[:-per_epoch] == pytest.approx([TrainConfig.lr] * (epochs - 1) * per_epoch)
@@ -495,7 +525,7 @@ def test_collated_thought_targets_mark_the_replaced_words():
 def test_thought_loss_is_trained_and_logged(tmp_path):
     config = TrainConfig(method = 'coconut', thought_loss = 1., **{**SMALL, 'epochs_per_stage': 2, 'final_epochs': 2})
     result = train(config, tmp_path)
-    history = torch.load(tmp_path / 'checkpoint.pt', weights_only = False)['history']
+    history = torch.load(tmp_path / 'checkpoint.pt', weights_only = True)['history']
     thought_losses = [record['thought_loss'] for record in history]
     assert thought_losses[0] == 0.      # stage 0 has no thoughts
     latent = [loss for loss, record in zip(thought_losses, history) if record['stage'] > 0]
@@ -505,5 +535,5 @@ def test_thought_loss_is_trained_and_logged(tmp_path):
 
     with pytest.raises(ValueError, match = 'thought_loss needs continuous thoughts'):
         TrainConfig(method = 'pause', thought_loss = 1.)
-    with pytest.raises(ValueError, match = 'thought_loss must be >= 0'):
+    with pytest.raises(ValueError, match = 'thought_loss must be finite and >= 0'):
         TrainConfig(thought_loss = -1.)

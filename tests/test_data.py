@@ -182,6 +182,9 @@ def write(tmp_path, name, text):
         ('[{"question": "q", "steps": ["x", 2], "answer": "a"}]', r"record 0: .*steps\[1\]"),
         ('[{"question": "q", "steps": [], "answer": null}]', r"record 0: .*answer"),
         ('["just a string"]', r"record 0: .*must be a dict"),
+        ('[{"question": " ", "steps": [], "answer": "a"}]', r"record 0: .*empty question"),
+        ('[{"question": "q", "steps": ["x", ""], "answer": "a"}]', r"record 0: .*empty steps\[1\]"),
+        ('[{"question": "q", "steps": [], "answer": ""}]', r"record 0: .*empty answer"),
     ],
 )
 def test_load_json_errors_name_file_and_record(tmp_path, content, pattern):
@@ -189,6 +192,14 @@ def test_load_json_errors_name_file_and_record(tmp_path, content, pattern):
     with pytest.raises(ValueError, match="bad.json") as info:
         load_json_examples(path)
     assert re.search(pattern, str(info.value)), str(info.value)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_word(tmp_path):
+    json_path, icot_path = tmp_path / "bom.json", tmp_path / "bom.txt"
+    json_path.write_bytes(b"\xef\xbb\xbf" + b'[{"question": "q w", "steps": [], "answer": "a"}]')
+    icot_path.write_bytes(b"\xef\xbb\xbf" + (ICOT_LINES[0] + "\n").encode())
+    assert load_json_examples(json_path) == [Example("q w", [], "a")]
+    assert load_icot_examples(icot_path) == [parse_icot_line(ICOT_LINES[0])]
 
 
 def test_load_missing_file(tmp_path):

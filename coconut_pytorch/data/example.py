@@ -58,4 +58,9 @@ class Example:
         if missing:
             raise ValueError(f"example record is missing key(s) {missing}")
 
-        return cls(question=record["question"], steps=record["steps"], answer=record["answer"])
+        example = cls(question=record["question"], steps=record["steps"], answer=record["answer"])
+        # an empty text would train on nothing (or, as an answer, on <eos> alone): a data error, said here
+        for name, text in (("question", example.question), ("answer", example.answer), *((f"steps[{i}]", step) for i, step in enumerate(example.steps))):
+            if not text.strip():
+                raise ValueError(f"example record has an empty {name}")
+        return example

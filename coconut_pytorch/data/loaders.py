@@ -28,7 +28,7 @@ ICOT_ANSWER_SEP = "####"
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")     # a byte-order mark would otherwise stick to the first word
     except (OSError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: cannot read file ({err})") from err
 
