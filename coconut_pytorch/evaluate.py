@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None):
         parser.exit(2, f'error: {error}\n')
 
     result.pop('predictions')
-    print(json.dumps(dict(**result, num_thoughts = num_thoughts, method = config.method, task = config.task, data = str(args.data))))
+    print(json.dumps(dict(**result, num_thoughts = num_thoughts, method = config.method, task = config.task if config.train_file is None else str(config.train_file), data = str(args.data))))
 
 
 if __name__ == '__main__':

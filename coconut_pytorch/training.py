@@ -287,8 +287,9 @@ def load_trained(path: str | Path, device: str = 'cpu'):
         state = torch.load(path, map_location = device, weights_only = True)     # a checkpoint is data: run no code from it
     except Exception as error:
         raise ValueError(f'checkpoint {path} could not be read: {error}') from None
-    if not isinstance(state, dict) or 'config' not in state or 'model' not in state:
-        raise ValueError(f'checkpoint {path} was not written by coconut_pytorch.training')
+    missing = [key for key in ('config', 'model', 'tokenizer', 'curriculum', 'inference') if key not in state] if isinstance(state, dict) else ['all']
+    if missing:
+        raise ValueError(f'checkpoint {path} was not written by coconut_pytorch.training (missing: {", ".join(missing)})')
 
     config = TrainConfig.from_dict(state['config'])
     tokenizer = WordTokenizer.from_dict(state['tokenizer'])

@@ -296,6 +296,11 @@ def test_evaluate_command_on_files(tmp_path):
     failed = run('--data', str(unwritable), '--device', 'cpu')
     assert failed.returncode != 0 and 'example 1' in failed.stderr and 'six' in failed.stderr
 
+    damaged = tmp_path / 'damaged.pt'
+    torch.save({k: v for k, v in torch.load(checkpoint, weights_only = True).items() if k != 'tokenizer'}, damaged)
+    failed = subprocess.run([sys.executable, '-m', 'coconut_pytorch.evaluate', '--checkpoint', str(damaged), '--data', str(data)], capture_output = True, text = True)
+    assert failed.returncode != 0 and 'missing: tokenizer' in failed.stderr
+
     for flag, value in (('--batch-size', '0'), ('--max-new-tokens', '0')):
         failed = run('--data', str(data), '--device', 'cpu', flag, value)
         assert failed.returncode != 0 and flag in failed.stderr
@@ -397,7 +402,7 @@ def test_trains_on_files_and_the_evaluate_command_agrees(tmp_path):
                           '--data', str(eval_file)], capture_output = True, text = True)
     assert run.returncode == 0, run.stderr
     evaluated = json.loads(run.stdout.strip().splitlines()[-1])
-    assert evaluated['n'] == 40 and evaluated['accuracy'] == result['accuracy']
+    assert evaluated['n'] == 40 and evaluated['accuracy'] == result['accuracy'] and evaluated['task'] == result['task'] == str(train_file)
 
 
 def test_a_generated_run_names_the_eval_file_it_cannot_encode(tmp_path):
