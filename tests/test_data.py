@@ -128,6 +128,13 @@ def test_tokenizer_unknown_word_is_named():
         tok.encode("Tom is a lempus.")
 
 
+def test_tokenizer_refuses_special_tokens_spelled_in_text():
+    tok = WordTokenizer(["a", "b"])
+    for special in ("<eos>", "<sep>", "<pad>"):
+        with pytest.raises(ValueError, match=f"reserved token '{special}'"):
+            tok.encode(f"a {special} b")
+
+
 def test_tokenizer_rejects_multi_token_words():
     with pytest.raises(ValueError, match="yumpus."):
         WordTokenizer(["yumpus."])

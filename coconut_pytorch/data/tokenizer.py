@@ -141,6 +141,9 @@ class WordTokenizer:
             index = self._word_to_id.get(word)
             if not exists(index):
                 raise ValueError(f"unknown word {word!r} in text {_preview(text)}")
+            if index < len(SPECIAL_TOKENS):
+                # spelled in the data it would act as padding, an end or a step break, not as a word
+                raise ValueError(f"reserved token {word!r} in text {_preview(text)}: data may not spell {', '.join(SPECIAL_TOKENS)}")
             ids.append(index)
         return ids
 
