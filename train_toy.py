@@ -42,6 +42,8 @@ def parse_args():
     arg('--train-size', type = int, default = defaults.train_size)
     arg('--fresh-data', action = 'store_true', help = 'generate a new training set of --train-size every epoch')
     arg('--eval-size', type = int, default = defaults.eval_size)
+    arg('--no-exclude-held-out', dest = 'exclude_held_out', action = 'store_false',
+        help = 'let generated training sets ask held-out questions (as runs before this option did)')
     arg('--train-file', default = None, help = "train on the paper's JSON or iCoT's lines instead of --task (--train-size is then unused)")
     arg('--eval-file', default = None, help = 'report accuracy on these examples (default: generated, or --eval-size split off --train-file)')
     arg('--batch-size', type = int, default = defaults.batch_size)

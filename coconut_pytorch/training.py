@@ -22,7 +22,7 @@ import torch
 from coconut_pytorch.coconut import Coconut
 from coconut_pytorch.curriculum import ALIGNABLE_METHODS, METHODS, Curriculum, EpochLayout
 from coconut_pytorch.data.example import Example
-from coconut_pytorch.data.fresh_sets import FreshSets, held_out_seed
+from coconut_pytorch.data.fresh_sets import FreshSets, generate_excluding, held_out_seed
 from coconut_pytorch.data.loaders import load_examples
 from coconut_pytorch.data.tasks import TASKS, get_task
 from coconut_pytorch.data.tasks.base import check_int
@@ -57,6 +57,8 @@ class TrainConfig:
     # data and optimisation
     train_size: int = 8000
     fresh_data: bool = False                # a new generated training set every epoch, not one set reused
+    exclude_held_out: bool = True           # generated training sets never ask a held-out question (checkpoints
+                                            # from before this setting trained on sets that could)
     eval_size: int = 500
     train_file: str | None = None           # the paper's JSON or iCoT lines: train on it instead of the task
     eval_file: str | None = None            # held-out examples in the same formats (default: generated from the
@@ -162,7 +164,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in values.items() if key in known})
+        # a checkpoint saved before exclude_held_out existed trained on unfiltered sets
+        return cls(**{'exclude_held_out': False, **{key: value for key, value in values.items() if key in known}})
 
 
 def build_model(config: TrainConfig, num_tokens: int, curriculum: Curriculum) -> Coconut:
@@ -204,6 +207,11 @@ def example_texts(examples: list[Example]) -> Iterator[str]:
         yield example.answer
 
 
+def held_out_questions(config: TrainConfig, eval_set: list[Example]) -> frozenset[str]:
+    """The questions generated training sets leave out (none when `exclude_held_out` is off)."""
+    return frozenset(example.question for example in eval_set) if config.exclude_held_out else frozenset()
+
+
 def load_data(config: TrainConfig) -> tuple[list[Example], list[Example], WordTokenizer, int]:
     """(first training set, held-out set, tokenizer, most steps of an example) for a run.
 
@@ -219,9 +227,9 @@ def load_data(config: TrainConfig) -> tuple[list[Example], list[Example], WordTo
             if len(eval_set) == 0:
                 raise ValueError(f'eval_file {config.eval_file} holds no examples')
             encode_questions(eval_set, tokenizer, config.eval_file)  # a word outside the task's vocabulary: fail now, not after training
-        train_set = task.generate(config.train_size, seed = config.seed)
         if eval_set is None:
             eval_set = task.generate(config.eval_size, seed = held_out_seed(config.seed))
+        train_set = generate_excluding(task, config.train_size, config.seed, held_out_questions(config, eval_set))
         return train_set, eval_set, tokenizer, task.num_steps_range[1]
 
     train_set = load_examples(config.train_file)
@@ -351,7 +359,8 @@ def train(
     schedule = Curriculum(**{**asdict(curriculum), 'method': 'coconut'})
     total_epochs = schedule.total_epochs + config.final_epochs
     layout = EpochLayout(tokenizer, curriculum, config.batch_size, config.seed, with_thought_targets = config.thought_loss > 0)
-    fresh_sets = FreshSets(config.task, config.task_kwargs, config.train_size, config.seed, total_epochs, layout, first_epoch = max(start_epoch, 1)) if config.fresh_data else None
+    fresh_sets = FreshSets(config.task, config.task_kwargs, config.train_size, config.seed, total_epochs, layout, first_epoch = max(start_epoch, 1),
+                           excluded = held_out_questions(config, eval_set)) if config.fresh_data else None
     run_start = time.perf_counter()
     stopped_early = False
 

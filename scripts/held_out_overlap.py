@@ -2,12 +2,14 @@
 not, as a JSON file for `python -m coconut_pytorch.evaluate`.
 
     python scripts/held_out_overlap.py --checkpoint runs/mult4/checkpoint.pt
-    python scripts/held_out_overlap.py --epochs 21 --config '{"task": "multiplication", "task_kwargs": {"num_digits_a": 4, "num_digits_b": 4}, "train_size": 20000, "eval_size": 1000, "fresh_data": true}'
+    python scripts/held_out_overlap.py --epochs 21 --config '{"task": "multiplication", "task_kwargs": {"num_digits_a": 4, "num_digits_b": 4}, "train_size": 20000, "eval_size": 1000, "fresh_data": true, "exclude_held_out": false}'
     python scripts/held_out_overlap.py --checkpoint runs/mult3/checkpoint.pt --unseen runs/mult3/unseen.json
     python -m coconut_pytorch.evaluate --checkpoint runs/mult3/checkpoint.pt --data runs/mult3/unseen.json
 
-Held-out sets come from their own seed but are not filtered by content (RESULTS.md). This regenerates, from the
-checkpoint's configuration, every training set the run drew (its first set, and with `fresh_data` one per epoch it
+Runs with `exclude_held_out` (the default since it was added) never train on a held-out question, and the count is 0
+by construction; earlier runs' checkpoints (and `--config` with `"exclude_held_out": false`) drew training sets
+without that filter, and the count says how many held-out questions they trained on (RESULTS.md). This regenerates,
+from the configuration, every training set the run drew (its first set, and with `fresh_data` one per epoch it
 trained) and compares questions. Prints one JSON line.
 """
 
@@ -21,10 +23,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from coconut_pytorch.data.fresh_sets import fresh_data_seed  # noqa: E402
+from coconut_pytorch.data.fresh_sets import fresh_data_seed, generate_excluding  # noqa: E402
 from coconut_pytorch.data.loaders import save_json_examples  # noqa: E402
 from coconut_pytorch.data.tasks import get_task  # noqa: E402
-from coconut_pytorch.training import TrainConfig, load_data  # noqa: E402
+from coconut_pytorch.training import TrainConfig, held_out_questions, load_data  # noqa: E402
 
 
 def main():
@@ -49,8 +51,9 @@ def main():
     seen = {example.question for example in train_set}
     if config.fresh_data:
         task = get_task(config.task, **config.task_kwargs)
+        excluded = held_out_questions(config, eval_set)
         for epoch in range(1, epochs_trained):
-            seen |= {example.question for example in task.generate(config.train_size, seed = fresh_data_seed(config.seed, epoch))}
+            seen |= {example.question for example in generate_excluding(task, config.train_size, fresh_data_seed(config.seed, epoch), excluded)}
 
     unseen = [example for example in eval_set if example.question not in seen]
     if args.unseen is not None:

@@ -49,11 +49,19 @@ def test_held_out_overlap_counts_the_questions_a_run_trained_on(tmp_path):
 
     settings = dict(task = 'running_sum', task_kwargs = dict(num_digits = 3), train_size = 400, eval_size = 64, fresh_data = True, seed = 2)
     unseen_file = tmp_path / 'unseen.json'
-    out = subprocess.run(
-        [sys.executable, 'scripts/held_out_overlap.py', '--config', json.dumps(settings), '--epochs', '3', '--unseen', str(unseen_file)],
-        cwd = ROOT, capture_output = True, text = True, timeout = 300, check = True
-    ).stdout
-    report = json.loads(out.splitlines()[-1])
+
+    def overlap(**changes) -> dict:
+        out = subprocess.run(
+            [sys.executable, 'scripts/held_out_overlap.py', '--config', json.dumps({**settings, **changes}), '--epochs', '3', '--unseen', str(unseen_file)],
+            cwd = ROOT, capture_output = True, text = True, timeout = 300, check = True
+        ).stdout
+        return json.loads(out.splitlines()[-1])
+
+    # the default keeps held-out questions out of every generated training set
+    assert overlap()['also_trained_on'] == 0
+
+    # runs from before that setting drew their sets unfiltered
+    report = overlap(exclude_held_out = False)
 
     task = get_task('running_sum', num_digits = 3)
     seen = {e.question for seed in (2, fresh_data_seed(2, 1), fresh_data_seed(2, 2)) for e in task.generate(400, seed = seed)}

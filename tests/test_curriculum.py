@@ -381,6 +381,34 @@ def test_load_data_from_files_splits_off_a_disjoint_held_out_set(tmp_path):
         load_data(TrainConfig(train_file = str(train_file), eval_file = str(empty)))
 
 
+@pytest.mark.parametrize('fresh_data', [False, True])
+def test_generated_training_sets_never_ask_a_held_out_question(fresh_data):
+    from coconut_pytorch.data.fresh_sets import FreshSets, generate_set
+    from coconut_pytorch.training import held_out_questions, load_data
+
+    # 3-digit running sums: 1,000 questions, so 400 draws from another seed would repeat many of the 100 held out
+    config = TrainConfig(task = 'running_sum', task_kwargs = dict(num_digits = 3), train_size = 400, eval_size = 100, fresh_data = fresh_data, seed = 3)
+    train_set, eval_set, _, _ = load_data(config)
+    excluded = held_out_questions(config, eval_set)
+    assert len(train_set) == 400 and len(excluded) > 80 and not excluded & {e.question for e in train_set}
+    # the filter only removes: what is left of the unfiltered set comes first, in its order
+    unfiltered, _, _, _ = load_data(TrainConfig(**{**config.__dict__, 'exclude_held_out': False}))
+    kept = [e for e in unfiltered if e.question not in excluded]
+    assert len(kept) < 400 and train_set[:len(kept)] == kept
+
+    if fresh_data:
+        examples, _ = generate_set(config.task, config.task_kwargs, 400, 12345, excluded)
+        assert len(examples) == 400 and not excluded & {e.question for e in examples}
+        fresh = FreshSets(config.task, config.task_kwargs, 400, config.seed, 3, None, workers = 1, excluded = excluded)
+        assert fresh.arguments(1)[-1] == excluded
+        fresh.close()
+
+
+def test_checkpoints_from_before_the_held_out_filter_read_as_unfiltered():
+    assert TrainConfig.from_dict(dict(task = 'running_sum')).exclude_held_out is False
+    assert TrainConfig.from_dict(dict(task = 'running_sum', exclude_held_out = True)).exclude_held_out is True
+
+
 def test_resume_refuses_data_files_whose_vocabulary_changed(tmp_path):
     train_file, eval_file = running_sum_files(tmp_path)
     config = TrainConfig(**{**SMALL, 'train_file': str(train_file), 'eval_file': str(eval_file), 'time_budget': 0.})

@@ -15,21 +15,44 @@ import torch
 
 from coconut_pytorch.curriculum import Batch, EpochLayout
 from coconut_pytorch.data.example import Example
-from coconut_pytorch.data.tasks import get_task
+from coconut_pytorch.data.tasks import Task, get_task
 from coconut_pytorch.data.tokenizer import WordTokenizer, max_target_length
 
 
-def generate_set(task_name: str, task_kwargs: dict, size: int, seed: int) -> tuple[list[Example], int]:
-    """A task's generated set and its `max_target_length` (under the task's own tokenizer, as training builds it),
-    from picklable arguments so that a worker process can make both off the training process."""
+def generate_excluding(task: Task, size: int, seed: int, excluded: frozenset[str] = frozenset()) -> list[Example]:
+    """`size` examples generated from `seed`, none asking a question in `excluded` (a run's held-out questions):
+    `task.generate(size, seed)` less those, topped up from further seeds derived from `seed`. Without it a held-out
+    set from another seed still repeats training questions wherever the task has few of them (4-digit running
+    sums: 10,000 questions, so 8,000 draws cover about half)."""
+    examples = [e for e in task.generate(size, seed = seed) if e.question not in excluded]
+    for round in range(1, 65):
+        if len(examples) >= size:
+            break
+        extra = task.generate(2 * (size - len(examples)) + 16, seed = derived_seed(seed, round))
+        examples += [e for e in extra if e.question not in excluded]
+    if len(examples) < size:
+        raise ValueError(f'the task yields too few examples outside the {len(excluded)} held-out questions to fill a training set of {size}')
+    return examples[:size]
+
+
+def derived_seed(seed: int, round: int) -> int:
+    # far above every seed a run uses for its own sets (held_out_seed, fresh_data_seed)
+    return 10 ** 12 + seed * 1_000 + round
+
+
+def generate_set(task_name: str, task_kwargs: dict, size: int, seed: int, excluded: frozenset[str] = frozenset()) -> tuple[list[Example], int]:
+    """A task's generated set (without `excluded` questions) and its `max_target_length` (under the task's own
+    tokenizer, as training builds it), from picklable arguments so that a worker process can make both off the
+    training process."""
     task = get_task(task_name, **task_kwargs)
-    examples = task.generate(size, seed = seed)
+    examples = generate_excluding(task, size, seed, excluded)
     return examples, max_target_length(examples, WordTokenizer(task.vocabulary()))
 
 
-def generate_epoch(task_name: str, task_kwargs: dict, size: int, seed: int, layout: EpochLayout, epoch: int) -> tuple[list[Batch], int]:
-    """Epoch `epoch`'s batches from a set generated with `seed`, and the set's longest target."""
-    examples, longest = generate_set(task_name, task_kwargs, size, seed)
+def generate_epoch(task_name: str, task_kwargs: dict, size: int, seed: int, layout: EpochLayout, epoch: int, excluded: frozenset[str] = frozenset()) -> tuple[list[Batch], int]:
+    """Epoch `epoch`'s batches from a set generated with `seed` (without `excluded` questions), and the set's
+    longest target."""
+    examples, longest = generate_set(task_name, task_kwargs, size, seed, excluded)
     return layout.batches(examples, epoch), longest
 
 
@@ -56,8 +79,9 @@ class FreshSets:
     resumes do not depend on the workers; if they cannot start or fail, an epoch is made in line."""
 
     def __init__(self, task: str, task_kwargs: dict, size: int, seed: int, total_epochs: int, layout: EpochLayout,
-                 first_epoch: int = 1, workers: int | None = None):
+                 first_epoch: int = 1, workers: int | None = None, excluded: frozenset[str] = frozenset()):
         self.task, self.task_kwargs, self.size, self.seed, self.total_epochs = task, task_kwargs, size, seed, total_epochs
+        self.excluded = frozenset(excluded)     # held-out questions no training set may ask
         self.layout = layout
         self.workers = workers if workers is not None else default_workers()
         self.pending: dict[int, Future] = {}
@@ -69,7 +93,7 @@ class FreshSets:
         self.submit_ahead(first_epoch)
 
     def arguments(self, epoch: int) -> tuple:
-        return (self.task, self.task_kwargs, self.size, fresh_data_seed(self.seed, epoch), self.layout, epoch)
+        return (self.task, self.task_kwargs, self.size, fresh_data_seed(self.seed, epoch), self.layout, epoch, self.excluded)
 
     def submit_ahead(self, epoch: int):
         """Have epochs `epoch` to `epoch + workers - 1` in the making."""
