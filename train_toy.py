@@ -12,6 +12,7 @@ seconds, method, task, and more.
 
 import argparse
 import json
+import sys
 
 from tqdm import tqdm
 
@@ -71,9 +72,15 @@ def parse_args():
 def main():
     args = vars(parse_args())
     out, resume = args.pop('out'), args.pop('resume')
-    config = TrainConfig(**args)
-
-    result = train(config, out, resume = resume, progress = tqdm)
+    # a bad setting or data file is the user's to fix: say what and where, without a traceback
+    try:
+        config = TrainConfig(**args)
+    except (ValueError, TypeError) as error:
+        sys.exit(f'error: {error}')
+    try:
+        result = train(config, out, resume = resume, progress = tqdm)
+    except ValueError as error:
+        sys.exit(f'error: {error}')
     print(json.dumps(result))
 
 

@@ -319,9 +319,14 @@ def train(
     `progress(iterable, **kwargs)` wraps the batch loop (e.g. tqdm); it gets `set_postfix` calls if it has them.
     """
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f'out_dir {out_dir} is a file; the run needs a directory for its checkpoint and plot')
+    device = torch.device(config.device)
+    # checked here, not in TrainConfig: a checkpoint trained on a GPU must still load where there is none
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'device {config.device!r}: this torch build sees no CUDA GPU')
     out_dir.mkdir(parents = True, exist_ok = True)
     checkpoint_path = out_dir / 'checkpoint.pt'
-    device = torch.device(config.device)
 
     train_set, eval_set, tokenizer, max_steps = load_data(config)
     curriculum = config.curriculum(max_steps, longest_language = max(steps for steps, _ in target_lengths(train_set, tokenizer)))

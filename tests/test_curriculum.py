@@ -409,6 +409,17 @@ def test_checkpoints_from_before_the_held_out_filter_read_as_unfiltered():
     assert TrainConfig.from_dict(dict(task = 'running_sum', exclude_held_out = True)).exclude_held_out is True
 
 
+def test_train_names_an_out_dir_that_is_a_file_and_a_missing_gpu(tmp_path):
+    a_file = tmp_path / 'taken'
+    a_file.write_text('')
+    with pytest.raises(ValueError, match = 'is a file'):
+        train(TrainConfig(**SMALL), a_file)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match = 'sees no CUDA GPU'):
+            train(TrainConfig(**{**SMALL, 'device': 'cuda'}), tmp_path / 'run')
+        assert not (tmp_path / 'run').exists()
+
+
 def test_resume_refuses_data_files_whose_vocabulary_changed(tmp_path):
     train_file, eval_file = running_sum_files(tmp_path)
     config = TrainConfig(**{**SMALL, 'train_file': str(train_file), 'eval_file': str(eval_file), 'time_budget': 0.})
