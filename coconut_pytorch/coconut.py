@@ -18,11 +18,10 @@ Shapes: b batch, n prompt length, m answer length, c latents per step, S steps, 
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import Mapping
 from functools import wraps
-from numbers import Integral, Real
+from numbers import Integral
 from typing import Callable, NamedTuple, Sequence
 
 import torch
@@ -34,7 +33,7 @@ from torch.utils.checkpoint import checkpoint as checkpoint_fn
 from einops import rearrange, repeat
 
 from coconut_pytorch.decoding import DecodeGraphs
-from coconut_pytorch.inputs import PAD_ID, AlignedPrompt, as_padded_ids, check_reasoning_steps, left_align
+from coconut_pytorch.inputs import PAD_ID, AlignedPrompt, as_padded_ids, check_finite_number, check_reasoning_steps, left_align
 from coconut_pytorch.kv_cache import KVCache, StaticKVCache, join_masks
 from coconut_pytorch.sampling import gumbel_sample, min_p_filter
 from coconut_pytorch.transformer import Transformer, TransformerOutput, autocast_dtype
@@ -53,11 +52,6 @@ def check_positive_int(value, name: str):
         raise TypeError(f'{name} must be an int, got {type(value).__name__}')
     if value < 1:
         raise ValueError(f'{name} must be >= 1, got {value}')
-
-
-def check_loss_weight(value, name: str):
-    if not isinstance(value, Real) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-        raise ValueError(f'{name} must be a finite number >= 0, got {value!r}')
 
 
 def accepts_legacy_positional_order(order: tuple[str, ...]):
@@ -179,9 +173,9 @@ class Coconut(Module):
         self.end_of_thought = nn.Parameter(torch.randn(dim) * 1e-2)
         self.pause_embed = nn.Parameter(torch.randn(dim) * 1e-2) if thought_mode == 'pause' else None
 
-        check_loss_weight(thought_loss_weight, 'thought_loss_weight')
-        check_loss_weight(begin_thought_loss_weight, 'begin_thought_loss_weight')
-        check_loss_weight(hypothesis_similarity_loss_weight, 'hypothesis_similarity_loss_weight')
+        for name, weight in (('thought_loss_weight', thought_loss_weight), ('begin_thought_loss_weight', begin_thought_loss_weight),
+                             ('hypothesis_similarity_loss_weight', hypothesis_similarity_loss_weight)):
+            check_finite_number(weight, name)
         self.thought_loss_weight = thought_loss_weight
         self.hypothesis_similarity_loss_weight = hypothesis_similarity_loss_weight
 
@@ -579,8 +573,7 @@ class Coconut(Module):
         Returns (b, max_length) token ids.
         """
         check_positive_int(max_length, 'max_length')
-        if not isinstance(temperature, Real) or isinstance(temperature, bool) or not math.isfinite(temperature) or temperature < 0:
-            raise ValueError(f'temperature must be a finite number >= 0, got {temperature!r}')
+        check_finite_number(temperature, 'temperature')
         if not callable(filter_fn):
             raise TypeError(f'filter_fn must be a callable (logits, **filter_kwargs) -> logits, e.g. min_p_filter, got {filter_fn!r}')
         if exists(filter_kwargs) and not isinstance(filter_kwargs, Mapping):

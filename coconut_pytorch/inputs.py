@@ -7,7 +7,8 @@ thoughts and answers that follow line up across the batch; masks and positions k
 
 from __future__ import annotations
 
-from numbers import Integral
+import math
+from numbers import Integral, Real
 from typing import NamedTuple, Sequence
 
 import torch
@@ -22,6 +23,12 @@ INTEGER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8
 class CheckedIds(NamedTuple):
     ids: Tensor             # (b, n) long, -1 padded
     has_padding: bool       # whether any -1 is present (known from the checks, so it costs no extra host sync)
+
+
+def check_finite_number(value, name: str, minimum: float = 0., inclusive: bool = True):
+    """Raise ValueError unless `value` is a real number (not a bool), finite, and >= `minimum` (> if not inclusive)."""
+    if not isinstance(value, Real) or isinstance(value, bool) or not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
+        raise ValueError(f"{name} must be a finite number {'>=' if inclusive else '>'} {minimum:g}, got {value!r}")
 
 
 def as_padded_ids(

@@ -219,13 +219,13 @@ def load_data(config: TrainConfig) -> tuple[list[Example], list[Example], WordTo
     files (a held-out word never seen in training keeps an untrained embedding, rather than failing to encode).
     """
     eval_set = load_examples(config.eval_file) if config.eval_file is not None else None
+    if eval_set is not None and len(eval_set) == 0:
+        raise ValueError(f'eval_file {config.eval_file} holds no examples')
 
     if config.train_file is None:
         task = get_task(config.task, **config.task_kwargs)
         tokenizer = WordTokenizer(task.vocabulary())
         if eval_set is not None:
-            if len(eval_set) == 0:
-                raise ValueError(f'eval_file {config.eval_file} holds no examples')
             encode_questions(eval_set, tokenizer, config.eval_file)  # a word outside the task's vocabulary: fail now, not after training
         if eval_set is None:
             eval_set = task.generate(config.eval_size, seed = held_out_seed(config.seed))
@@ -244,8 +244,6 @@ def load_data(config: TrainConfig) -> tuple[list[Example], list[Example], WordTo
         eval_set = [train_set[i] for i in order[:config.eval_size]]
         train_set = [train_set[i] for i in sorted(order[config.eval_size:])]
 
-    if len(eval_set) == 0:
-        raise ValueError(f'eval_file {config.eval_file} holds no examples')
     for source, examples in ((config.train_file, train_set), (config.eval_file or config.train_file, eval_set)):
         for index, example in enumerate(examples):
             if not example.question.strip():

@@ -15,7 +15,6 @@ Shapes: b batch, n new tokens, k all keys (cache + new), h heads, d dim_head, s 
 
 from __future__ import annotations
 
-import math
 from numbers import Real
 from typing import Callable, NamedTuple, Sequence
 
@@ -28,6 +27,7 @@ from einops import rearrange
 from hyper_connections import get_init_and_expand_reduce_stream_functions
 from x_transformers.x_transformers import RotaryEmbedding, rotate_half
 
+from coconut_pytorch.inputs import check_finite_number
 from coconut_pytorch.kv_cache import KVCache, StaticKVCache
 
 
@@ -282,9 +282,8 @@ class Transformer(Module):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f'{name} must be a positive integer, got {value!r}')
 
-        for name, value in dict(ff_mult = ff_mult, rotary_base = rotary_base).items():
-            if not isinstance(value, Real) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f'{name} must be a finite number > 0, got {value!r}')
+        check_finite_number(ff_mult, 'ff_mult', inclusive = False)
+        check_finite_number(rotary_base, 'rotary_base', inclusive = False)
 
         value_residual = default(accept_value_residual, value_residual)
 
