@@ -12,13 +12,14 @@ seconds, method, task, and more.
 
 import argparse
 import json
+import signal
 import sys
 
 from tqdm import tqdm
 
 from coconut_pytorch.curriculum import METHODS
 from coconut_pytorch.data.tasks import TASKS
-from coconut_pytorch.training import TrainConfig, train
+from coconut_pytorch.training import TrainConfig, json_safe, train
 
 
 def parse_args():
@@ -64,24 +65,37 @@ def parse_args():
     arg('--cuda-graphs', action = 'store_true', help = 'replay each batch shape\'s training step as a CUDA graph (the step is host-bound on a GPU)')
     arg('--seed', type = int, default = defaults.seed)
     arg('--time-budget', type = float, default = None, help = 'seconds; stop after the epoch that crosses it, --resume later')
+    arg('--max-nonfinite-steps', type = int, default = defaults.max_nonfinite_steps,
+        help = 'optimizer steps with a non-finite loss or gradient are skipped; this many in a row stop the run as diverged')
     arg('--out', default = 'runs/toy')
-    arg('--resume', action = 'store_true')
+    arg('--resume', action = 'store_true', help = 'continue the run in --out where it stopped (the same arguments)')
+    arg('--overwrite', action = 'store_true', help = 'replace the run already in --out (without it, a new run refuses to)')
+    arg('--allow-changed-data', action = 'store_true', help = 'with --resume: continue although --train-file or --eval-file changed since the checkpoint')
     return parser.parse_args()
 
 
+def exit_on_sigterm(signum, frame):
+    # as Ctrl-C does: unwind, so the data workers stop and the run's lock is released (SIGKILL needs neither:
+    # the workers watch this process, and the kernel drops the lock)
+    raise SystemExit(128 + signum)
+
+
 def main():
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     args = vars(parse_args())
-    out, resume = args.pop('out'), args.pop('resume')
+    out, resume, overwrite, allow_changed_data = args.pop('out'), args.pop('resume'), args.pop('overwrite'), args.pop('allow_changed_data')
     # a bad setting or data file is the user's to fix: say what and where, without a traceback
     try:
         config = TrainConfig(**args)
     except (ValueError, TypeError) as error:
         sys.exit(f'error: {error}')
     try:
-        result = train(config, out, resume = resume, progress = tqdm)
+        result = train(config, out, resume = resume, progress = tqdm, overwrite = overwrite, allow_changed_data = allow_changed_data)
     except ValueError as error:
         sys.exit(f'error: {error}')
-    print(json.dumps(result))
+    print(json.dumps(json_safe(result), allow_nan = False))
+    if result.get('stopped') == 'diverged':
+        sys.exit(f'error: {result["reason"]}')
 
 
 if __name__ == '__main__':

@@ -13,6 +13,8 @@ def plot_history(history: list[dict], path: Path, title: str = '', thought_loss_
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
+    # a None in a history is a value that was not finite (training.json_safe): a gap in the curve
+    history = [{key: float('nan') if value is None else value for key, value in h.items()} for h in history]
     epochs = [h['epoch'] + 1 for h in history]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize = (10, 3.6))
 

@@ -15,10 +15,13 @@ import random
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import torch
+from torch import Tensor
 
+from coconut_pytorch.checkpoints import (CHECKPOINT_NAME, INFERENCE_KEYS, TRAINING_KEYS, RunLock, check_weights,
+                                         file_digest, first_line, read_checkpoint, save_checkpoint)
 from coconut_pytorch.coconut import Coconut
 from coconut_pytorch.curriculum import ALIGNABLE_METHODS, METHODS, Curriculum, EpochLayout
 from coconut_pytorch.data.example import Example
@@ -90,6 +93,8 @@ class TrainConfig:
     compile: bool = False
     cuda_graphs: bool = False               # replay each batch shape's step as a CUDA graph (train_step.TrainStep)
     time_budget: float | None = None        # seconds; stop after the epoch that crosses it (resume later)
+    max_nonfinite_steps: int = 10           # optimizer steps with a non-finite loss or gradient are skipped; this
+                                            # many in a row stop the run as diverged (its last good checkpoint kept)
 
     def __post_init__(self):
         # every mistake named before any data is generated or any model built
@@ -98,6 +103,7 @@ class TrainConfig:
             check_int(name, getattr(self, name), 1)
         for name in ('final_epochs', 'warmup_steps'):
             check_int(name, getattr(self, name), 0)
+        check_int('max_nonfinite_steps', self.max_nonfinite_steps, 1)
         if self.max_latent_stage is not None:
             check_int('max_latent_stage', self.max_latent_stage, 0)
         if self.tokens_per_stage is not None:
@@ -188,7 +194,7 @@ def build_model(config: TrainConfig, num_tokens: int, curriculum: Curriculum) ->
 
 
 # settings that change how a run is executed, not what it learns: a resumed run may differ in them
-RESUME_MAY_CHANGE = ('time_budget', 'device', 'cuda_graphs', 'compile')
+RESUME_MAY_CHANGE = ('time_budget', 'device', 'cuda_graphs', 'compile', 'max_nonfinite_steps')
 
 INFERENCE_TOKEN_MARGIN = 8     # generation may run this far past the longest training target
 
@@ -269,52 +275,177 @@ def make_optimizer(model: Coconut, config: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr = config.lr, betas = (0.9, 0.98), fused = fused)
 
 
-def apply_gradients(model: Coconut, optimizer: torch.optim.Optimizer, lr: float, max_grad_norm: float):
-    """One optimizer step at `lr` on the accumulated gradients, clipped to `max_grad_norm`; then clears them."""
+def apply_gradients(model: Coconut, optimizer: torch.optim.Optimizer, lr: float, max_grad_norm: float, losses_finite: Tensor | None = None) -> Tensor | None:
+    """One optimizer step at `lr` on the accumulated gradients, clipped to `max_grad_norm`; then clears them.
+
+    With `losses_finite` (a () bool tensor; a fused optimizer only), the step is skipped on the device, with no
+    host sync, when it is False or the gradients' norm is not finite: every weight and its optimizer state stay
+    as they were. Returns that skip flag (() bool), or None without `losses_finite`."""
     for group in optimizer.param_groups:
         group['lr'] = lr
-    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-    optimizer.step()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    skip = None
+    if losses_finite is not None:
+        skip = ~(losses_finite & torch.isfinite(norm))
+        # fused AdamW's own input for this (GradScaler's found_inf): the update and the step count are undone
+        optimizer.found_inf = skip.float()
+    try:
+        optimizer.step()
+    finally:
+        if skip is not None:
+            del optimizer.found_inf
     optimizer.zero_grad(set_to_none = True)
+    return skip
 
 
-def save_atomic(state: dict, path: Path):
-    tmp = path.with_suffix('.tmp')
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+class Diverged(Exception):
+    """The run produced `max_nonfinite_steps` non-finite optimizer steps in a row, or non-finite weights."""
+
+
+class NonFiniteSteps:
+    """Skips optimizer steps whose loss or gradients are not finite, and stops a run that keeps producing them.
+
+    On a GPU the optimizer is fused AdamW, which skips a flagged step on the device, so the host never waits for
+    the GPU; the count of flagged steps in a row is read every `check_every` steps and at each epoch's end. On the
+    CPU there is no device to wait for: the check is immediate, and a flagged step never reaches the optimizer.
+    """
+
+    def __init__(self, limit: int, device: torch.device, on_device: bool, check_every: int = 16):
+        self.limit, self.on_device, self.check_every = limit, on_device, check_every
+        self.in_a_row = torch.zeros((), device = device)
+        self.skipped = torch.zeros((), device = device)     # over the current epoch
+        self.steps = 0
+
+    def apply(self, model: Coconut, optimizer: torch.optim.Optimizer, lr: float, max_grad_norm: float, losses_finite: Tensor):
+        """An optimizer step, unless the losses accumulated for it (`losses_finite`, () bool) or its gradients
+        are not finite."""
+        self.steps += 1
+        if self.on_device:
+            self.count(apply_gradients(model, optimizer, lr, max_grad_norm, losses_finite))
+            if self.steps % self.check_every == 0:
+                self.check()
+            return
+
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        grads_finite = torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else torch.ones((), dtype = torch.bool)
+        skip = ~(losses_finite & grads_finite)
+        self.count(skip)
+        if bool(skip):
+            optimizer.zero_grad(set_to_none = True)
+            self.check()
+        else:
+            apply_gradients(model, optimizer, lr, max_grad_norm)
+
+    def count(self, skip: Tensor):
+        self.in_a_row = (self.in_a_row + 1) * skip
+        self.skipped = self.skipped + skip
+
+    def check(self):
+        in_a_row = int(self.in_a_row.item())
+        if in_a_row >= self.limit:
+            raise Diverged(f'{in_a_row} optimizer steps in a row had a non-finite loss or gradient (max_nonfinite_steps = {self.limit})')
+
+    def end_epoch(self) -> int:
+        """Check, and return (and reset) the epoch's count of skipped steps."""
+        self.check()
+        skipped = int(self.skipped.item())
+        self.skipped = torch.zeros_like(self.skipped)
+        return skipped
+
+
+def weights_finite(model: Coconut) -> bool:
+    """One host sync for all parameters."""
+    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+
+
+def json_safe(value):
+    """`value` with every non-finite float as None: a log line must be valid JSON, and `NaN` is not.
+    (A None loss in a log line or in `history` means the value was NaN or infinite.)"""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(inner) for key, inner in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(inner) for inner in value]
+    return value
+
+
+def data_digests(config: TrainConfig) -> dict[str, str]:
+    """SHA-256 of the data files a run reads, by setting name: a resumed run refuses files that changed under it."""
+    return {name: file_digest(getattr(config, name)) for name in ('train_file', 'eval_file') if getattr(config, name) is not None}
+
+
+class LoadedRun(NamedTuple):
+    model: Coconut              # in eval mode, on the device asked for
+    tokenizer: WordTokenizer
+    config: TrainConfig
+    curriculum: Curriculum
+    state: dict                 # everything the checkpoint holds, on the CPU
+
+
+def load_run(path: str | Path, device: str = 'cpu', keys: tuple[str, ...] = INFERENCE_KEYS) -> LoadedRun:
+    """A checkpoint written by `train`, checked and built: the one path by which evaluation and `--resume` read
+    checkpoints. Structure and finiteness are checked when the file is read (`checkpoints.read_checkpoint`); the
+    model the configuration describes is then built on the meta device, without memory, and its weights' names and
+    shapes compared with the file's before the real one is allocated."""
+    state = read_checkpoint(path, keys)
+    try:
+        config = TrainConfig.from_dict(state['config'])
+        tokenizer = WordTokenizer.from_dict(state['tokenizer'])
+        curriculum = Curriculum(**state['curriculum'])
+        with torch.device('meta'):
+            skeleton = build_model(config, len(tokenizer), curriculum)
+    except (TypeError, ValueError, KeyError) as error:
+        raise ValueError(f'checkpoint {path}: its configuration is not valid: {first_line(error)}') from None
+    check_weights(path, state['model'], skeleton.state_dict())
+
+    model = build_model(config, len(tokenizer), curriculum).to(device)
+    model.load_state_dict(state['model'])
+    model.eval()
+    return LoadedRun(model, tokenizer, config, curriculum, state)
 
 
 def load_trained(path: str | Path, device: str = 'cpu'):
     """(model, tokenizer, config, inference info) from a checkpoint written by `train`."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f'checkpoint {path} does not exist')
-    try:
-        state = torch.load(path, map_location = device, weights_only = True)     # a checkpoint is data: run no code from it
-    except Exception as error:
-        raise ValueError(f'checkpoint {path} could not be read: {error}') from None
-    missing = [key for key in ('config', 'model', 'tokenizer', 'curriculum', 'inference') if key not in state] if isinstance(state, dict) else ['all']
-    if missing:
-        raise ValueError(f'checkpoint {path} was not written by coconut_pytorch.training (missing: {", ".join(missing)})')
+    run = load_run(path, device)
+    return run.model, run.tokenizer, run.config, run.state['inference']
 
-    config = TrainConfig.from_dict(state['config'])
-    tokenizer = WordTokenizer.from_dict(state['tokenizer'])
-    curriculum = Curriculum(**state['curriculum'])
-    model = build_model(config, len(tokenizer), curriculum).to(device)
-    model.load_state_dict(state['model'])
-    model.eval()
-    return model, tokenizer, config, state['inference']
+
+def restore(run: LoadedRun, config: TrainConfig, tokenizer: WordTokenizer, path: Path, allow_changed_data: bool):
+    """Raise unless the checkpoint `run` can be continued by a run of `config` over data giving `tokenizer`."""
+    if run.state['tokenizer'] != tokenizer.to_dict():
+        # ids would silently mean other words (a file-trained vocabulary is rebuilt from the files)
+        raise ValueError(f'--resume: the vocabulary built from the data differs from the checkpoint\'s ({path}); were the data files changed?')
+    if run.config != config:
+        changed = [f'{f.name} ({getattr(run.config, f.name)!r} in the checkpoint, {getattr(config, f.name)!r} now)'
+                   for f in fields(TrainConfig) if getattr(run.config, f.name) != getattr(config, f.name) and f.name not in RESUME_MAY_CHANGE]
+        if changed:
+            raise ValueError(f'--resume: the configuration differs from the checkpoint in {", ".join(changed)}')
+    saved, now = run.state.get('data_digests'), data_digests(config)
+    if saved is not None and saved != now and not allow_changed_data:
+        changed = sorted(name for name in set(saved) | set(now) if saved.get(name) != now.get(name))
+        raise ValueError(f'--resume: the data in {", ".join(changed)} changed since the checkpoint was written ({path}); '
+                         f'resume anyway with --allow-changed-data, or start a new run')
 
 
 def train(
     config: TrainConfig,
     out_dir: str | Path,
     resume: bool = False,
-    progress: Callable | None = None
+    progress: Callable | None = None,
+    overwrite: bool = False,
+    allow_changed_data: bool = False
 ) -> dict:
     """Train, evaluate on held-out generated examples, save checkpoint and plot; returns the results.
 
     `progress(iterable, **kwargs)` wraps the batch loop (e.g. tqdm); it gets `set_postfix` calls if it has them.
+    A new run into an `out_dir` that holds a checkpoint is refused unless `resume` (continue it) or `overwrite`
+    (replace it); two runs never share an `out_dir` at once (a lock). `allow_changed_data` lets `resume` continue
+    over data files that changed since the checkpoint.
+
+    A run that diverges (`config.max_nonfinite_steps` non-finite steps in a row, or non-finite weights) stops
+    without saving: the checkpoint keeps the last good epoch, and the result says `finished: False`,
+    `stopped: 'diverged'` and why, with no accuracy.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -323,36 +454,43 @@ def train(
     # checked here, not in TrainConfig: a checkpoint trained on a GPU must still load where there is none
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise ValueError(f'device {config.device!r}: this torch build sees no CUDA GPU')
+    if resume and overwrite:
+        raise ValueError('resume and overwrite cannot be combined: continue the run in out_dir, or replace it')
     out_dir.mkdir(parents = True, exist_ok = True)
-    checkpoint_path = out_dir / 'checkpoint.pt'
+    checkpoint_path = out_dir / CHECKPOINT_NAME
 
+    with RunLock(out_dir):
+        if resume and not checkpoint_path.is_file():
+            raise ValueError(f'--resume: no checkpoint at {checkpoint_path}')
+        if not resume and not overwrite and checkpoint_path.exists():
+            raise ValueError(f'{out_dir} already holds a run ({checkpoint_path}): continue it with --resume, '
+                             f'replace it with --overwrite, or choose another --out')
+        return train_locked(config, out_dir, checkpoint_path, device, resume, progress, allow_changed_data)
+
+
+def train_locked(config: TrainConfig, out_dir: Path, checkpoint_path: Path, device: torch.device, resume: bool,
+                 progress: Callable | None, allow_changed_data: bool) -> dict:
+    """`train` once the run holds its directory."""
     train_set, eval_set, tokenizer, max_steps = load_data(config)
     curriculum = config.curriculum(max_steps, longest_language = max(steps for steps, _ in target_lengths(train_set, tokenizer)))
     longest_target = max_target_length(train_set, tokenizer)
-
-    model = build_model(config, len(tokenizer), curriculum).to(device)
-    optimizer = make_optimizer(model, config)
+    digests = data_digests(config)
 
     start_epoch, history, elapsed, step, optimizer_start = 0, [], 0., 0, 0
 
     if resume:
-        if not checkpoint_path.is_file():
-            raise ValueError(f'--resume: no checkpoint at {checkpoint_path}')
-        state = torch.load(checkpoint_path, map_location = device, weights_only = True)
-        if state['tokenizer'] != tokenizer.to_dict():
-            # ids would silently mean other words (a file-trained vocabulary is rebuilt from the files)
-            raise ValueError(f'--resume: the vocabulary built from the data differs from the checkpoint\'s ({checkpoint_path}); were the data files changed?')
-        if TrainConfig.from_dict(state['config']) != config:
-            saved = TrainConfig.from_dict(state['config'])
-            changed = [f.name for f in fields(TrainConfig) if getattr(saved, f.name) != getattr(config, f.name) and f.name not in RESUME_MAY_CHANGE]
-            if changed:
-                raise ValueError(f'--resume: the configuration differs from the checkpoint in {changed}')
-        model.load_state_dict(state['model'])
+        run = load_run(checkpoint_path, config.device, TRAINING_KEYS)
+        restore(run, config, tokenizer, checkpoint_path, allow_changed_data)
+        model, state = run.model, run.state
+        optimizer = make_optimizer(model, config)
         optimizer.load_state_dict(state['optimizer'])
         start_epoch, history, elapsed, step = state['epoch'] + 1, state['history'], state['elapsed'], state['step']
         optimizer_start = state.get('optimizer_start', 0)
         # with fresh data the cap grew with every set seen before the stop
         longest_target = max(longest_target, state['inference']['max_new_tokens'] - INFERENCE_TOKEN_MARGIN)
+    else:
+        model = build_model(config, len(tokenizer), curriculum).to(device)
+        optimizer = make_optimizer(model, config)
 
     if config.compile:
         model.model.compile_blocks()
@@ -362,11 +500,14 @@ def train(
     schedule = Curriculum(**{**asdict(curriculum), 'method': 'coconut'})
     total_epochs = schedule.total_epochs + config.final_epochs
     layout = EpochLayout(tokenizer, curriculum, config.batch_size, config.seed, with_thought_targets = config.thought_loss > 0)
+    nonfinite = NonFiniteSteps(config.max_nonfinite_steps, device, on_device = device.type == 'cuda')
+    saved_epoch = history[-1]['epoch'] if history else None
+    inference = state['inference'] if resume else None
+    run_start = time.perf_counter()
+    stopped, reason = None, None
+
     fresh_sets = FreshSets(config.task, config.task_kwargs, config.train_size, config.seed, total_epochs, layout, first_epoch = max(start_epoch, 1),
                            excluded = held_out_questions(config, eval_set)) if config.fresh_data else None
-    run_start = time.perf_counter()
-    stopped_early = False
-
     try:
         for epoch in range(start_epoch, total_epochs):
             stage = curriculum.stage_at_epoch(epoch)
@@ -389,74 +530,105 @@ def train(
             model.train()
             loss_sum = torch.zeros((), device = device)
             thought_loss_sum = torch.zeros((), device = device)
+            finite_batches = torch.zeros((), device = device)
             correct = torch.zeros((), device = device)
             counted = torch.zeros((), device = device)
+            window_finite = torch.ones((), dtype = torch.bool, device = device)     # the losses since the last update
 
-            for batch_index, batch in enumerate(iterator):
-                stats = train_step(batch)
-                loss_sum += stats.loss
-                thought_loss_sum += stats.thought_loss
-                correct += stats.correct
-                counted += stats.counted
+            try:
+                for batch_index, batch in enumerate(iterator):
+                    stats = train_step(batch)
+                    finite = torch.isfinite(stats.loss)
+                    window_finite = window_finite & finite
+                    # a non-finite batch counts in no average: the curve shows the batches that trained
+                    loss_sum += torch.where(finite, stats.loss, 0.)
+                    thought_loss_sum += torch.where(finite, stats.thought_loss, 0.)
+                    finite_batches += finite
+                    correct += stats.correct
+                    counted += stats.counted
 
-                if (batch_index + 1) % config.grad_accum == 0 or batch_index == len(batches) - 1:
-                    epochs_left = total_epochs - epoch - (batch_index + 1) / len(batches)
-                    apply_gradients(model, optimizer, learning_rate(config, step, optimizer_start, epochs_left), config.max_grad_norm)
-                    step += 1
+                    if (batch_index + 1) % config.grad_accum == 0 or batch_index == len(batches) - 1:
+                        epochs_left = total_epochs - epoch - (batch_index + 1) / len(batches)
+                        nonfinite.apply(model, optimizer, learning_rate(config, step, optimizer_start, epochs_left), config.max_grad_norm, window_finite)
+                        window_finite = torch.ones((), dtype = torch.bool, device = device)
+                        step += 1
 
-                if hasattr(iterator, 'set_postfix') and batch_index % 20 == 0:
-                    iterator.set_postfix(loss = f'{stats.loss.item():.3f}', stage = stage, acc = f'{(correct / counted.clamp(min = 1)).item():.3f}')
+                    if hasattr(iterator, 'set_postfix') and batch_index % 20 == 0:
+                        iterator.set_postfix(loss = f'{stats.loss.item():.3f}', stage = stage, acc = f'{(correct / counted.clamp(min = 1)).item():.3f}')
 
-            record = dict(epoch = epoch, stage = stage, loss = (loss_sum / len(batches)).item(), token_accuracy = (correct / counted.clamp(min = 1)).item(),
+                skipped = nonfinite.end_epoch()
+                if not weights_finite(model):
+                    raise Diverged('the weights became non-finite')
+            finally:
+                if hasattr(iterator, 'close'):
+                    iterator.close()
+
+            batches_counted = finite_batches.clamp(min = 1)
+            record = dict(epoch = epoch, stage = stage, loss = (loss_sum / batches_counted).item() if finite_batches.item() > 0 else None,
+                          token_accuracy = (correct / counted.clamp(min = 1)).item(),
                           seconds = round(elapsed + time.perf_counter() - run_start, 2))     # training time at the epoch's end
             if config.thought_loss > 0:
                 # `loss` includes it, weighted; alone it tells whether the thoughts hold what they replaced
-                record['thought_loss'] = (thought_loss_sum / len(batches)).item()
+                record['thought_loss'] = (thought_loss_sum / batches_counted).item() if finite_batches.item() > 0 else None
+            if skipped:
+                record['skipped_steps'] = skipped
+            record = json_safe(record)
             history.append(record)
             if progress:
-                print(json.dumps(record), flush = True)
+                print(json.dumps(record, allow_nan = False), flush = True)
 
             elapsed_now = elapsed + time.perf_counter() - run_start
-            save_atomic(dict(
+            inference = inference_info(curriculum, stage, longest_target)
+            save_checkpoint(dict(
                 config = asdict(config), curriculum = asdict(curriculum), tokenizer = tokenizer.to_dict(),
                 model = model.state_dict(), optimizer = optimizer.state_dict(),
                 epoch = epoch, step = step, optimizer_start = optimizer_start, history = history, elapsed = elapsed_now,
-                inference = inference_info(curriculum, stage, longest_target)
+                inference = inference, data_digests = digests
             ), checkpoint_path)
+            saved_epoch = epoch
 
             if config.time_budget is not None and time.perf_counter() - run_start > config.time_budget and epoch < total_epochs - 1:
-                stopped_early = True
+                stopped, reason = 'time_budget', f'the time budget of {config.time_budget:g} s ran out; continue with --resume'
                 break
+    except Diverged as error:
+        stopped = 'diverged'
+        kept = f'the checkpoint keeps epoch {saved_epoch + 1}' if saved_epoch is not None else 'no checkpoint was written'
+        reason = f'training diverged at epoch {epoch + 1}: {error}; nothing was saved from it ({kept}). Try a lower --lr or --max-grad-norm'
     finally:
         if fresh_sets is not None:
             fresh_sets.close()
 
     seconds = elapsed + time.perf_counter() - run_start
-    state = torch.load(checkpoint_path, map_location = device, weights_only = True)
+    task = config.task if config.train_file is None else str(config.train_file)
 
-    plot_history(state['history'], out_dir / 'training.png', title = f'{config.task} / {config.method}', thought_loss_weight = config.thought_loss)
+    if stopped == 'diverged':
+        return dict(finished = False, stopped = stopped, reason = reason, accuracy = None, n = 0, seconds = seconds,
+                    method = config.method, task = task, epoch = saved_epoch,
+                    checkpoint = str(checkpoint_path) if saved_epoch is not None else None)
+
+    plot_history(history, out_dir / 'training.png', title = f'{config.task} / {config.method}', thought_loss_weight = config.thought_loss)
 
     # a run stopped by its time budget is still evaluated, at the stage it reached (and says so)
-    info = state['inference']
     result = evaluate_examples(
         model, tokenizer, eval_set,
-        num_thoughts = info['num_thoughts'],
-        max_new_tokens = info['max_new_tokens'],
+        num_thoughts = inference['num_thoughts'],
+        max_new_tokens = inference['max_new_tokens'],
         source = config.eval_file or 'held-out examples',
         autocast_dtype = torch.bfloat16 if config.bf16 else None
     )
 
     return dict(
-        finished = not stopped_early,
+        finished = stopped is None,
+        **(dict(stopped = stopped, reason = reason) if stopped else {}),
         accuracy = result['accuracy'],
         n = result['n'],
         seconds = seconds,
         method = config.method,
-        task = config.task if config.train_file is None else str(config.train_file),
-        num_thoughts = info['num_thoughts'],
-        stage = info['stage'],
-        final_stage = info['final_stage'],
-        epoch = state['epoch'],
+        task = task,
+        num_thoughts = inference['num_thoughts'],
+        stage = inference['stage'],
+        final_stage = inference['final_stage'],
+        epoch = saved_epoch,
         mean_new_tokens = result['mean_new_tokens'],
         checkpoint = str(checkpoint_path)
     )

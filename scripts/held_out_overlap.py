@@ -20,13 +20,12 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from coconut_pytorch.data.fresh_sets import fresh_data_seed, generate_excluding  # noqa: E402
 from coconut_pytorch.data.loaders import save_json_examples  # noqa: E402
 from coconut_pytorch.data.tasks import get_task  # noqa: E402
-from coconut_pytorch.training import TrainConfig, held_out_questions, load_data  # noqa: E402
+from coconut_pytorch.checkpoints import TRAINING_KEYS  # noqa: E402
+from coconut_pytorch.training import TrainConfig, held_out_questions, load_data, load_run  # noqa: E402
 
 
 def main():
@@ -40,8 +39,11 @@ def main():
     if (args.checkpoint is None) == (args.config is None) or (args.config is not None and args.epochs is None):
         parser.error('give --checkpoint, or --config with --epochs')
     if args.checkpoint is not None:
-        state = torch.load(args.checkpoint, map_location = 'cpu', weights_only = True)
-        config, epochs_trained = TrainConfig.from_dict(state['config']), state['epoch'] + 1
+        try:
+            run = load_run(args.checkpoint, keys = TRAINING_KEYS)
+        except ValueError as error:
+            parser.exit(2, f'error: {error}\n')
+        config, epochs_trained = run.config, run.state['epoch'] + 1
     else:
         config, epochs_trained = TrainConfig(**args.config), args.epochs
     if config.train_file is not None:
