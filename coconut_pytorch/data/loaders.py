@@ -8,11 +8,20 @@ iCoT (Deng et al., implicit chain of thought) one example per line:
     5 6 3 2 * 7 4 3 4||5 5 5 8 1 + 0 0 6 2 1 ( 5 5 1 1 3 ) + ... #### 5 5 1 1 4 9 2 1
 
 question before `||`, steps between `||` and `####` separated by ` + `, answer after `####`.
+
+Read leniently where the meaning is plain, strictly where it is not:
+- the step separator is a `+` with whitespace on both sides, any amount and any kind (spaces, tabs); a `+` inside a
+  word (GSM8K's `<<48+24=72>>`) is text, but one glued to a step's first or last character, a `+` at either end of
+  the chain, or two in a row are errors;
+- `||` and `####` are exact: a longer run of `|` or `#` is an error naming it, not text that starts the next field;
+- lines end at `\\n`, `\\r\\n` or `\\r` only (line numbers then match editors and `grep -n`); other Unicode line breaks
+  are whitespace within a line.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from os import PathLike
 from pathlib import Path
 from typing import Iterable, Union
@@ -22,8 +31,13 @@ from coconut_pytorch.data.example import Example
 PathType = Union[str, "PathLike[str]"]
 
 ICOT_QUESTION_SEP = "||"
-ICOT_STEP_SEP = " + "
+ICOT_STEP_SEP = " + "       # as written; read back as any `+` with whitespace (or the chain's ends) on both sides
 ICOT_ANSWER_SEP = "####"
+
+# a `+` standing alone: whitespace or an end of the text on both sides (lookarounds, so that in "a + + b" both match)
+_STEP_SEP_RE = re.compile(r"(?:(?<=\s)|^)\+(?=\s|$)")
+_BAR_RUN_RE = re.compile(r"\|{2,}")
+_HASH_RUN_RE = re.compile(r"#{4,}")
 
 
 def _read_text(path: Path) -> str:
@@ -44,6 +58,11 @@ def load_json_examples(path: PathType) -> list[Example]:
         records = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from err
+    except RecursionError:
+        # the parser recurses once per level: thousands of nested brackets are a broken file, not examples
+        raise ValueError(f"{path}: invalid JSON: nested too deeply to read (example records are flat objects)") from None
+    except ValueError as err:   # what the parser raises besides JSONDecodeError, e.g. an integer of over 4300 digits
+        raise ValueError(f"{path}: invalid JSON: {err}") from err
 
     if not isinstance(records, list):
         raise ValueError(f"{path}: expected a JSON list of example records, got a {type(records).__name__}")
@@ -72,16 +91,47 @@ def save_json_examples(examples: Iterable[Example], path: PathType) -> None:
 
 # icot
 
-def parse_icot_line(line: str) -> Example:
-    """One iCoT line -> Example. Raises ValueError saying what is malformed."""
-    if line.count(ICOT_QUESTION_SEP) != 1:
-        raise ValueError(f"expected exactly one {ICOT_QUESTION_SEP!r} between question and steps")
+def _exactly_one(line: str, runs: re.Pattern, separator: str, what: str) -> None:
+    """Raise ValueError unless `line` has one run of `runs` and it is `separator` itself."""
+    found = runs.findall(line)
+    for run in found:
+        if run != separator:
+            raise ValueError(f"found {run!r} ({len(run)} {separator[0]!r}), {what} is {separator!r} exactly")
+    if len(found) != 1:
+        raise ValueError(f"expected exactly one {separator!r} ({what}), found {len(found) or 'none'}")
 
+
+def _split_chain(chain: str) -> list[str]:
+    """The steps of a stripped, non-empty chain. Raises ValueError for an empty step or a misplaced `+`."""
+    steps = [step.strip() for step in _STEP_SEP_RE.split(chain)]
+    plus = ICOT_STEP_SEP.strip()
+    for index, step in enumerate(steps):
+        if not step:
+            where = ("at the start of the chain" if index == 0 else
+                     f"at the end of the chain (before {ICOT_ANSWER_SEP!r})" if index == len(steps) - 1 else
+                     f"twice in a row (an empty step {index + 1})")
+            raise ValueError(f"step separator {plus!r} {where}")
+        if step.startswith(plus) or step.endswith(plus):
+            raise ValueError(f"step {index + 1} {step!r} starts or ends with a {plus!r} that is not a step separator "
+                             f"(a separator has whitespace on both sides)")
+    return steps
+
+
+def parse_icot_line(line: str) -> Example:
+    """One iCoT line -> Example. Raises ValueError saying what is malformed.
+
+    A line ending (`\\n`, `\\r\\n`) is ignored; any whitespace may surround the separators (see the module docstring).
+    """
+    line = line.strip()
+    if "\n" in line or "\r" in line:
+        raise ValueError("a line break inside the line (one example per line)")
+
+    _exactly_one(line, _BAR_RUN_RE, ICOT_QUESTION_SEP, "the separator between question and steps")
     question, rest = line.split(ICOT_QUESTION_SEP)
 
-    if rest.count(ICOT_ANSWER_SEP) != 1:
-        raise ValueError(f"expected exactly one {ICOT_ANSWER_SEP!r} before the answer")
-
+    _exactly_one(line, _HASH_RUN_RE, ICOT_ANSWER_SEP, "the separator before the answer")
+    if ICOT_ANSWER_SEP in question:
+        raise ValueError(f"{ICOT_ANSWER_SEP!r} before {ICOT_QUESTION_SEP!r}: the answer comes after the steps")
     chain, answer = rest.split(ICOT_ANSWER_SEP)
     question, chain, answer = question.strip(), chain.strip(), answer.strip()
 
@@ -91,10 +141,7 @@ def parse_icot_line(line: str) -> Example:
         raise ValueError(f"empty answer after {ICOT_ANSWER_SEP!r}")
 
     # an empty chain is the no-CoT variant of the format: "question|| #### answer"
-    steps = [step.strip() for step in f" {chain} ".split(ICOT_STEP_SEP)] if chain else []
-    if any(not step or step.startswith("+") or step.endswith("+") for step in steps):
-        raise ValueError(f"empty reasoning step (doubled or dangling {ICOT_STEP_SEP.strip()!r})")
-
+    steps = _split_chain(chain) if chain else []
     return Example(question=question, steps=steps, answer=answer)
 
 
@@ -102,7 +149,9 @@ def load_icot_examples(path: PathType) -> list[Example]:
     """Examples from an iCoT-format text file (one per line; blank lines skipped)."""
     path = Path(path)
     examples = []
-    for line_number, line in enumerate(_read_text(path).splitlines(), start=1):
+    # `_read_text` has turned `\r\n` and `\r` into `\n`; str.splitlines would also break lines at form feeds,
+    # U+2028 and the like, and number lines unlike an editor
+    for line_number, line in enumerate(_read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -125,12 +174,23 @@ def format_icot_line(example: Example) -> str:
             raise ValueError(f"example.{name} contains {ICOT_QUESTION_SEP!r}, {ICOT_ANSWER_SEP!r} or a newline: {text!r}")
         if text != text.strip() or not text:
             raise ValueError(f"example.{name} must be non-empty without surrounding whitespace: {text!r}")
+    plus = ICOT_STEP_SEP.strip()
     for i, step in enumerate(example.steps):
-        if ICOT_STEP_SEP in f" {step} ":
-            raise ValueError(f"example.steps[{i}] contains the step separator {ICOT_STEP_SEP!r}: {step!r}")
+        if _STEP_SEP_RE.search(step) or step.startswith(plus) or step.endswith(plus):
+            raise ValueError(f"example.steps[{i}] contains the step separator {ICOT_STEP_SEP!r} (a {plus!r} between whitespace), "
+                             f"or starts or ends with {plus!r}: {step!r}")
 
     chain = ICOT_STEP_SEP.join(example.steps)
-    return f"{example.question}{ICOT_QUESTION_SEP}{chain} {ICOT_ANSWER_SEP} {example.answer}"
+    line = f"{example.question}{ICOT_QUESTION_SEP}{chain} {ICOT_ANSWER_SEP} {example.answer}"
+    # what the checks above cannot see: a `|` next to `||` (the question's last character, the first step's first)
+    # makes a longer run that no longer reads as the separator
+    try:
+        read_back = parse_icot_line(line)
+    except ValueError as err:
+        raise ValueError(f"example would not read back from its iCoT line ({err}): {line[:80]!r}") from err
+    if read_back != example:
+        raise ValueError(f"example would read back from its iCoT line as {read_back!r}")
+    return line
 
 
 def save_icot_examples(examples: Iterable[Example], path: PathType) -> None:
