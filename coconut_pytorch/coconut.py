@@ -33,9 +33,9 @@ from torch.utils.checkpoint import checkpoint as checkpoint_fn
 from einops import rearrange, repeat
 
 from coconut_pytorch.decoding import DecodeGraphs
-from coconut_pytorch.inputs import PAD_ID, AlignedPrompt, as_padded_ids, check_finite_number, check_reasoning_steps, left_align
+from coconut_pytorch.inputs import PAD_ID, AlignedPrompt, as_padded_ids, check_finite_number, check_reasoning_steps, check_sequence_fits, left_align
 from coconut_pytorch.kv_cache import KVCache, StaticKVCache, join_masks
-from coconut_pytorch.sampling import gumbel_sample, min_p_filter
+from coconut_pytorch.sampling import NoTokenToSampleError, gumbel_sample, min_p_filter, unusable_rows
 from coconut_pytorch.transformer import Transformer, TransformerOutput, autocast_dtype
 
 
@@ -45,6 +45,16 @@ def exists(v) -> bool:
 
 def default(v, d):
     return v if exists(v) else d
+
+
+def callable_name(fn: Callable) -> str:
+    return getattr(fn, '__qualname__', None) or repr(fn)
+
+
+def check_filtered_shape(filtered, shape: torch.Size):
+    if not torch.is_tensor(filtered) or filtered.shape != shape:
+        raise ValueError(f'filter_fn must return logits of the shape it was given, {tuple(shape)}, got '
+                         f'{tuple(filtered.shape) if torch.is_tensor(filtered) else type(filtered).__name__}')
 
 
 def check_positive_int(value, name: str):
@@ -337,6 +347,23 @@ class Coconut(Module):
         num_steps, row_steps = check_reasoning_steps(default(num_reasoning_steps, self.num_reasoning_steps), checked.ids.shape[0], self.device)
         return left_align(checked.ids, checked.has_padding), num_steps, row_steps
 
+    def thought_columns(self, num_steps: int) -> int:
+        """Columns the thoughts take in the sequence: H streams of <bot> and `num_steps` thoughts, c each, and <eot>."""
+        return self.num_hypotheses * self.num_latents_per_step * (num_steps + 1) + 1 if num_steps > 0 else 0
+
+    def check_sequence_fits(self, batch: int, prompt_length: int, num_steps: int, answer_name: str, answer_value: int | None, answer_length: int):
+        """Raise ValueError, before any compute, when prompt + thoughts + answer (`answer_name`: 'answer', or
+        'max_length' in generate) is longer than supported or its keys and values cannot fit in the memory left
+        on the model's device (`inputs.check_sequence_fits`)."""
+        model = self.model
+        dtype = autocast_dtype(self.device.type, default = model.token_emb.weight.dtype)
+        parts = {
+            'prompt': (None, prompt_length),
+            'num_reasoning_steps': (num_steps, self.thought_columns(num_steps)),
+            answer_name: (answer_value, answer_length)
+        }
+        check_sequence_fits(parts, batch, model.depth, model.heads, model.dim_head, dtype, self.device)
+
     # training and teacher-forced evaluation
 
     def forward(
@@ -352,10 +379,13 @@ class Coconut(Module):
 
         Args:
             prompt: (b, n) ids with -1 padding, or a list of 1-d id tensors.
-            answer: (b, m) ids with -1 padding (ignored by the loss), or a list of 1-d id tensors.
+            answer: (b, m) ids with -1 padding (ignored by the loss), or a list of 1-d id tensors. Padding may only
+                trail a row: a -1 followed by a real id is a ValueError naming the row and position.
             return_loss: False returns `Intermediates(prompt_logits, latent_tokens, answer_logits, cache)`.
             return_intermediates: with the loss, return `(loss, (LossBreakdown, *Intermediates))`.
-            num_reasoning_steps: overrides the default; an int, or a (b,) tensor giving each row its own.
+            num_reasoning_steps: overrides the default; an int, or a (b,) tensor giving each row its own. Steps
+                whose sequence could never be held (longer than `inputs.MAX_SEQUENCE_LENGTH` columns, or keys and
+                values larger than the device's free memory) are a ValueError before any compute.
             thought_targets: (b, S * c, V), nonnegative weights (e.g. bool) over the vocabulary per thought, in
                 sequence order: adds the thought alignment loss (`thought_loss`), weighted by `thought_loss_weight`.
                 A thought whose row is all zero, or past its row's steps, has no target.
@@ -367,9 +397,11 @@ class Coconut(Module):
         batch = aligned.ids.shape[0]
 
         if exists(answer):
-            answer = as_padded_ids(answer, 'answer', self.num_tokens, device = self.device, require_tokens = False, require_any_token = return_loss).ids
+            answer = as_padded_ids(answer, 'answer', self.num_tokens, device = self.device, require_tokens = False, require_any_token = return_loss, padding_at_end = True).ids
             if answer.shape[0] != batch:
                 raise ValueError(f'prompt and answer must have the same batch size, got {batch} and {answer.shape[0]}')
+
+        self.check_sequence_fits(batch, aligned.ids.shape[1], num_steps, 'answer', None, answer.shape[1] if exists(answer) else 0)
 
         if return_loss and not exists(answer):
             return_loss = False
@@ -557,12 +589,20 @@ class Coconut(Module):
         into it in place. On CUDA those steps are captured as CUDA graphs and replayed (`cuda_graph`, default on
         for CUDA); the cache and its graphs are kept for later calls of the same batch size and cache length.
 
+        Every argument is checked before the prompt runs: `max_length` and `num_reasoning_steps` must leave a
+        sequence that could be held (at most `inputs.MAX_SEQUENCE_LENGTH` columns, and keys and values that fit in
+        the device's free memory), and when sampling, `filter_fn(logits, **filter_kwargs)` is called once on a
+        (1, V) tensor of logits, so a filter that raises, or returns another shape, fails here and not mid-way.
+
         Args:
             prompt: (b, n) ids with -1 padding, or a list of 1-d id tensors of any lengths.
             max_length: number of tokens to generate.
             filter_fn, filter_kwargs: logit filter applied before sampling (`min_p_filter`, `top_k_filter`, or any
                 callable taking logits (b, V) and keyword arguments and returning logits of the same shape).
-            temperature: 0. is greedy (the filter is then not applied).
+                A filter that leaves a row nothing to sample (all -inf, or a NaN) raises `NoTokenToSampleError`
+                (a ValueError naming filter_fn) instead of yielding token 0.
+            temperature: 0. is greedy (the filter is then not applied). Greedy decoding of logits that hold a NaN
+                (a model whose weights are not finite) raises `NoTokenToSampleError` too.
             eos_token_id: rows that emit it stop; their later positions are -1.
             num_reasoning_steps: overrides the default; an int or a (b,) tensor.
             generator: a torch.Generator for reproducible sampling.
@@ -593,9 +633,12 @@ class Coconut(Module):
         aligned, num_steps, row_steps = self.prepare(prompt, num_reasoning_steps)
         batch, prompt_length = aligned.ids.shape
 
+        self.check_sequence_fits(batch, prompt_length, num_steps, 'max_length', max_length, max_length)
+        if temperature > 0:
+            self.check_filter(filter_fn, filter_kwargs)
+
         # everything the sequence can hold: prompt, H streams of <bot> and thoughts, <eot>, the new tokens
-        thought_columns = self.num_hypotheses * self.num_latents_per_step * (num_steps + 1) + 1 if num_steps > 0 else 0
-        cache = self.static_cache(batch, prompt_length + thought_columns + max_length, cuda_graph, compile_steps)
+        cache = self.static_cache(batch, prompt_length + self.thought_columns(num_steps) + max_length, cuda_graph, compile_steps)
 
         if self.num_hypotheses == 1:
             reasoned = self.reason(aligned.ids, aligned.mask, num_steps, row_steps, cache = cache)
@@ -606,25 +649,38 @@ class Coconut(Module):
 
         logits, _ = self.finish(reasoned, None, None)
 
-        def sample(logits: Tensor) -> Tensor:
-            if temperature > 0:
-                filtered = filter_fn(logits, **filter_kwargs)
-                if not torch.is_tensor(filtered) or filtered.shape != logits.shape:
-                    raise ValueError(f'filter_fn must return logits of the shape it was given, {tuple(logits.shape)}, got '
-                                     f'{tuple(filtered.shape) if torch.is_tensor(filtered) else type(filtered).__name__}')
-                logits = filtered
-            return gumbel_sample(logits, temperature, generator = generator)
-
         tokens = torch.full((batch, max_length), PAD_ID, dtype = torch.long, device = self.device)
         done = torch.zeros(batch, dtype = torch.bool, device = self.device)
 
+        # per row, the first step whose logits left nothing to choose (all -inf, or a NaN), -1 while none did; and
+        # whether the model's own logits were already so there. Kept on the device and read where the loop syncs
+        # anyway (the eos check) and once at the end: a check per token would stall the host on every token
+        unusable_at = torch.full((batch,), -1, dtype = torch.long, device = self.device)
+        model_unusable = torch.zeros(batch, dtype = torch.bool, device = self.device)
+
         for index in range(max_length):
-            token = sample(logits[:, -1])
+            step_logits = logits[:, -1]
+            model_bad = bad = unusable_rows(step_logits)
+
+            if temperature > 0:
+                step_logits = filter_fn(step_logits, **filter_kwargs)
+                check_filtered_shape(step_logits, logits[:, -1].shape)
+                bad = unusable_rows(step_logits)
+
+            # a row that has ended ignores its logits, whatever they are
+            first = bad & ~done & (unusable_at < 0)
+            unusable_at = torch.where(first, index, unusable_at)
+            model_unusable = model_unusable | (first & model_bad)
+
+            token = gumbel_sample(step_logits, temperature, generator = generator)
             tokens[:, index] = token.masked_fill(done, PAD_ID)
 
             if exists(eos_token_id):
                 done = done | (token == eos_token_id)
-                if bool(done.all()):
+                all_done, any_unusable = torch.stack((done.all(), (unusable_at >= 0).any())).tolist()
+                if any_unusable:
+                    raise self.no_token_error(unusable_at, model_unusable, filter_fn, temperature)
+                if all_done:
                     break
 
             if index == max_length - 1:
@@ -633,7 +689,40 @@ class Coconut(Module):
             hiddens, _ = self.model.forward_with_cache([token[:, None]], cache = cache)
             logits = self.model.to_logits(hiddens)
 
+        if bool((unusable_at >= 0).any()):
+            raise self.no_token_error(unusable_at, model_unusable, filter_fn, temperature)
+
         return tokens
+
+    def check_filter(self, filter_fn: Callable[..., Tensor], filter_kwargs: Mapping):
+        """Call the filter once on a (1, V) tensor of logits on the model's device, so that a filter or keyword
+        arguments that cannot work fail before the prompt runs, naming filter_fn and filter_kwargs."""
+        dtype = autocast_dtype(self.device.type, default = self.model.to_logits.weight.dtype)
+        logits = torch.linspace(-1., 1., self.num_tokens, device = self.device, dtype = dtype)[None]
+
+        try:
+            filtered = filter_fn(logits, **filter_kwargs)
+        except Exception as error:
+            # a TypeError is most often a keyword filter_fn does not take; anything else, a value it rejects
+            kind = TypeError if isinstance(error, TypeError) else ValueError
+            raise kind(f'filter_fn {callable_name(filter_fn)} with filter_kwargs {dict(filter_kwargs)!r} failed on logits of shape '
+                       f'{tuple(logits.shape)}: {type(error).__name__}: {error}') from error
+
+        check_filtered_shape(filtered, logits.shape)
+
+    def no_token_error(self, unusable_at: Tensor, model_unusable: Tensor, filter_fn: Callable, temperature: float) -> NoTokenToSampleError:
+        """The error for rows whose logits left no token to choose (read from the device: only on the way out)."""
+        rows = (unusable_at >= 0).nonzero().flatten()
+        step = int(unusable_at[rows].min())
+        at_step = rows[unusable_at[rows] == step]
+        from_model = bool(model_unusable[at_step].any())
+        where = f'row{"s" if len(at_step) > 1 else ""} {at_step.tolist()} at generated token {step}'
+
+        if temperature > 0 and not from_model:
+            return NoTokenToSampleError(f'filter_fn {callable_name(filter_fn)} left no finite logit to sample from (all -inf, or NaN) in {where}; '
+                                        'a filter must keep at least one token per row')
+        return NoTokenToSampleError(f"the model's logits hold NaN (or are all -inf) in {where}, so there is no token to "
+                                    f"{'sample' if temperature > 0 else 'pick greedily'}: its weights or activations are not finite")
 
     def static_cache(self, batch: int, length: int, cuda_graph: bool, compile_steps: bool = False) -> StaticKVCache:
         """An empty static cache for `length` columns; with `cuda_graph`, one (with its graphs) reused across calls."""

@@ -8,6 +8,7 @@ thoughts and answers that follow line up across the batch; masks and positions k
 from __future__ import annotations
 
 import math
+import os
 from numbers import Integral, Real
 from typing import NamedTuple, Sequence
 
@@ -37,12 +38,15 @@ def as_padded_ids(
     num_tokens: int,
     device: torch.device | None = None,
     require_tokens: bool = True,
-    require_any_token: bool = False
+    require_any_token: bool = False,
+    padding_at_end: bool = False
 ) -> CheckedIds:
     """A (b, n) long tensor with -1 padding, after checking dtype, shape and id range.
 
     Raises TypeError for non-integer or non-tensor input and ValueError for wrong shapes, out-of-range ids,
-    an empty batch, a row with no real token (`require_tokens`), or no real token at all (`require_any_token`).
+    an empty batch, a row with no real token (`require_tokens`), no real token at all (`require_any_token`), or,
+    with `padding_at_end` (answers), a -1 followed later in its row by a real id: the token after such a gap would
+    be predicted from a padding slot. Prompts may hold padding anywhere (they are left-aligned).
     """
     if isinstance(sequences, (list, tuple)):
         if len(sequences) == 0:
@@ -76,13 +80,14 @@ def as_padded_ids(
         return CheckedIds(sequences, False)
 
     # one host sync for all checks
-    real_per_row = (sequences != PAD_ID).sum(dim = -1)
-    lowest, highest, fewest_real, total_real = torch.stack((
-        sequences.amin(),
-        sequences.amax(),
-        real_per_row.amin(),
-        real_per_row.sum()
-    )).tolist()
+    is_real = sequences != PAD_ID
+    real_per_row = is_real.sum(dim = -1)
+    checks = [sequences.amin(), sequences.amax(), real_per_row.amin(), real_per_row.sum()]
+
+    if padding_at_end:
+        checks.append(first_interior_pad(is_real))
+
+    lowest, highest, fewest_real, total_real, *interior = torch.stack(checks).tolist()
 
     if lowest < PAD_ID or highest >= num_tokens:
         raise ValueError(f'{name} holds token ids in [{lowest}, {highest}]; expected ids in [0, {num_tokens}) with -1 as the only pad value')
@@ -93,7 +98,24 @@ def as_padded_ids(
     if require_any_token and total_real == 0:
         raise ValueError(f'{name} has no tokens (all -1 padding); at least one is needed')
 
+    if padding_at_end and interior[0] >= 0:
+        row, position = divmod(interior[0], sequences.shape[-1])
+        raise ValueError(f'{name} row {row} has -1 padding at position {position} followed by a real token; '
+                         f'padding may only trail the {name} (the token after a gap would be predicted from a padding slot)')
+
     return CheckedIds(sequences, lowest == PAD_ID)
+
+
+def first_interior_pad(is_real: Tensor) -> Tensor:
+    """() long: the flat index (row * n + position) of the first padding slot that a real token follows later in
+    its row, or -1 when padding only trails. Computed on the device, to join the checks' one host sync."""
+    batch, length = is_real.shape
+    positions = torch.arange(length, device = is_real.device)
+    last_real = torch.where(is_real, positions, -1).amax(dim = -1, keepdim = True)      # (b, 1), -1 if none
+    interior = ~is_real & (positions < last_real)                                       # (b, n)
+    flat = torch.arange(batch * length, device = is_real.device).view(batch, length)
+    first = torch.where(interior, flat, batch * length).amin()
+    return torch.where(first < batch * length, first, -1)
 
 
 class AlignedPrompt(NamedTuple):
@@ -139,3 +161,97 @@ def check_reasoning_steps(num_reasoning_steps, batch: int, device) -> tuple[int,
         return int(highest), steps.long().to(device)
 
     raise TypeError(f'num_reasoning_steps must be an int or a 1-d integer tensor, got {type(num_reasoning_steps).__name__}')
+
+
+# sizes
+
+# the longest sequence (prompt, thoughts, answer) a call may ask for, whatever the memory: attention over more could
+# not run in any useful time, and it keeps absurd sizes (10**12 steps) from being tried where memory cannot be read
+MAX_SEQUENCE_LENGTH = 2 ** 24
+
+# keys and values smaller than this are let through without asking the device how much memory is free
+QUERY_MEMORY_ABOVE = 64 * 2 ** 20
+
+
+def available_memory(device: torch.device | str) -> int | None:
+    """Bytes this process could still allocate on `device`, or None where that cannot be read.
+
+    CUDA: the device's free memory plus what PyTorch's caching allocator holds unused. CPU: MemAvailable plus
+    SwapFree of /proc/meminfo (Linux; swap is slow, but a run that fits there can finish), else the free physical
+    pages (sysconf), else all physical memory.
+    """
+    device = torch.device(device)
+
+    if device.type == 'cuda':
+        try:
+            free, _ = torch.cuda.mem_get_info(device)
+            return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        except (RuntimeError, AssertionError):
+            return None
+
+    if device.type != 'cpu':
+        return None
+
+    try:
+        with open('/proc/meminfo') as meminfo:
+            fields = {line.split(':')[0]: int(line.split()[1]) * 1024 for line in meminfo if line.split(':')[0] in ('MemAvailable', 'SwapFree')}
+        if 'MemAvailable' in fields:
+            return fields['MemAvailable'] + fields.get('SwapFree', 0)
+    except (OSError, ValueError, IndexError):
+        pass
+
+    for pages in ('SC_AVPHYS_PAGES', 'SC_PHYS_PAGES'):
+        try:
+            return os.sysconf(pages) * os.sysconf('SC_PAGE_SIZE')
+        except (ValueError, OSError, AttributeError):
+            continue
+    return None
+
+
+def format_bytes(size: float) -> str:
+    for unit in ('B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'):
+        if size < 1024 or unit == 'PiB':
+            return f'{size:,.1f} {unit}' if unit != 'B' else f'{int(size)} B'
+        size /= 1024
+
+
+def check_sequence_fits(
+    parts: dict[str, tuple[int | None, int]],
+    batch: int,
+    depth: int,
+    heads: int,
+    dim_head: int,
+    dtype: torch.dtype,
+    device: torch.device | str
+):
+    """Raise ValueError, naming the argument that asks for the most columns, when a sequence cannot be held.
+
+    `parts`: for each piece of the sequence, by the name of the argument that sets it, (the value given, or None
+    where the piece is a tensor rather than a number, and the columns it adds). The sequence is refused when it is longer
+    than `MAX_SEQUENCE_LENGTH`, or when the keys and values of all of it,
+
+        2 (keys and values) x depth x batch x heads x dim_head x columns x bytes per element,
+
+    exceed the memory `available_memory` reports for `device`. That is a lower bound on what the run needs (no
+    activations, no weights), so a run it refuses could never have finished; one it lets through still may not.
+    """
+    total = sum(columns for _, columns in parts.values())
+    culprit = max(parts, key = lambda name: parts[name][1])
+    value = parts[culprit][0]
+
+    breakdown = ' + '.join(f'{name} {columns:,}' for name, (_, columns) in parts.items())
+    named = f'{culprit} = {value:,}' if value is not None else f'the {culprit} ({parts[culprit][1]:,} columns)'
+
+    if total > MAX_SEQUENCE_LENGTH:
+        raise ValueError(f'{named} is too large: the sequence would be {total:,} columns ({breakdown}), '
+                         f'more than the {MAX_SEQUENCE_LENGTH:,} supported')
+
+    needed = 2 * depth * batch * heads * dim_head * total * dtype.itemsize
+    if needed <= QUERY_MEMORY_ABOVE:
+        return      # a training step's usual size: not worth a driver call or a file read per step
+    available = available_memory(device)
+
+    if available is not None and needed > available:
+        raise ValueError(f'{named} is too large: the keys and values of the sequence ({breakdown} = {total:,} columns, '
+                         f'batch {batch}, depth {depth}, heads {heads}, dim_head {dim_head}, {dtype}) need {format_bytes(needed)}, '
+                         f'more than the {format_bytes(available)} available on {torch.device(device)}')

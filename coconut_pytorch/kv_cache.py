@@ -143,7 +143,9 @@ class StaticKVCache:
     step can be captured once as a CUDA graph and replayed (`coconut_pytorch.decoding`). The write position lives
     on the device (`write_index`), so a replayed graph advances it without the host; `length` mirrors it on the host.
 
-    Columns not yet written, and padding, are False in `key_mask` and never attended to.
+    Columns not yet written, and padding, are False in `key_mask` and never attended to. They still hold zeros, not
+    whatever an earlier call left there: attention multiplies a masked value by a probability of 0, and 0 x NaN is
+    NaN, so a stale NaN in an unwritten column would reach every real position.
     Not for training: in-place writes would break autograd through earlier steps.
     """
 
@@ -166,7 +168,11 @@ class StaticKVCache:
         return self.key_mask.shape[1]
 
     def reset(self):
-        """Empty again, keeping the buffers (and so any graph captured against them)."""
+        """Empty again, keeping the buffers (and so any graph captured against them). Keys and values are zeroed
+        too: a cache reused after a call whose weights held NaN (since restored in place) must not keep them."""
+        for keys, values in zip(self.keys, self.values):
+            keys.zero_()
+            values.zero_()
         self.key_mask.zero_()
         self.write_index.zero_()
         self.next_position.zero_()

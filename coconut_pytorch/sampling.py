@@ -32,6 +32,16 @@ def top_k_filter(logits: Tensor, k: int | None = None, frac_num_tokens: float = 
     return logits.masked_fill(logits < values[..., -1:], float('-inf'))
 
 
+class NoTokenToSampleError(ValueError):
+    """Generation reached logits with nothing to choose from: a row all -inf, or holding a NaN."""
+
+
+def unusable_rows(logits: Tensor) -> Tensor:
+    """(...) bool: rows of logits (..., vocab) that leave no token to choose: every entry -inf, or any NaN. Argmax
+    and Gumbel sampling would not fail on them, they would return token 0 or the NaN's position."""
+    return ~(logits > float('-inf')).any(dim = -1) | logits.isnan().any(dim = -1)
+
+
 def gumbel_sample(logits: Tensor, temperature: float = 1., generator: torch.Generator | None = None) -> Tensor:
     """Sample ids (...) from logits (..., vocab); `temperature = 0.` is greedy."""
     if temperature <= 0.:

@@ -142,7 +142,7 @@ class TrainStep:
         # the checks `forward` makes, here on the CPU copy: a graph reads whatever ids it is given
         num_tokens = self.model.num_tokens
         as_padded_ids(batch.prompt, 'prompt', num_tokens)
-        as_padded_ids(batch.target, 'answer', num_tokens, require_tokens = False, require_any_token = True)
+        as_padded_ids(batch.target, 'answer', num_tokens, require_tokens = False, require_any_token = True, padding_at_end = True)
         check_reasoning_steps(batch.num_thoughts, batch.prompt.shape[0], 'cpu')
         if batch.thought_targets is not None:
             self.model.check_thought_targets(batch.thought_targets, batch.prompt.shape[0], int(batch.num_thoughts.max()))

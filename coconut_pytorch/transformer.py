@@ -77,6 +77,20 @@ def attention_mask(key_mask: Tensor | None, num_queries: int, num_keys: int, dev
     return rearrange(mask, 'b n k -> b 1 n k')
 
 
+def zero_padding(x: Tensor, mask: Tensor | None) -> Tensor:
+    """x (b, n, D) with every masked position (mask (b, n) False) set to 0.
+
+    A padding slot reads some real token's embedding (padding is id 0 inside) or whatever hidden state a thought
+    slot past its row's steps is handed. Its key is masked, but attention still multiplies its value by a
+    probability of 0, and 0 x NaN = NaN: a NaN there (a NaN row of the embedding table, say) would reach every real
+    position. A zero input keeps every key and value of a padding slot finite whatever it was given; real
+    positions never attend to it, so nothing real changes. Same shape, no host sync: fine under graph capture.
+    """
+    if not exists(mask):
+        return x
+    return x.masked_fill(~rearrange(mask, 'b n -> b n 1'), 0.)
+
+
 # attention over cache segments
 
 # a thought step or a generated token queries a few positions against a long cache: reading the long prompt segment
@@ -367,7 +381,8 @@ class Transformer(Module):
 
         Args:
             inputs: ids (b, n) and/or embeddings (b, n, D), alone or in a list concatenated along n.
-            mask: (b, n) bool, False marks padding among the new tokens; None means all real.
+            mask: (b, n) bool, False marks padding among the new tokens, whose inputs are replaced by zeros
+                (`zero_padding`); None means all real.
             cache: what came before; None for a fresh sequence. A `KVCache` is extended into a new one; a
                 `StaticKVCache` (inference) is written in place and returned.
 
@@ -406,7 +421,7 @@ class Transformer(Module):
             new_values.append(values)
             return out, raw_values
 
-        hiddens = self.run_layers(x, attend)
+        hiddens = self.run_layers(x, mask, attend)
         return TransformerOutput(hiddens, cache.append(new_keys, new_values, mask, seq_len))
 
     def forward_static(self, x: Tensor, mask: Tensor | None, cache: StaticKVCache) -> Tensor:
@@ -444,7 +459,7 @@ class Transformer(Module):
                 first_values = first_values
             )
 
-        hiddens = self.run_layers(x, attend)
+        hiddens = self.run_layers(x, mask, attend)
         cache.advance(new_mask, seq_len)
         cache.length += seq_len
         return hiddens
@@ -462,9 +477,13 @@ class Transformer(Module):
         freqs = rearrange(freqs, 'b n d -> b 1 n d')
         return freqs.cos().to(compute_dtype), freqs.sin().to(compute_dtype)
 
-    def run_layers(self, x: Tensor, attend: Callable) -> Tensor:
+    def run_layers(self, x: Tensor, mask: Tensor | None, attend: Callable) -> Tensor:
         """The residual streams through every block; `attend(layer_index, attn, branch_input, first_values)`
-        runs one attention against whichever cache the caller holds and returns (output, raw values)."""
+        runs one attention against whichever cache the caller holds and returns (output, raw values).
+
+        Every path runs through here (the segment cache, the static cache and its CUDA graphs), so this is where a
+        masked input is zeroed (`zero_padding`)."""
+        x = zero_padding(x, mask)
         x = self.expand_streams(x)
         first_values = None
 
