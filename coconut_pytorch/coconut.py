@@ -18,8 +18,6 @@ Shapes: b batch, n prompt length, m answer length, c latents per step, S steps, 
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Mapping
 from functools import wraps
 from numbers import Integral
 from typing import Callable, NamedTuple, Sequence
@@ -32,11 +30,13 @@ from torch.utils.checkpoint import checkpoint as checkpoint_fn
 
 from einops import rearrange, repeat
 
-from coconut_pytorch.decoding import DecodeGraphs
-from coconut_pytorch.inputs import PAD_ID, AlignedPrompt, as_padded_ids, check_finite_number, check_reasoning_steps, check_sequence_fits, left_align
-from coconut_pytorch.kv_cache import KVCache, StaticKVCache, join_masks
-from coconut_pytorch.sampling import NoTokenToSampleError, gumbel_sample, min_p_filter, unusable_rows
-from coconut_pytorch.transformer import Transformer, TransformerOutput, autocast_dtype
+from coconut_pytorch import generation
+from coconut_pytorch.backbone import Backbone, BackboneOutput
+from coconut_pytorch.inputs import (PAD_ID, AlignedPrompt, as_padded_ids, check_finite_number, check_positive_int, check_reasoning_steps,
+                                    check_sequence_fits, left_align)
+from coconut_pytorch.kv_cache import KVCache, join_masks
+from coconut_pytorch.sampling import min_p_filter
+from coconut_pytorch.transformer import Transformer
 
 
 def exists(v) -> bool:
@@ -47,23 +47,6 @@ def default(v, d):
     return v if exists(v) else d
 
 
-def callable_name(fn: Callable) -> str:
-    return getattr(fn, '__qualname__', None) or repr(fn)
-
-
-def check_filtered_shape(filtered, shape: torch.Size):
-    if not torch.is_tensor(filtered) or filtered.shape != shape:
-        raise ValueError(f'filter_fn must return logits of the shape it was given, {tuple(shape)}, got '
-                         f'{tuple(filtered.shape) if torch.is_tensor(filtered) else type(filtered).__name__}')
-
-
-def check_positive_int(value, name: str):
-    if not isinstance(value, Integral) or isinstance(value, bool):
-        raise TypeError(f'{name} must be an int, got {type(value).__name__}')
-    if value < 1:
-        raise ValueError(f'{name} must be >= 1, got {value}')
-
-
 def accepts_legacy_positional_order(order: tuple[str, ...]):
     """coconut-pytorch 0.0.32 took the transformer second (`Coconut(3, dict(num_tokens = ..., ...))`), this package
     takes `num_latents_per_step` second, as its keyword examples read. A call whose second positional argument is a
@@ -71,7 +54,7 @@ def accepts_legacy_positional_order(order: tuple[str, ...]):
     def decorate(init):
         @wraps(init)
         def init_in_either_order(self, *args, **kwargs):
-            if len(args) >= 2 and isinstance(args[1], (dict, Transformer)):
+            if len(args) >= 2 and (isinstance(args[1], dict) or isinstance(args[1], Backbone)):
                 if len(args) > len(order):
                     raise TypeError(f'{type(self).__name__} takes at most {len(order)} positional arguments in the 0.0.32 order {order}, got {len(args)}')
                 for name, value in zip(order, args):
@@ -111,12 +94,13 @@ class Reasoned(NamedTuple):
 
 
 class Coconut(Module):
-    """Chain of Continuous Thought around a Transformer of its own.
+    """Chain of Continuous Thought around a causal language model: a Transformer of its own, or any backbone.
 
     Args:
         num_reasoning_steps: default number of thought steps S (0 = plain language model).
         num_latents_per_step: c, continuous thoughts produced per step.
-        transformer: a `Transformer` or the keyword arguments to build one (num_tokens, dim, depth, ...).
+        transformer: the keyword arguments of a `Transformer` to build (num_tokens, dim, depth, ...), or a model
+            to think with: a `Transformer`, or anything with the methods of `coconut_pytorch.backbone.Backbone`.
         checkpoint: recompute each step's activations in backward (non-reentrant torch checkpointing).
         learn_begin_of_thought: add a loss teaching a head to predict where thinking begins (the end of the prompt).
         begin_thought_loss_weight: weight of that loss.
@@ -139,7 +123,7 @@ class Coconut(Module):
         self,
         num_reasoning_steps: int,
         num_latents_per_step: int = 1,
-        transformer: dict | Transformer | None = None,
+        transformer: dict | Backbone | None = None,
         checkpoint: bool = False,
         learn_begin_of_thought: bool = False,
         begin_thought_loss_weight: float = 1.,
@@ -166,8 +150,9 @@ class Coconut(Module):
 
         if isinstance(transformer, dict):
             transformer = Transformer(**transformer)
-        elif not isinstance(transformer, Transformer):
-            raise TypeError(f'transformer must be a dict of Transformer arguments or a Transformer, got {type(transformer).__name__}')
+        elif not isinstance(transformer, Backbone):
+            raise TypeError(f'transformer must be a dict of Transformer arguments, a Transformer, or a backbone with the methods of '
+                            f'coconut_pytorch.backbone.Backbone, got {type(transformer).__name__}')
 
         self.model = transformer
         self.num_reasoning_steps = num_reasoning_steps
@@ -201,18 +186,15 @@ class Coconut(Module):
         self.begin_thought_loss_weight = begin_thought_loss_weight
         self.to_begin_thought_logit = nn.Linear(dim, 1) if learn_begin_of_thought else None
 
-        # static caches with their captured decode graphs, reused by later generate calls of the same shapes
-        self.graphed_caches: OrderedDict[tuple, StaticKVCache] = OrderedDict()
-
-    def __getstate__(self):
-        # CUDA graphs cannot be copied or pickled; a copy captures its own
-        state = self.__dict__.copy()
-        state['graphed_caches'] = OrderedDict()
-        return state
-
     @property
     def device(self) -> torch.device:
         return self.end_of_thought.device
+
+    @property
+    def graphed_caches(self):
+        """Static caches with their captured decode graphs, kept for later `generate` calls of the same shapes
+        (they belong to `coconut_pytorch.generation`; a copy of the model starts with none)."""
+        return generation.decoders(self)
 
     @property
     def num_tokens(self) -> int:
@@ -220,16 +202,19 @@ class Coconut(Module):
 
     # running the transformer, optionally checkpointed
 
-    def run(self, inputs: list[Tensor], mask: Tensor | None, cache: KVCache | None) -> TransformerOutput:
+    def run(self, inputs: list[Tensor], mask: Tensor | None, cache: KVCache | None) -> BackboneOutput:
         if self.checkpoint and self.training and torch.is_grad_enabled():
             return checkpoint_fn(self.model.forward_with_cache, inputs, mask = mask, cache = cache, use_reentrant = False)
         return self.model.forward_with_cache(inputs, mask = mask, cache = cache)
 
     # the latent recurrence, written once for training, evaluation, generation and hypotheses
 
-    def reason(self, prompt: Tensor, prompt_mask: Tensor | None, num_steps: int, row_steps: Tensor | None, cache: StaticKVCache | None = None) -> Reasoned:
+    def reason(self, prompt: Tensor, prompt_mask: Tensor | None, num_steps: int, row_steps: Tensor | None, cache = None,
+               run: Callable[..., BackboneOutput] | None = None) -> Reasoned:
         """The prompt, <bot> and the thought steps. `cache`: an empty static cache to run into (generation), else a
-        fresh segment cache is built."""
+        fresh segment cache is built. `run(inputs, mask, cache)` runs each chunk: `self.run` (training and
+        evaluation), or generation's run into its static cache."""
+        run = default(run, self.run)
         batch, prompt_length, c, hyps = *prompt.shape, self.num_latents_per_step, self.num_hypotheses
         device = prompt.device
         has_thoughts = (row_steps > 0) if exists(row_steps) else None
@@ -242,7 +227,7 @@ class Coconut(Module):
             return (row_steps >= step) if exists(row_steps) else None
 
         if num_steps == 0:
-            out = self.run([prompt], prompt_mask, cache)
+            out = run([prompt], prompt_mask, cache)
             return Reasoned(out.cache, [], None, [], out.hiddens, has_thoughts)
 
         eot = repeat(self.end_of_thought, 'd -> b 1 d', b = batch)
@@ -258,7 +243,7 @@ class Coconut(Module):
             segments += [(pauses, used_by(at_step(step), c)) for step in range(1, num_steps + 1)]
 
             mask = join_masks([(m, t.shape[1]) for t, m in segments], batch, device)
-            out = self.run([t for t, _ in segments], mask, cache)
+            out = run([t for t, _ in segments], mask, cache)
             return Reasoned(out.cache, [eot], eot_mask, [], out.hiddens[:, :prompt_length], has_thoughts)
 
         # continuous thoughts: step 1 reads the hidden states at <bot>, each later step those of the step before
@@ -267,21 +252,21 @@ class Coconut(Module):
         bot_mask = used_by(has_thoughts, c, hyps)
 
         if hyps == 1:
-            out = self.run([prompt, bot], join_masks([(prompt_mask, prompt_length), (bot_mask, c)], batch, device), cache)
+            out = run([prompt, bot], join_masks([(prompt_mask, prompt_length), (bot_mask, c)], batch, device), cache)
             prompt_hiddens = out.hiddens[:, :-c]
         else:
             if exists(cache):
                 raise ValueError('a static cache cannot hold hypotheses; load it from the reasoned segment cache instead')
             # hypotheses share the prompt's cache and think as a batch of b x H rows, each from its own <bot>
-            prompt_out = self.run([prompt], prompt_mask, None)
+            prompt_out = run([prompt], prompt_mask, None)
             prompt_hiddens = prompt_out.hiddens
-            out = self.run([bot], bot_mask, prompt_out.cache.repeat_batch(hyps))
+            out = run([bot], bot_mask, prompt_out.cache.repeat_batch(hyps))
 
         cache = out.cache
         thoughts = [out.hiddens[:, -c:]]
 
         for step in range(1, num_steps):
-            out = self.run([self.fed_back(thoughts[-1])], used_by(at_step(step), c, hyps), cache)
+            out = run([self.fed_back(thoughts[-1])], used_by(at_step(step), c, hyps), cache)
             cache = out.cache
             thoughts.append(out.hiddens)
 
@@ -293,7 +278,7 @@ class Coconut(Module):
 
         # the last thoughts enter their own streams' caches; then the streams fold into one row per example,
         # side by side after the shared prompt (segment 0), so <eot> and the answer attend to every hypothesis
-        cache = self.run([self.fed_back(thoughts[-1])], last_mask, cache).cache
+        cache = run([self.fed_back(thoughts[-1])], last_mask, cache).cache
         cache = cache.merge_batch_segments(hyps, from_segment = 1)
         return Reasoned(cache, [eot], eot_mask, thoughts, prompt_hiddens, has_thoughts)
 
@@ -304,8 +289,10 @@ class Coconut(Module):
         mixed = self.hypothesis_mixer(rearrange(thoughts, '(b h) c d -> b c (h d)', h = self.num_hypotheses))
         return rearrange(mixed, 'b c (h d) -> (b h) c d', h = self.num_hypotheses)
 
-    def finish(self, reasoned: Reasoned, answer_inputs: Tensor | None, answer_mask: Tensor | None) -> tuple[Tensor, TransformerOutput | None]:
+    def finish(self, reasoned: Reasoned, answer_inputs: Tensor | None, answer_mask: Tensor | None,
+               run: Callable[..., BackboneOutput] | None = None) -> tuple[Tensor, BackboneOutput | None]:
         """Run the tail (last thoughts, <eot>) and the answer inputs; return logits predicting the answer tokens.
+        `run`: as in `reason`.
 
         The first answer token is predicted at <eot>, or at the last prompt token for rows that do not think.
         """
@@ -326,7 +313,7 @@ class Coconut(Module):
         inputs = [t for t, _ in segments]
         mask = join_masks([(m, t.shape[1]) for t, m in segments], batch, self.device)
 
-        out = self.run(inputs, mask, reasoned.cache)
+        out = default(run, self.run)(inputs, mask, reasoned.cache)
         hiddens = out.hiddens
 
         if tail_length > 0:
@@ -355,14 +342,12 @@ class Coconut(Module):
         """Raise ValueError, before any compute, when prompt + thoughts + answer (`answer_name`: 'answer', or
         'max_length' in generate) is longer than supported or its keys and values cannot fit in the memory left
         on the model's device (`inputs.check_sequence_fits`)."""
-        model = self.model
-        dtype = autocast_dtype(self.device.type, default = model.token_emb.weight.dtype)
         parts = {
             'prompt': (None, prompt_length),
             'num_reasoning_steps': (num_steps, self.thought_columns(num_steps)),
             answer_name: (answer_value, answer_length)
         }
-        check_sequence_fits(parts, batch, model.depth, model.heads, model.dim_head, dtype, self.device)
+        check_sequence_fits(parts, batch, self.model.kv_bytes, self.device)
 
     # training and teacher-forced evaluation
 
@@ -612,140 +597,8 @@ class Coconut(Module):
 
         Returns (b, max_length) token ids.
         """
-        check_positive_int(max_length, 'max_length')
-        check_finite_number(temperature, 'temperature')
-        if not callable(filter_fn):
-            raise TypeError(f'filter_fn must be a callable (logits, **filter_kwargs) -> logits, e.g. min_p_filter, got {filter_fn!r}')
-        if exists(filter_kwargs) and not isinstance(filter_kwargs, Mapping):
-            raise TypeError(f'filter_kwargs must be a dict of keyword arguments for filter_fn, got {type(filter_kwargs).__name__}')
-        if exists(eos_token_id) and not (isinstance(eos_token_id, Integral) and not isinstance(eos_token_id, bool) and 0 <= eos_token_id < self.num_tokens):
-            raise ValueError(f'eos_token_id must be an int in [0, {self.num_tokens}), got {eos_token_id!r}')
-        if exists(generator) and not isinstance(generator, torch.Generator):
-            raise TypeError(f'generator must be a torch.Generator, got {type(generator).__name__}')
-        if cuda_graph and self.device.type != 'cuda':
-            raise ValueError(f'cuda_graph = True needs the model on a CUDA device, it is on {self.device}')
-
-        filter_kwargs = default(filter_kwargs, {})
-        cuda_graph = default(cuda_graph, self.device.type == 'cuda')
-        if compile_steps and not cuda_graph:
-            raise ValueError('compile_steps = True needs CUDA graphs (cuda_graph not False, the model on a CUDA device): a compiled step is captured once and replayed')
-
-        aligned, num_steps, row_steps = self.prepare(prompt, num_reasoning_steps)
-        batch, prompt_length = aligned.ids.shape
-
-        self.check_sequence_fits(batch, prompt_length, num_steps, 'max_length', max_length, max_length)
-        if temperature > 0:
-            self.check_filter(filter_fn, filter_kwargs)
-
-        # everything the sequence can hold: prompt, H streams of <bot> and thoughts, <eot>, the new tokens
-        cache = self.static_cache(batch, prompt_length + self.thought_columns(num_steps) + max_length, cuda_graph, compile_steps)
-
-        if self.num_hypotheses == 1:
-            reasoned = self.reason(aligned.ids, aligned.mask, num_steps, row_steps, cache = cache)
-        else:
-            reasoned = self.reason(aligned.ids, aligned.mask, num_steps, row_steps)
-            cache.load(reasoned.cache)
-            reasoned = reasoned._replace(cache = cache)
-
-        logits, _ = self.finish(reasoned, None, None)
-
-        tokens = torch.full((batch, max_length), PAD_ID, dtype = torch.long, device = self.device)
-        done = torch.zeros(batch, dtype = torch.bool, device = self.device)
-
-        # per row, the first step whose logits left nothing to choose (all -inf, or a NaN), -1 while none did; and
-        # whether the model's own logits were already so there. Kept on the device and read where the loop syncs
-        # anyway (the eos check) and once at the end: a check per token would stall the host on every token
-        unusable_at = torch.full((batch,), -1, dtype = torch.long, device = self.device)
-        model_unusable = torch.zeros(batch, dtype = torch.bool, device = self.device)
-
-        for index in range(max_length):
-            step_logits = logits[:, -1]
-            model_bad = bad = unusable_rows(step_logits)
-
-            if temperature > 0:
-                step_logits = filter_fn(step_logits, **filter_kwargs)
-                check_filtered_shape(step_logits, logits[:, -1].shape)
-                bad = unusable_rows(step_logits)
-
-            # a row that has ended ignores its logits, whatever they are
-            first = bad & ~done & (unusable_at < 0)
-            unusable_at = torch.where(first, index, unusable_at)
-            model_unusable = model_unusable | (first & model_bad)
-
-            token = gumbel_sample(step_logits, temperature, generator = generator)
-            tokens[:, index] = token.masked_fill(done, PAD_ID)
-
-            if exists(eos_token_id):
-                done = done | (token == eos_token_id)
-                all_done, any_unusable = torch.stack((done.all(), (unusable_at >= 0).any())).tolist()
-                if any_unusable:
-                    raise self.no_token_error(unusable_at, model_unusable, filter_fn, temperature)
-                if all_done:
-                    break
-
-            if index == max_length - 1:
-                break
-
-            hiddens, _ = self.model.forward_with_cache([token[:, None]], cache = cache)
-            logits = self.model.to_logits(hiddens)
-
-        if bool((unusable_at >= 0).any()):
-            raise self.no_token_error(unusable_at, model_unusable, filter_fn, temperature)
-
-        return tokens
-
-    def check_filter(self, filter_fn: Callable[..., Tensor], filter_kwargs: Mapping):
-        """Call the filter once on a (1, V) tensor of logits on the model's device, so that a filter or keyword
-        arguments that cannot work fail before the prompt runs, naming filter_fn and filter_kwargs."""
-        dtype = autocast_dtype(self.device.type, default = self.model.to_logits.weight.dtype)
-        logits = torch.linspace(-1., 1., self.num_tokens, device = self.device, dtype = dtype)[None]
-
-        try:
-            filtered = filter_fn(logits, **filter_kwargs)
-        except Exception as error:
-            # a TypeError is most often a keyword filter_fn does not take; anything else, a value it rejects
-            kind = TypeError if isinstance(error, TypeError) else ValueError
-            raise kind(f'filter_fn {callable_name(filter_fn)} with filter_kwargs {dict(filter_kwargs)!r} failed on logits of shape '
-                       f'{tuple(logits.shape)}: {type(error).__name__}: {error}') from error
-
-        check_filtered_shape(filtered, logits.shape)
-
-    def no_token_error(self, unusable_at: Tensor, model_unusable: Tensor, filter_fn: Callable, temperature: float) -> NoTokenToSampleError:
-        """The error for rows whose logits left no token to choose (read from the device: only on the way out)."""
-        rows = (unusable_at >= 0).nonzero().flatten()
-        step = int(unusable_at[rows].min())
-        at_step = rows[unusable_at[rows] == step]
-        from_model = bool(model_unusable[at_step].any())
-        where = f'row{"s" if len(at_step) > 1 else ""} {at_step.tolist()} at generated token {step}'
-
-        if temperature > 0 and not from_model:
-            return NoTokenToSampleError(f'filter_fn {callable_name(filter_fn)} left no finite logit to sample from (all -inf, or NaN) in {where}; '
-                                        'a filter must keep at least one token per row')
-        return NoTokenToSampleError(f"the model's logits hold NaN (or are all -inf) in {where}, so there is no token to "
-                                    f"{'sample' if temperature > 0 else 'pick greedily'}: its weights or activations are not finite")
-
-    def static_cache(self, batch: int, length: int, cuda_graph: bool, compile_steps: bool = False) -> StaticKVCache:
-        """An empty static cache for `length` columns; with `cuda_graph`, one (with its graphs) reused across calls."""
-        model = self.model
-        dtype = autocast_dtype(self.device.type, default = model.token_emb.weight.dtype)
-        # lengths round up, so prompts of similar lengths share a cache and its graphs
-        capacity = -(-length // 64) * 64
-        shape = (batch, model.depth, model.heads, model.dim_head, capacity, dtype, self.device)
-
-        if not cuda_graph:
-            return StaticKVCache(*shape)
-
-        # graphs read parameters and buffers at fixed addresses: moving or recasting the model must not reuse them
-        key = (*shape, self.training, compile_steps, tuple(p.data_ptr() for p in self.parameters()))
-        cache = self.graphed_caches.pop(key, None)
-
-        if exists(cache):
-            cache.reset()
-        else:
-            cache = StaticKVCache(*shape)
-            cache.graphs = DecodeGraphs(model, cache, compile_steps = compile_steps)
-
-        self.graphed_caches[key] = cache
-        while len(self.graphed_caches) > 4:
-            self.graphed_caches.popitem(last = False)
-        return cache
+        return generation.generate(
+            self, prompt, max_length = max_length, filter_fn = filter_fn, filter_kwargs = filter_kwargs, temperature = temperature,
+            eos_token_id = eos_token_id, num_reasoning_steps = num_reasoning_steps, generator = generator, cuda_graph = cuda_graph,
+            compile_steps = compile_steps
+        )

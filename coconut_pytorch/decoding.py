@@ -5,8 +5,9 @@ time goes to launching hundreds of small kernels (attention, feedforward, hyper-
 computing them. Against a `StaticKVCache` every such step has fixed shapes and buffer addresses, so it is captured
 once as a CUDA graph and replayed: one launch per step instead of hundreds.
 
-`DecodeGraphs` is attached to a static cache (`cache.graphs`); `Transformer.forward_with_cache` then replays a graph
-for every call after the prefill. Graphs are captured per number of new positions and per autocast state.
+`DecodeGraphs` captures a backbone's `forward_static` against one static cache; `coconut_pytorch.generation` keeps
+the two side by side and replays a graph for every step after the prefill. Graphs are captured per number of new
+positions and per autocast state.
 
 A replay still runs every kernel of the step, one after another: with hundreds of tiny kernels that costs ~1.5 ms
 a step at config A's size. `compile_steps` captures `torch.compile`d steps instead, whose fused kernels are far fewer.
@@ -28,10 +29,10 @@ def exists(v) -> bool:
 
 
 class DecodeGraphs:
-    """CUDA graphs of `transformer.forward_static` against one static cache.
+    """CUDA graphs of a backbone's `forward_static` against one static cache.
 
     Args:
-        transformer: the `Transformer` whose steps are captured.
+        transformer: the backbone (`coconut_pytorch.backbone.Backbone`) whose steps are captured.
         cache: the `StaticKVCache` they read and write; the graphs are valid for its buffers only.
         warmup: eager runs before each capture (lazy initialisation inside kernels must not happen during capture).
         compile_steps: capture `torch.compile`d steps: fused kernels, so a replay runs far fewer of them. Each step

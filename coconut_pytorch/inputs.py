@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from numbers import Integral, Real
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -30,6 +30,13 @@ def check_finite_number(value, name: str, minimum: float = 0., inclusive: bool =
     """Raise ValueError unless `value` is a real number (not a bool), finite, and >= `minimum` (> if not inclusive)."""
     if not isinstance(value, Real) or isinstance(value, bool) or not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
         raise ValueError(f"{name} must be a finite number {'>=' if inclusive else '>'} {minimum:g}, got {value!r}")
+
+
+def check_positive_int(value, name: str):
+    if not isinstance(value, Integral) or isinstance(value, bool):
+        raise TypeError(f'{name} must be an int, got {type(value).__name__}')
+    if value < 1:
+        raise ValueError(f'{name} must be >= 1, got {value}')
 
 
 def as_padded_ids(
@@ -218,21 +225,15 @@ def format_bytes(size: float) -> str:
 def check_sequence_fits(
     parts: dict[str, tuple[int | None, int]],
     batch: int,
-    depth: int,
-    heads: int,
-    dim_head: int,
-    dtype: torch.dtype,
+    kv_bytes: Callable[[int, int], int],
     device: torch.device | str
 ):
     """Raise ValueError, naming the argument that asks for the most columns, when a sequence cannot be held.
 
     `parts`: for each piece of the sequence, by the name of the argument that sets it, (the value given, or None
     where the piece is a tensor rather than a number, and the columns it adds). The sequence is refused when it is longer
-    than `MAX_SEQUENCE_LENGTH`, or when the keys and values of all of it,
-
-        2 (keys and values) x depth x batch x heads x dim_head x columns x bytes per element,
-
-    exceed the memory `available_memory` reports for `device`. That is a lower bound on what the run needs (no
+    than `MAX_SEQUENCE_LENGTH`, or when the keys and values of all of it for `batch` rows, `kv_bytes(batch, columns)`
+    (the backbone's `kv_bytes`), exceed the memory `available_memory` reports for `device`. That is a lower bound on what the run needs (no
     activations, no weights), so a run it refuses could never have finished; one it lets through still may not.
     """
     total = sum(columns for _, columns in parts.values())
@@ -246,12 +247,12 @@ def check_sequence_fits(
         raise ValueError(f'{named} is too large: the sequence would be {total:,} columns ({breakdown}), '
                          f'more than the {MAX_SEQUENCE_LENGTH:,} supported')
 
-    needed = 2 * depth * batch * heads * dim_head * total * dtype.itemsize
+    needed = kv_bytes(batch, total)
     if needed <= QUERY_MEMORY_ABOVE:
         return      # a training step's usual size: not worth a driver call or a file read per step
     available = available_memory(device)
 
     if available is not None and needed > available:
         raise ValueError(f'{named} is too large: the keys and values of the sequence ({breakdown} = {total:,} columns, '
-                         f'batch {batch}, depth {depth}, heads {heads}, dim_head {dim_head}, {dtype}) need {format_bytes(needed)}, '
+                         f'batch {batch}) need {format_bytes(needed)}, '
                          f'more than the {format_bytes(available)} available on {torch.device(device)}')

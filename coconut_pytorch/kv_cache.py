@@ -20,6 +20,8 @@ from torch import Tensor
 
 from einops import rearrange, repeat
 
+from coconut_pytorch.backbone import BackboneOutput
+
 
 def exists(v) -> bool:
     return v is not None
@@ -59,6 +61,10 @@ class KVCache:
     def length(self) -> int:
         """Number of key columns, padding included."""
         return sum(self.lengths)
+
+    def run(self, transformer, x: Tensor, mask: Tensor | None):
+        """Run embeddings x (b, n, D) through `transformer` after this cache: a new, longer cache comes back."""
+        return transformer.forward_segments(x, mask, self)
 
     def layer(self, index: int) -> tuple[Tensor | None, Tensor | None]:
         """All keys and values of one layer, (b, h, length, d) each, or (None, None) when empty."""
@@ -140,7 +146,8 @@ class StaticKVCache:
     """A preallocated, mutable cache for inference: every call writes its keys and values in place.
 
     Generation appends one token at a time; with fixed buffers every step has the same shapes and addresses, so a
-    step can be captured once as a CUDA graph and replayed (`coconut_pytorch.decoding`). The write position lives
+    step can be captured once as a CUDA graph and replayed (`coconut_pytorch.decoding`; the graphs are kept beside
+    the cache by `coconut_pytorch.generation`, not in it). The write position lives
     on the device (`write_index`), so a replayed graph advances it without the host; `length` mirrors it on the host.
 
     Columns not yet written, and padding, are False in `key_mask` and never attended to. They still hold zeros, not
@@ -157,7 +164,6 @@ class StaticKVCache:
         self.write_index = torch.zeros((1,), dtype = torch.long, device = device)
         self.next_position = torch.zeros((batch,), dtype = torch.long, device = device)
         self.length = 0
-        self.graphs = None      # a `DecodeGraphs` captured against these buffers, if any
 
     @property
     def batch(self) -> int:
@@ -166,6 +172,10 @@ class StaticKVCache:
     @property
     def capacity(self) -> int:
         return self.key_mask.shape[1]
+
+    def run(self, transformer, x: Tensor, mask: Tensor | None):
+        """Run embeddings x (b, n, D) through `transformer`, writing them into this cache in place."""
+        return BackboneOutput(transformer.forward_static(x, mask, self), self)
 
     def reset(self):
         """Empty again, keeping the buffers (and so any graph captured against them). Keys and values are zeroed

@@ -16,7 +16,7 @@ Shapes: b batch, n new tokens, k all keys (cache + new), h heads, d dim_head, s 
 from __future__ import annotations
 
 from numbers import Real
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,7 @@ from einops import rearrange
 from hyper_connections import get_init_and_expand_reduce_stream_functions
 from x_transformers.x_transformers import RotaryEmbedding, rotate_half
 
+from coconut_pytorch.backbone import BackboneOutput
 from coconut_pytorch.inputs import check_finite_number
 from coconut_pytorch.kv_cache import KVCache, StaticKVCache
 
@@ -250,16 +251,12 @@ class FeedForward(Module):
 
 # the transformer
 
-class TransformerOutput(NamedTuple):
-    hiddens: Tensor     # (b, n, D) final-normed hidden states of the new tokens: what a continuous thought is
-    cache: KVCache      # the input cache extended by the new tokens
-
-
 SUPPORTED_ATTEND_KWARGS = {'dropout', 'flash'}
 
 
 class Transformer(Module):
-    """Decoder-only Transformer with rotary attention, value residual learning and hyper-connections.
+    """Decoder-only Transformer with rotary attention, value residual learning and hyper-connections: the native
+    backbone (`coconut_pytorch.backbone.Backbone`) that `Coconut` builds from a dict of these arguments.
 
     Args:
         num_tokens: vocabulary size.
@@ -367,8 +364,21 @@ class Transformer(Module):
         embeds = [self.token_emb(t) if t.dtype in (torch.long, torch.int) else t for t in inputs]
         return torch.cat(embeds, dim = -2)
 
+    # the backbone interface (coconut_pytorch.backbone.Backbone): caches and their sizes
+
     def empty_cache(self, batch: int) -> KVCache:
         return KVCache.empty(batch, self.depth, device = self.device)
+
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype keys and values are computed in: autocast's when it is on, else the weights'."""
+        return autocast_dtype(self.device.type, default = self.token_emb.weight.dtype)
+
+    def static_cache(self, batch: int, capacity: int, device: torch.device | None = None) -> StaticKVCache:
+        return StaticKVCache(batch, self.depth, self.heads, self.dim_head, capacity, self.compute_dtype(), default(device, self.device))
+
+    def kv_bytes(self, batch: int, positions: int) -> int:
+        """Keys and values of every layer and head: 2 x depth x batch x heads x dim_head x positions elements."""
+        return 2 * self.depth * batch * self.heads * self.dim_head * positions * self.compute_dtype().itemsize
 
     def forward_with_cache(
         self,
@@ -376,29 +386,26 @@ class Transformer(Module):
         *,
         mask: Tensor | None = None,
         cache: KVCache | StaticKVCache | None = None
-    ) -> TransformerOutput:
+    ) -> BackboneOutput:
         """Run new tokens against a cache.
 
         Args:
             inputs: ids (b, n) and/or embeddings (b, n, D), alone or in a list concatenated along n.
             mask: (b, n) bool, False marks padding among the new tokens, whose inputs are replaced by zeros
                 (`zero_padding`); None means all real.
-            cache: what came before; None for a fresh sequence. A `KVCache` is extended into a new one; a
-                `StaticKVCache` (inference) is written in place and returned.
+            cache: what came before; None for a fresh sequence. A `KVCache` is extended into a new one
+                (`forward_segments`); a `StaticKVCache` (inference) is written in place (`forward_static`) and
+                returned. Each cache says which of the two writes it (`cache.run`).
 
         Returns the final-normed hidden states of the new tokens and the extended cache.
         """
         x = self.embed(inputs)
-        if isinstance(cache, StaticKVCache):
-            # after the prefill, a step of fixed shape: replay its CUDA graph when the cache has them
-            if exists(cache.graphs) and cache.length > 0:
-                return TransformerOutput(cache.graphs.step(x, mask), cache)
-            return TransformerOutput(self.forward_static(x, mask, cache), cache)
+        cache = cache if exists(cache) else self.empty_cache(x.shape[0])
+        return cache.run(self, x, mask)
 
-        batch, seq_len = x.shape[:2]
-        if not exists(cache):
-            cache = self.empty_cache(batch)
-
+    def forward_segments(self, x: Tensor, mask: Tensor | None, cache: KVCache) -> BackboneOutput:
+        """Embeddings x (b, n, D) after a segment cache; returns their hiddens and a new cache, one segment longer."""
+        seq_len = x.shape[1]
         rotary = self.rotary_for(cache.next_position, mask, seq_len, x)
 
         key_mask = cache.key_mask_with(mask, seq_len)
@@ -422,7 +429,7 @@ class Transformer(Module):
             return out, raw_values
 
         hiddens = self.run_layers(x, mask, attend)
-        return TransformerOutput(hiddens, cache.append(new_keys, new_values, mask, seq_len))
+        return BackboneOutput(hiddens, cache.append(new_keys, new_values, mask, seq_len))
 
     def forward_static(self, x: Tensor, mask: Tensor | None, cache: StaticKVCache) -> Tensor:
         """Embeddings (b, n, D) through the layers against a static cache, written in place; returns the hiddens.

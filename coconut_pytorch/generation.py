@@ -1,0 +1,246 @@
+"""Generation: think, then decode, on a preallocated cache.
+
+The prompt runs once into a static cache (`Backbone.static_cache`); every thought step, `<eot>` and each new token
+then writes into it in place, so every step after the prompt has fixed shapes and buffer addresses. On CUDA those
+steps are captured as CUDA graphs and replayed (`coconut_pytorch.decoding`). A cache and its graphs are kept for
+later calls of the same batch size and cache length (`decoders`), per model; they belong to this module, not to the
+model or the cache.
+
+The recurrence itself is `Coconut.reason` and `Coconut.finish`, the same code that trains: generation hands them
+a `StaticRun` in place of the training-time run over the segment cache.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import OrderedDict
+from collections.abc import Mapping
+from numbers import Integral
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
+
+import torch
+from torch import Tensor
+
+from coconut_pytorch.backbone import Backbone, BackboneOutput
+from coconut_pytorch.decoding import DecodeGraphs
+from coconut_pytorch.inputs import PAD_ID, check_finite_number, check_positive_int
+from coconut_pytorch.sampling import NoTokenToSampleError, gumbel_sample, min_p_filter, unusable_rows
+from coconut_pytorch.transformer import autocast_dtype
+
+if TYPE_CHECKING:
+    from coconut_pytorch.coconut import Coconut
+
+
+def exists(v) -> bool:
+    return v is not None
+
+
+def default(v, d):
+    return v if exists(v) else d
+
+
+# running steps against a static cache
+
+class StaticRun:
+    """What `Coconut.reason` and `Coconut.finish` call to run inputs during generation: the backbone's pass into
+    its static cache (in place), replayed from a CUDA graph after the prefill when `graphs` is given."""
+
+    def __init__(self, backbone: Backbone, graphs: DecodeGraphs | None = None):
+        self.backbone, self.graphs = backbone, graphs
+
+    def __call__(self, inputs: Sequence[Tensor], mask: Tensor | None, cache) -> BackboneOutput:
+        if exists(self.graphs) and cache.length > 0:
+            return BackboneOutput(self.graphs.step(self.backbone.embed(inputs), mask), cache)
+        return self.backbone.forward_with_cache(inputs, mask = mask, cache = cache)
+
+
+class Decoder(NamedTuple):
+    cache: Any                      # the backbone's static cache
+    graphs: DecodeGraphs | None     # captured against that cache's buffers, when decoding on CUDA graphs
+
+
+# per model, the decoders kept for later calls: weakly keyed, so they go with the model, and a copy or a pickle of a
+# model carries none (CUDA graphs can be neither)
+DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+DECODERS_KEPT = 4
+
+
+def decoders(model: Coconut) -> OrderedDict[tuple, Decoder]:
+    """The decoders (static caches with their graphs) kept for `model`, least recently used first."""
+    return DECODERS.setdefault(model, OrderedDict())
+
+
+def decoder(model: Coconut, batch: int, length: int, cuda_graph: bool, compile_steps: bool = False) -> Decoder:
+    """An empty static cache for `length` positions; with `cuda_graph`, one (with its graphs) reused across calls."""
+    backbone = model.model
+    # lengths round up, so prompts of similar lengths share a cache and its graphs
+    capacity = -(-length // 64) * 64
+
+    if not cuda_graph:
+        return Decoder(backbone.static_cache(batch, capacity, model.device), None)
+
+    # graphs read parameters and buffers at fixed addresses: moving or recasting the model must not reuse them
+    dtype = autocast_dtype(model.device.type, default = None)
+    key = (batch, capacity, dtype, model.device, model.training, compile_steps, tuple(p.data_ptr() for p in model.parameters()))
+    kept = decoders(model)
+    found = kept.pop(key, None)
+
+    if exists(found):
+        found.cache.reset()
+    else:
+        cache = backbone.static_cache(batch, capacity, model.device)
+        found = Decoder(cache, DecodeGraphs(backbone, cache, compile_steps = compile_steps))
+
+    kept[key] = found
+    while len(kept) > DECODERS_KEPT:
+        kept.popitem(last = False)
+    return found
+
+
+# checks
+
+def callable_name(fn: Callable) -> str:
+    return getattr(fn, '__qualname__', None) or repr(fn)
+
+
+def check_filtered_shape(filtered, shape: torch.Size):
+    if not torch.is_tensor(filtered) or filtered.shape != shape:
+        raise ValueError(f'filter_fn must return logits of the shape it was given, {tuple(shape)}, got '
+                         f'{tuple(filtered.shape) if torch.is_tensor(filtered) else type(filtered).__name__}')
+
+
+def check_filter(model: Coconut, filter_fn: Callable[..., Tensor], filter_kwargs: Mapping):
+    """Call the filter once on a (1, V) tensor of logits on the model's device, so that a filter or keyword
+    arguments that cannot work fail before the prompt runs, naming filter_fn and filter_kwargs."""
+    dtype = autocast_dtype(model.device.type, default = model.end_of_thought.dtype)
+    logits = torch.linspace(-1., 1., model.num_tokens, device = model.device, dtype = dtype)[None]
+
+    try:
+        filtered = filter_fn(logits, **filter_kwargs)
+    except Exception as error:
+        # a TypeError is most often a keyword filter_fn does not take; anything else, a value it rejects
+        kind = TypeError if isinstance(error, TypeError) else ValueError
+        raise kind(f'filter_fn {callable_name(filter_fn)} with filter_kwargs {dict(filter_kwargs)!r} failed on logits of shape '
+                   f'{tuple(logits.shape)}: {type(error).__name__}: {error}') from error
+
+    check_filtered_shape(filtered, logits.shape)
+
+
+def no_token_error(unusable_at: Tensor, model_unusable: Tensor, filter_fn: Callable, temperature: float) -> NoTokenToSampleError:
+    """The error for rows whose logits left no token to choose (read from the device: only on the way out)."""
+    rows = (unusable_at >= 0).nonzero().flatten()
+    step = int(unusable_at[rows].min())
+    at_step = rows[unusable_at[rows] == step]
+    from_model = bool(model_unusable[at_step].any())
+    where = f'row{"s" if len(at_step) > 1 else ""} {at_step.tolist()} at generated token {step}'
+
+    if temperature > 0 and not from_model:
+        return NoTokenToSampleError(f'filter_fn {callable_name(filter_fn)} left no finite logit to sample from (all -inf, or NaN) in {where}; '
+                                    'a filter must keep at least one token per row')
+    return NoTokenToSampleError(f"the model's logits hold NaN (or are all -inf) in {where}, so there is no token to "
+                                f"{'sample' if temperature > 0 else 'pick greedily'}: its weights or activations are not finite")
+
+
+# the loop
+
+@torch.no_grad()
+def generate(
+    model: Coconut,
+    prompt: Tensor | Sequence[Tensor],
+    max_length: int = 16,
+    filter_fn: Callable[..., Tensor] = min_p_filter,
+    filter_kwargs: dict | None = None,
+    temperature: float = 1.,
+    eos_token_id: int | None = None,
+    num_reasoning_steps: int | Tensor | None = None,
+    generator: torch.Generator | None = None,
+    cuda_graph: bool | None = None,
+    compile_steps: bool = False
+) -> Tensor:
+    """`Coconut.generate`: think, then decode up to `max_length` tokens (see there for the arguments)."""
+    check_positive_int(max_length, 'max_length')
+    check_finite_number(temperature, 'temperature')
+    if not callable(filter_fn):
+        raise TypeError(f'filter_fn must be a callable (logits, **filter_kwargs) -> logits, e.g. min_p_filter, got {filter_fn!r}')
+    if exists(filter_kwargs) and not isinstance(filter_kwargs, Mapping):
+        raise TypeError(f'filter_kwargs must be a dict of keyword arguments for filter_fn, got {type(filter_kwargs).__name__}')
+    if exists(eos_token_id) and not (isinstance(eos_token_id, Integral) and not isinstance(eos_token_id, bool) and 0 <= eos_token_id < model.num_tokens):
+        raise ValueError(f'eos_token_id must be an int in [0, {model.num_tokens}), got {eos_token_id!r}')
+    if exists(generator) and not isinstance(generator, torch.Generator):
+        raise TypeError(f'generator must be a torch.Generator, got {type(generator).__name__}')
+    device = model.device
+    if cuda_graph and device.type != 'cuda':
+        raise ValueError(f'cuda_graph = True needs the model on a CUDA device, it is on {device}')
+
+    filter_kwargs = default(filter_kwargs, {})
+    cuda_graph = default(cuda_graph, device.type == 'cuda')
+    if compile_steps and not cuda_graph:
+        raise ValueError('compile_steps = True needs CUDA graphs (cuda_graph not False, the model on a CUDA device): a compiled step is captured once and replayed')
+
+    aligned, num_steps, row_steps = model.prepare(prompt, num_reasoning_steps)
+    batch, prompt_length = aligned.ids.shape
+
+    model.check_sequence_fits(batch, prompt_length, num_steps, 'max_length', max_length, max_length)
+    if temperature > 0:
+        check_filter(model, filter_fn, filter_kwargs)
+
+    # everything the sequence can hold: prompt, H streams of <bot> and thoughts, <eot>, the new tokens
+    cache, graphs = decoder(model, batch, prompt_length + model.thought_columns(num_steps) + max_length, cuda_graph, compile_steps)
+    run = StaticRun(model.model, graphs)
+
+    if model.num_hypotheses == 1:
+        reasoned = model.reason(aligned.ids, aligned.mask, num_steps, row_steps, cache = cache, run = run)
+    else:
+        # hypotheses think as b x H rows on the segment cache, then fold into one row each: the static cache takes
+        # over the folded cache
+        reasoned = model.reason(aligned.ids, aligned.mask, num_steps, row_steps)
+        cache.load(reasoned.cache)
+        reasoned = reasoned._replace(cache = cache)
+
+    logits, _ = model.finish(reasoned, None, None, run = run)
+
+    tokens = torch.full((batch, max_length), PAD_ID, dtype = torch.long, device = device)
+    done = torch.zeros(batch, dtype = torch.bool, device = device)
+
+    # per row, the first step whose logits left nothing to choose (all -inf, or a NaN), -1 while none did; and
+    # whether the model's own logits were already so there. Kept on the device and read where the loop syncs
+    # anyway (the eos check) and once at the end: a check per token would stall the host on every token
+    unusable_at = torch.full((batch,), -1, dtype = torch.long, device = device)
+    model_unusable = torch.zeros(batch, dtype = torch.bool, device = device)
+
+    for index in range(max_length):
+        step_logits = logits[:, -1]
+        model_bad = bad = unusable_rows(step_logits)
+
+        if temperature > 0:
+            step_logits = filter_fn(step_logits, **filter_kwargs)
+            check_filtered_shape(step_logits, logits[:, -1].shape)
+            bad = unusable_rows(step_logits)
+
+        # a row that has ended ignores its logits, whatever they are
+        first = bad & ~done & (unusable_at < 0)
+        unusable_at = torch.where(first, index, unusable_at)
+        model_unusable = model_unusable | (first & model_bad)
+
+        token = gumbel_sample(step_logits, temperature, generator = generator)
+        tokens[:, index] = token.masked_fill(done, PAD_ID)
+
+        if exists(eos_token_id):
+            done = done | (token == eos_token_id)
+            all_done, any_unusable = torch.stack((done.all(), (unusable_at >= 0).any())).tolist()
+            if any_unusable:
+                raise no_token_error(unusable_at, model_unusable, filter_fn, temperature)
+            if all_done:
+                break
+
+        if index == max_length - 1:
+            break
+
+        hiddens, _ = run([token[:, None]], None, cache)
+        logits = model.model.to_logits(hiddens)
+
+    if bool((unusable_at >= 0).any()):
+        raise no_token_error(unusable_at, model_unusable, filter_fn, temperature)
+
+    return tokens
