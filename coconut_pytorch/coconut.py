@@ -35,7 +35,6 @@ from coconut_pytorch.backbone import Backbone, BackboneOutput
 from coconut_pytorch.inputs import (PAD_ID, AlignedPrompt, as_padded_ids, check_finite_number, check_positive_int, check_reasoning_steps,
                                     check_sequence_fits, left_align)
 from coconut_pytorch.kv_cache import KVCache, join_masks
-from coconut_pytorch.sampling import min_p_filter
 from coconut_pytorch.transformer import Transformer
 
 
@@ -552,53 +551,6 @@ class Coconut(Module):
         restored.scatter_(1, repeat(order, 'b n -> b n v', v = logits.shape[-1]), logits)
         return restored
 
-    # generation
+    # generation: `coconut_pytorch.generation.generate`, as a method (its docstring has the arguments)
 
-    @torch.no_grad()
-    def generate(
-        self,
-        prompt: Tensor | Sequence[Tensor],
-        max_length: int = 16,
-        filter_fn: Callable[..., Tensor] = min_p_filter,
-        filter_kwargs: dict | None = None,
-        temperature: float = 1.,
-        eos_token_id: int | None = None,
-        num_reasoning_steps: int | Tensor | None = None,
-        generator: torch.Generator | None = None,
-        cuda_graph: bool | None = None,
-        compile_steps: bool = False
-    ) -> Tensor:
-        """Think, then decode up to `max_length` tokens.
-
-        The prompt runs once into a preallocated cache; every thought step, <eot> and each new token then writes
-        into it in place. On CUDA those steps are captured as CUDA graphs and replayed (`cuda_graph`, default on
-        for CUDA); the cache and its graphs are kept for later calls of the same batch size and cache length.
-
-        Every argument is checked before the prompt runs: `max_length` and `num_reasoning_steps` must leave a
-        sequence that could be held (at most `inputs.MAX_SEQUENCE_LENGTH` columns, and keys and values that fit in
-        the device's free memory), and when sampling, `filter_fn(logits, **filter_kwargs)` is called once on a
-        (1, V) tensor of logits, so a filter that raises, or returns another shape, fails here and not mid-way.
-
-        Args:
-            prompt: (b, n) ids with -1 padding, or a list of 1-d id tensors of any lengths.
-            max_length: number of tokens to generate.
-            filter_fn, filter_kwargs: logit filter applied before sampling (`min_p_filter`, `top_k_filter`, or any
-                callable taking logits (b, V) and keyword arguments and returning logits of the same shape).
-                A filter that leaves a row nothing to sample (all -inf, or a NaN) raises `NoTokenToSampleError`
-                (a ValueError naming filter_fn) instead of yielding token 0.
-            temperature: 0. is greedy (the filter is then not applied). Greedy decoding of logits that hold a NaN
-                (a model whose weights are not finite) raises `NoTokenToSampleError` too.
-            eos_token_id: rows that emit it stop; their later positions are -1.
-            num_reasoning_steps: overrides the default; an int or a (b,) tensor.
-            generator: a torch.Generator for reproducible sampling.
-            cuda_graph: replay decoding steps as CUDA graphs; None = on when the model is on a CUDA device.
-            compile_steps: `torch.compile` each decoding step before its graph is captured (needs `cuda_graph`):
-                fewer, fused kernels per step; the first call of a shape compiles for tens of seconds.
-
-        Returns (b, max_length) token ids.
-        """
-        return generation.generate(
-            self, prompt, max_length = max_length, filter_fn = filter_fn, filter_kwargs = filter_kwargs, temperature = temperature,
-            eos_token_id = eos_token_id, num_reasoning_steps = num_reasoning_steps, generator = generator, cuda_graph = cuda_graph,
-            compile_steps = compile_steps
-        )
+    generate = generation.generate

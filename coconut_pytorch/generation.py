@@ -158,7 +158,35 @@ def generate(
     cuda_graph: bool | None = None,
     compile_steps: bool = False
 ) -> Tensor:
-    """`Coconut.generate`: think, then decode up to `max_length` tokens (see there for the arguments)."""
+    """`Coconut.generate`: think, then decode up to `max_length` tokens.
+
+    The prompt runs once into a preallocated cache; every thought step, <eot> and each new token then writes
+    into it in place. On CUDA those steps are captured as CUDA graphs and replayed (`cuda_graph`, default on
+    for CUDA); the cache and its graphs are kept for later calls of the same batch size and cache length.
+
+    Every argument is checked before the prompt runs: `max_length` and `num_reasoning_steps` must leave a
+    sequence that could be held (at most `inputs.MAX_SEQUENCE_LENGTH` columns, and keys and values that fit in
+    the device's free memory), and when sampling, `filter_fn(logits, **filter_kwargs)` is called once on a
+    (1, V) tensor of logits, so a filter that raises, or returns another shape, fails here and not mid-way.
+
+    Args:
+        prompt: (b, n) ids with -1 padding, or a list of 1-d id tensors of any lengths.
+        max_length: number of tokens to generate.
+        filter_fn, filter_kwargs: logit filter applied before sampling (`min_p_filter`, `top_k_filter`, or any
+            callable taking logits (b, V) and keyword arguments and returning logits of the same shape).
+            A filter that leaves a row nothing to sample (all -inf, or a NaN) raises `NoTokenToSampleError`
+            (a ValueError naming filter_fn) instead of yielding token 0.
+        temperature: 0. is greedy (the filter is then not applied). Greedy decoding of logits that hold a NaN
+            (a model whose weights are not finite) raises `NoTokenToSampleError` too.
+        eos_token_id: rows that emit it stop; their later positions are -1.
+        num_reasoning_steps: overrides the default; an int or a (b,) tensor.
+        generator: a torch.Generator for reproducible sampling.
+        cuda_graph: replay decoding steps as CUDA graphs; None = on when the model is on a CUDA device.
+        compile_steps: `torch.compile` each decoding step before its graph is captured (needs `cuda_graph`):
+            fewer, fused kernels per step; the first call of a shape compiles for tens of seconds.
+
+    Returns (b, max_length) token ids.
+    """
     check_positive_int(max_length, 'max_length')
     check_finite_number(temperature, 'temperature')
     if not callable(filter_fn):
