@@ -21,6 +21,7 @@ setup(
     ],
     extras_require = {
         'test': ['pytest'],
+        'hf': ['transformers>=4.45'],     # Hugging Face causal LMs as backbones (coconut_pytorch.hf)
     },
     classifiers = [
         'Development Status :: 4 - Beta',

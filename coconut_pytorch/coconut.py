@@ -185,6 +185,16 @@ class Coconut(Module):
         self.begin_thought_loss_weight = begin_thought_loss_weight
         self.to_begin_thought_logit = nn.Linear(dim, 1) if learn_begin_of_thought else None
 
+    @classmethod
+    def from_hf(cls, model_or_path, download: bool = False, **kwargs) -> Coconut:
+        """Coconut over a Hugging Face causal LM (`coconut_pytorch.hf.HFBackbone`): a loaded `transformers` model, or
+        the path of a saved one (a hub name is fetched only with `download = True`); `kwargs` go to `Coconut`
+        (`num_reasoning_steps` defaults to 0). Needs the extra: `pip install "coconut-pytorch[hf]"`."""
+        from coconut_pytorch.hf import HFBackbone, load_causal_lm
+        model = load_causal_lm(model_or_path, download = download)
+        model = cls(transformer = HFBackbone(model), **{'num_reasoning_steps': 0, **kwargs})
+        return model.to(model.model.device)
+
     @property
     def device(self) -> torch.device:
         return self.end_of_thought.device

@@ -200,9 +200,13 @@ def generate(
     device = model.device
     if cuda_graph and device.type != 'cuda':
         raise ValueError(f'cuda_graph = True needs the model on a CUDA device, it is on {device}')
+    # a backbone whose decoding step is not fixed in shape (one that grows its cache) says so
+    capturable = getattr(model.model, 'graph_capturable', True)
+    if cuda_graph and not capturable:
+        raise ValueError(f'cuda_graph = True: the decoding steps of {type(model.model).__name__} cannot be captured as CUDA graphs')
 
     filter_kwargs = default(filter_kwargs, {})
-    cuda_graph = default(cuda_graph, device.type == 'cuda')
+    cuda_graph = default(cuda_graph, device.type == 'cuda' and capturable)
     if compile_steps and not cuda_graph:
         raise ValueError('compile_steps = True needs CUDA graphs (cuda_graph not False, the model on a CUDA device): a compiled step is captured once and replayed')
 

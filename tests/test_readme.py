@@ -24,6 +24,7 @@ def test_readme_usage_runs_as_written():
     assert namespace['answer'].shape == (2, 64)
     assert namespace['tokens'].shape == (3, 8)
     assert torch.isfinite(namespace['loss'])
+    assert namespace['reply'].shape == (2, 4)
 
 
 def test_readme_names_the_commands_ci_runs():
@@ -31,5 +32,5 @@ def test_readme_names_the_commands_ci_runs():
     ci = (README.parent / '.ci' / 'run').read_text()
 
     assert 'python train_toy.py' in text
-    for command in ('pip install -e ".[test]"', 'python -m pytest tests -q'):
+    for command in ('pip install -e ".[test,hf]"', 'python -m pytest tests -q'):
         assert command in text and command in ci

@@ -1,0 +1,190 @@
+"""Hugging Face causal language models as Coconut backbones (`pip install coconut-pytorch[hf]`).
+
+    from coconut_pytorch import Coconut
+
+    model = Coconut.from_hf('path/to/model', num_reasoning_steps = 3)       # or a loaded model; or, by hand:
+    model = Coconut(num_reasoning_steps = 3, transformer = HFBackbone(AutoModelForCausalLM.from_pretrained(path)))
+
+A continuous thought is the model's last hidden state (after its final norm), fed back through `inputs_embeds`.
+`<bot>`, `<eot>` and the pause embedding are Coconut's own learned vectors, not added tokens: the vocabulary and the
+embedding matrix stay as they are, and a thought, `<bot>` and `<eot>` all enter the model the same way.
+
+The segment cache is immutable, as `coconut_pytorch.backbone` requires (checkpointing replays a thought step, and
+a step that appended in place would append twice): it holds each layer's keys and values as tensors that are
+never written, and each call hands the model a fresh `transformers` cache built from them. Positions count real
+tokens only and a key-padding mask travels with the cache, so a padded row gets what it gets alone. Generation
+grows the same cache (not a preallocated one), so its steps are not captured as CUDA graphs
+(`graph_capturable = False`).
+
+Importing `coconut_pytorch` never imports `transformers`; this module does.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from coconut_pytorch.backbone import BackboneOutput
+from coconut_pytorch.kv_cache import join_masks
+
+try:
+    from transformers import DynamicCache, PreTrainedModel
+except ImportError as error:     # the optional extra is missing
+    raise ImportError('coconut_pytorch.hf needs transformers: pip install "coconut-pytorch[hf]"') from error
+
+
+def exists(v) -> bool:
+    return v is not None
+
+
+@dataclass(frozen = True)
+class HFCache:
+    """Every layer's keys and values so far, as tensors nobody writes, with the key mask and the next position."""
+    layers: tuple[tuple[Tensor, Tensor], ...]   # [layer] (keys, values), each (b, kv heads, length, head dim)
+    key_mask: Tensor | None                     # (b, length) bool, False = padding; None: all real
+    length: int
+    next_position: Tensor                       # (b,) position of the next real token
+
+    @property
+    def batch(self) -> int:
+        return self.next_position.shape[0]
+
+    def repeat_batch(self, times: int) -> HFCache:
+        raise NotImplementedError('several hypotheses (num_hypotheses > 1) are not supported over Hugging Face backbones yet')
+
+    def merge_batch_segments(self, times: int, from_segment: int) -> HFCache:
+        raise NotImplementedError('several hypotheses (num_hypotheses > 1) are not supported over Hugging Face backbones yet')
+
+    def run(self, backbone: HFBackbone, x: Tensor, mask: Tensor | None) -> BackboneOutput:
+        return backbone.forward_segments(x, mask, self)
+
+
+class GrowingCache:
+    """Generation's cache for a Hugging Face backbone: an `HFCache` replaced in place by each step (the `static`
+    cache of the backbone interface, without preallocation)."""
+
+    def __init__(self, empty: HFCache, capacity: int):
+        self.empty, self.current, self.capacity = empty, empty, capacity
+
+    @property
+    def length(self) -> int:
+        return self.current.length
+
+    def check_room(self, num_new: int):
+        if self.length + num_new > self.capacity:
+            raise ValueError(f'cache holds {self.capacity} columns; {self.length} are used and {num_new} more were asked for')
+
+    def reset(self):
+        self.current = self.empty
+
+    def load(self, cache: HFCache):
+        self.current = cache
+
+    def run(self, backbone: HFBackbone, x: Tensor, mask: Tensor | None) -> BackboneOutput:
+        return BackboneOutput(backbone.forward_static(x, mask, self), self)
+
+
+class HFBackbone(nn.Module):
+    """A `transformers` causal language model (GPT-2, Llama, Qwen2, Gemma-2 families...) behind the backbone
+    interface (`coconut_pytorch.backbone.Backbone`)."""
+
+    graph_capturable = False
+
+    def __init__(self, model: PreTrainedModel):
+        super().__init__()
+        if not isinstance(model, PreTrainedModel) or not hasattr(model, 'get_output_embeddings') or model.get_output_embeddings() is None:
+            raise TypeError(f'model must be a transformers causal language model (with an output head), got {type(model).__name__}')
+        self.lm = model
+        config = model.config
+        self.dim = config.hidden_size
+        self.num_tokens = model.get_input_embeddings().num_embeddings
+        self.num_layers = config.num_hidden_layers
+        # transformers renamed the cache argument (`past_key_values` -> `cache`) in version 5.2x
+        parameters = inspect.signature(model.base_model.forward).parameters
+        self.cache_argument = 'cache' if 'cache' in parameters else 'past_key_values'
+        self.softcap = getattr(config, 'final_logit_softcapping', None)
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm.get_input_embeddings().weight.device
+
+    def embed(self, inputs: Tensor | Sequence[Tensor]) -> Tensor:
+        if torch.is_tensor(inputs):
+            inputs = [inputs]
+        table = self.lm.get_input_embeddings()
+        return torch.cat([table(t) if t.dtype in (torch.long, torch.int) else t for t in inputs], dim = -2)
+
+    def to_logits(self, hiddens: Tensor) -> Tensor:
+        logits = self.lm.get_output_embeddings()(hiddens)
+        if exists(self.softcap):
+            # Gemma-2 caps its logits inside its forward, after the head
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def empty_cache(self, batch: int) -> HFCache:
+        return HFCache((), None, 0, torch.zeros(batch, dtype = torch.long, device = self.device))
+
+    def static_cache(self, batch: int, capacity: int, device: torch.device | None = None) -> GrowingCache:
+        return GrowingCache(self.empty_cache(batch), capacity)
+
+    def kv_bytes(self, batch: int, positions: int) -> int:
+        config = self.lm.config
+        heads = getattr(config, 'num_key_value_heads', None) or config.num_attention_heads
+        head_dim = getattr(config, 'head_dim', None) or config.hidden_size // config.num_attention_heads
+        dtype = self.lm.get_input_embeddings().weight.dtype
+        if torch.is_autocast_enabled(self.device.type):
+            dtype = torch.get_autocast_dtype(self.device.type)
+        return 2 * self.num_layers * batch * heads * head_dim * positions * dtype.itemsize
+
+    def forward_with_cache(self, inputs: Tensor | Sequence[Tensor], *, mask: Tensor | None = None, cache = None) -> BackboneOutput:
+        x = self.embed(inputs)
+        cache = cache if exists(cache) else self.empty_cache(x.shape[0])
+        return cache.run(self, x, mask)
+
+    def forward_static(self, x: Tensor, mask: Tensor | None, cache: GrowingCache) -> Tensor:
+        cache.check_room(x.shape[1])
+        hiddens, cache.current = self.forward_segments(x, mask, cache.current)
+        return hiddens
+
+    def forward_segments(self, x: Tensor, mask: Tensor | None, cache: HFCache) -> BackboneOutput:
+        """Embeddings x (b, n, D) after `cache`; their last hidden states and a new cache that holds them too."""
+        batch, length = x.shape[:2]
+        if exists(mask):
+            # a masked position takes a zero input: whatever it was handed cannot reach a real one
+            x = x.masked_fill(~mask[..., None], 0.)
+            positions = (cache.next_position[:, None] + mask.long().cumsum(dim = -1) - 1).clamp(min = 0)
+        else:
+            positions = cache.next_position[:, None] + torch.arange(length, device = x.device)
+
+        key_mask = join_masks([(cache.key_mask, cache.length), (mask, length)], batch, x.device)
+        attention_mask = key_mask.long() if exists(key_mask) else torch.ones((batch, cache.length + length), dtype = torch.long, device = x.device)
+
+        past = DynamicCache(ddp_cache_data = list(cache.layers)) if cache.length > 0 else DynamicCache()
+        out = self.lm.base_model(inputs_embeds = x, attention_mask = attention_mask, position_ids = positions, use_cache = True,
+                                 **{self.cache_argument: past})
+        grown = getattr(out, 'past_key_values', None) or getattr(out, 'cache', None) or past
+        layers = tuple((layer.keys, layer.values) for layer in grown.layers) if hasattr(grown, 'layers') else \
+            tuple(zip(grown.key_cache, grown.value_cache))
+
+        added = mask.long().sum(dim = -1) if exists(mask) else length
+        new_mask = key_mask if exists(key_mask) else None
+        return BackboneOutput(out.last_hidden_state, HFCache(layers, new_mask, cache.length + length, cache.next_position + added))
+
+
+def load_causal_lm(model_or_path, download: bool = False) -> PreTrainedModel:
+    """A loaded causal LM as it is, or one read from a local folder; a hub name is fetched only with `download`."""
+    if isinstance(model_or_path, PreTrainedModel):
+        return model_or_path
+    if not isinstance(model_or_path, (str, os.PathLike)):
+        raise TypeError(f'model_or_path must be a transformers model or a path, got {type(model_or_path).__name__}')
+    from transformers import AutoModelForCausalLM
+    try:
+        return AutoModelForCausalLM.from_pretrained(os.fspath(model_or_path), local_files_only = not download)
+    except OSError as error:
+        hint = '' if download else ' (nothing is downloaded unless download = True)'
+        raise ValueError(f'model_or_path {os.fspath(model_or_path)!r} could not be loaded{hint}: {str(error).splitlines()[0]}') from None

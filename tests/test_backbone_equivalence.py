@@ -1,0 +1,143 @@
+"""The float64 proofs every backbone gets: cached recurrence == full recompute, padded batch == each example alone,
+per-row step counts, greedy generation == teacher-forced argmax, checkpointed == plain gradients.
+
+Each backbone is a factory in BACKBONES; a new backbone gets every test by adding one. Hugging Face models are tiny
+random ones built from configs (no network); they run only where `transformers` is installed (the `[hf]` extra).
+"""
+
+import pytest
+import torch
+
+from coconut_pytorch import Coconut, Transformer
+
+VOCAB = 40
+
+
+def native():
+    return Transformer(num_tokens = VOCAB, dim = 32, depth = 2, heads = 2, dim_head = 16, num_residual_streams = 2)
+
+
+def hf(family: str):
+    def build():
+        transformers = pytest.importorskip('transformers')
+        from coconut_pytorch.hf import HFBackbone
+        if family == 'gpt2':
+            config = transformers.GPT2Config(vocab_size = VOCAB, n_embd = 32, n_layer = 2, n_head = 2, n_positions = 128,
+                                             bos_token_id = 0, eos_token_id = 0)
+            model = transformers.GPT2LMHeadModel(config)
+        elif family == 'llama':
+            config = transformers.LlamaConfig(vocab_size = VOCAB, hidden_size = 32, intermediate_size = 64, num_hidden_layers = 2,
+                                              num_attention_heads = 4, num_key_value_heads = 2, max_position_embeddings = 128,
+                                              bos_token_id = 0, eos_token_id = 0, pad_token_id = None)
+            model = transformers.LlamaForCausalLM(config)
+        elif family == 'qwen2':
+            config = transformers.Qwen2Config(vocab_size = VOCAB, hidden_size = 32, intermediate_size = 64, num_hidden_layers = 2,
+                                              num_attention_heads = 4, num_key_value_heads = 2, max_position_embeddings = 128,
+                                              bos_token_id = 0, eos_token_id = 0)
+            model = transformers.Qwen2ForCausalLM(config)
+        # SDPA (its math kernel on the CPU): transformers' eager attention takes the softmax in float32 for Llama and
+        # Qwen2, where a float64 mask's minimum becomes -inf, and a padding query that sees no key turns to NaN
+        model.config._attn_implementation = 'sdpa'
+        return HFBackbone(model)
+    return build
+
+
+BACKBONES = {'native': native, 'hf-gpt2': hf('gpt2'), 'hf-llama': hf('llama'), 'hf-qwen2': hf('qwen2')}
+
+# how close two float64 computations of the same thing come: Llama and Qwen2 in transformers compute their rotary
+# angles in float32 even in a float64 model (as a matrix product whose rounding depends on its shape), which leaves
+# differences near 1e-8; a wrong position or mask moves logits by far more than this
+TOLERANCE = {'native': 1e-10, 'hf-gpt2': 1e-10, 'hf-llama': 1e-6, 'hf-qwen2': 1e-6}
+
+
+@pytest.fixture(params = list(BACKBONES))
+def make(request):
+    """make(**coconut_kwargs) -> a float64 Coconut in eval mode over the parametrised backbone."""
+    def build(**kwargs):
+        build.atol = TOLERANCE[request.param]
+        torch.manual_seed(0)
+        backbone = BACKBONES[request.param]()
+        return Coconut(transformer = backbone, **{'num_reasoning_steps': 2, **kwargs}).double().eval()
+    return build
+
+
+def recomputed_answer_logits(model: Coconut, prompt: torch.Tensor, answer: torch.Tensor, num_steps: int) -> torch.Tensor:
+    """Without a cache: every thought step runs the whole sequence again from the start (the paper's way)."""
+    backbone, c = model.model, model.num_latents_per_step
+    seq = backbone.embed(prompt)
+    first = seq.shape[1] - 1
+    if num_steps > 0:
+        seq = torch.cat((seq, model.begin_of_thought[0][None].expand(prompt.shape[0], -1, -1)), dim = 1)
+        for _ in range(num_steps):
+            seq = torch.cat((seq, backbone.forward_with_cache([seq]).hiddens[:, -c:]), dim = 1)
+        seq = torch.cat((seq, model.end_of_thought.expand(prompt.shape[0], 1, -1)), dim = 1)
+        first = seq.shape[1] - 1
+    seq = torch.cat((seq, backbone.embed(answer[:, :-1])), dim = 1)
+    return backbone.to_logits(backbone.forward_with_cache([seq]).hiddens[:, first:])
+
+
+@pytest.mark.parametrize('num_steps', [0, 3])
+def test_cached_recurrence_equals_full_recompute(make, num_steps):
+    model = make(num_latents_per_step = 2)
+    prompt, answer = torch.randint(0, VOCAB, (2, 6)), torch.randint(0, VOCAB, (2, 4))
+    cached = model(prompt, answer, return_loss = False, num_reasoning_steps = num_steps).answer_logits
+    torch.testing.assert_close(cached, recomputed_answer_logits(model, prompt, answer, num_steps), atol = make.atol, rtol = 0)
+
+
+def test_a_padded_batch_with_its_own_steps_per_row_equals_each_example_alone(make):
+    model = make(num_latents_per_step = 2)
+    prompts = [torch.randint(0, VOCAB, (n,)) for n in (3, 8, 5)]
+    answers = [torch.randint(0, VOCAB, (n,)) for n in (4, 2, 3)]
+    steps = torch.tensor([2, 0, 1])
+
+    batched = model(prompts, answers, return_loss = False, num_reasoning_steps = steps).answer_logits
+    for row, (prompt, answer) in enumerate(zip(prompts, answers)):
+        alone = model(prompt[None], answer[None], return_loss = False, num_reasoning_steps = int(steps[row])).answer_logits
+        torch.testing.assert_close(batched[row, :len(answer)], alone[0], atol = make.atol, rtol = 0)
+
+
+def test_greedy_generation_equals_the_teacher_forced_argmax(make):
+    model = make(num_latents_per_step = 1)
+    prompts = [torch.randint(0, VOCAB, (n,)) for n in (4, 7)]
+    steps = torch.tensor([2, 1])
+    generated = model.generate(prompts, max_length = 6, temperature = 0., num_reasoning_steps = steps)
+    # answer_logits[:, i] predicts answer token i (the first from <eot>)
+    logits = model(prompts, generated, return_loss = False, num_reasoning_steps = steps).answer_logits
+    assert torch.equal(logits.argmax(dim = -1), generated)
+
+
+def test_checkpointed_gradients_equal_plain_ones(make):
+    grads = []
+    for checkpoint in (False, True):
+        model = make(checkpoint = checkpoint, num_latents_per_step = 2).train()
+        prompt, answer = torch.randint(0, VOCAB, (2, 5), generator = torch.Generator().manual_seed(1)), torch.randint(0, VOCAB, (2, 3), generator = torch.Generator().manual_seed(2))
+        model(prompt, answer, num_reasoning_steps = torch.tensor([2, 1])).backward()
+        grads.append([p.grad for p in model.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1])
+    for plain, checkpointed in zip(*grads):
+        torch.testing.assert_close(checkpointed, plain, atol = 1e-12, rtol = 0)  # the same computation twice
+
+
+def test_from_hf_reads_a_saved_model_and_never_downloads_unasked(tmp_path):
+    transformers = pytest.importorskip('transformers')
+    config = transformers.GPT2Config(vocab_size = VOCAB, n_embd = 32, n_layer = 1, n_head = 2, n_positions = 64, bos_token_id = 0, eos_token_id = 0)
+    torch.manual_seed(0)
+    saved = transformers.GPT2LMHeadModel(config)
+    saved.save_pretrained(tmp_path / 'tiny')
+
+    model = Coconut.from_hf(tmp_path / 'tiny', num_reasoning_steps = 2)
+    prompt = torch.randint(0, VOCAB, (1, 5))
+    assert model.generate(prompt, max_length = 3, temperature = 0.).shape == (1, 3)
+    torch.testing.assert_close(model.model.lm.get_input_embeddings().weight, saved.get_input_embeddings().weight)
+
+    with pytest.raises(ValueError, match = 'download = True'):
+        Coconut.from_hf('no-such-org/no-such-model-here')
+    with pytest.raises(TypeError, match = 'model_or_path'):
+        Coconut.from_hf(3)
+
+
+def test_importing_the_package_does_not_import_transformers():
+    import subprocess
+    import sys
+    code = 'import sys, coconut_pytorch, coconut_pytorch.training, coconut_pytorch.evaluate; print("transformers" in sys.modules)'
+    assert subprocess.run([sys.executable, '-c', code], capture_output = True, text = True, check = True).stdout.strip() == 'False'
