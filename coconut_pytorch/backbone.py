@@ -80,3 +80,15 @@ class Backbone(Protocol):
         """Bytes the cached keys and values of `positions` positions of `batch` rows take, in the dtype the
         backbone computes in: what a sequence needs at the least, checked against free memory before a call."""
         ...
+
+
+# every member of `Backbone`: checked with hasattr, not with isinstance on the runtime-checkable protocol, which since
+# Python 3.12 looks attributes up statically and misses what an nn.Module keeps in its submodules (`to_logits` of a
+# Transformer is an nn.Linear)
+BACKBONE_MEMBERS = ('dim', 'num_tokens', 'embed', 'forward_with_cache', 'forward_static', 'to_logits', 'empty_cache',
+                    'static_cache', 'kv_bytes')
+
+
+def is_backbone(model) -> bool:
+    """Whether `model` offers every member of `Backbone`."""
+    return all(hasattr(model, name) for name in BACKBONE_MEMBERS)

@@ -31,7 +31,7 @@ from torch.utils.checkpoint import checkpoint as checkpoint_fn
 from einops import rearrange, repeat
 
 from coconut_pytorch import generation
-from coconut_pytorch.backbone import Backbone, BackboneOutput
+from coconut_pytorch.backbone import Backbone, BackboneOutput, is_backbone
 from coconut_pytorch.inputs import (PAD_ID, AlignedPrompt, as_padded_ids, check_finite_number, check_positive_int, check_reasoning_steps,
                                     check_sequence_fits, left_align)
 from coconut_pytorch.kv_cache import KVCache, join_masks
@@ -53,7 +53,7 @@ def accepts_legacy_positional_order(order: tuple[str, ...]):
     def decorate(init):
         @wraps(init)
         def init_in_either_order(self, *args, **kwargs):
-            if len(args) >= 2 and (isinstance(args[1], dict) or isinstance(args[1], Backbone)):
+            if len(args) >= 2 and (isinstance(args[1], dict) or is_backbone(args[1])):
                 if len(args) > len(order):
                     raise TypeError(f'{type(self).__name__} takes at most {len(order)} positional arguments in the 0.0.32 order {order}, got {len(args)}')
                 for name, value in zip(order, args):
@@ -149,7 +149,7 @@ class Coconut(Module):
 
         if isinstance(transformer, dict):
             transformer = Transformer(**transformer)
-        elif not isinstance(transformer, Backbone):
+        elif not is_backbone(transformer):
             raise TypeError(f'transformer must be a dict of Transformer arguments, a Transformer, or a backbone with the methods of '
                             f'coconut_pytorch.backbone.Backbone, got {type(transformer).__name__}')
 

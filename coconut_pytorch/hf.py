@@ -167,7 +167,7 @@ class HFBackbone(nn.Module):
         past = DynamicCache(ddp_cache_data = list(cache.layers)) if cache.length > 0 else DynamicCache()
         out = self.lm.base_model(inputs_embeds = x, attention_mask = attention_mask, position_ids = positions, use_cache = True,
                                  **{self.cache_argument: past})
-        grown = getattr(out, 'past_key_values', None) or getattr(out, 'cache', None) or past
+        grown = getattr(out, self.cache_argument, None) or past
         layers = tuple((layer.keys, layer.values) for layer in grown.layers) if hasattr(grown, 'layers') else \
             tuple(zip(grown.key_cache, grown.value_cache))
 
