@@ -19,6 +19,10 @@ Two caches serve two purposes, and a backbone makes both:
   `check_room(n)`, `reset()`, `snapshot()` / `restore(state)` (capture runs a step and puts the cache back), and
   `load(segment_cache)` (to take over what a segment cache holds).
 
+A backbone whose decoding step cannot be captured as a CUDA graph (one whose static cache grows instead of being
+preallocated, as `coconut_pytorch.hf`'s does) sets `graph_capturable = False`; generation then runs its steps
+eagerly. Without the attribute, steps are captured on CUDA.
+
 What both must get right, and what the equivalence tests check for every backbone: a key-padding mask travels with
 the cache (False = padding), positions count real tokens only (so a padded row gets exactly what it gets alone), and
 a masked input position never changes a real one.
