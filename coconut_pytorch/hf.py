@@ -90,8 +90,13 @@ class GrowingCache:
 
 
 class HFBackbone(nn.Module):
-    """A `transformers` causal language model (GPT-2, Llama, Qwen2, Gemma-2 families...) behind the backbone
-    interface (`coconut_pytorch.backbone.Backbone`)."""
+    """A `transformers` causal language model behind the backbone interface (`coconut_pytorch.backbone.Backbone`).
+
+    Tested exact (float64, padded batches included) for the GPT-2, Llama and Qwen2 families. Models with sliding-window
+    attention (Gemma-2, Mistral) run, but transformers counts their window in columns, padding included, so a padded
+    row sees a narrower window than it would alone: batch such models without padding until positions drive the
+    window. Gemma-2's attention softcapping needs eager attention, whose float32 softmax turns padded float64
+    queries to NaN."""
 
     graph_capturable = False
 
