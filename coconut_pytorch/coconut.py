@@ -36,14 +36,7 @@ from coconut_pytorch.inputs import (PAD_ID, AlignedPrompt, as_padded_ids, check_
                                     check_sequence_fits, left_align)
 from coconut_pytorch.kv_cache import KVCache, join_masks
 from coconut_pytorch.transformer import Transformer
-
-
-def exists(v) -> bool:
-    return v is not None
-
-
-def default(v, d):
-    return v if exists(v) else d
+from coconut_pytorch.helpers import default, exists
 
 
 def accepts_legacy_positional_order(order: tuple[str, ...]):

@@ -22,10 +22,7 @@ from torch import Tensor
 
 from coconut_pytorch.kv_cache import StaticKVCache
 from coconut_pytorch.transformer import autocast_dtype
-
-
-def exists(v) -> bool:
-    return v is not None
+from coconut_pytorch.helpers import exists
 
 
 class DecodeGraphs:

@@ -26,17 +26,10 @@ from coconut_pytorch.decoding import DecodeGraphs
 from coconut_pytorch.inputs import PAD_ID, check_finite_number, check_positive_int
 from coconut_pytorch.sampling import NoTokenToSampleError, gumbel_sample, min_p_filter, unusable_rows
 from coconut_pytorch.transformer import autocast_dtype
+from coconut_pytorch.helpers import default, exists
 
 if TYPE_CHECKING:
     from coconut_pytorch.coconut import Coconut
-
-
-def exists(v) -> bool:
-    return v is not None
-
-
-def default(v, d):
-    return v if exists(v) else d
 
 
 # running steps against a static cache

@@ -31,15 +31,13 @@ from torch import Tensor, nn
 
 from coconut_pytorch.backbone import BackboneOutput
 from coconut_pytorch.kv_cache import join_masks
+from coconut_pytorch.transformer import autocast_dtype
+from coconut_pytorch.helpers import exists
 
 try:
     from transformers import DynamicCache, PreTrainedModel
 except ImportError as error:     # the optional extra is missing
     raise ImportError('coconut_pytorch.hf needs transformers: pip install "coconut-pytorch[hf]"') from error
-
-
-def exists(v) -> bool:
-    return v is not None
 
 
 @dataclass(frozen = True)
@@ -141,9 +139,7 @@ class HFBackbone(nn.Module):
         config = self.lm.config
         heads = getattr(config, 'num_key_value_heads', None) or config.num_attention_heads
         head_dim = getattr(config, 'head_dim', None) or config.hidden_size // config.num_attention_heads
-        dtype = self.lm.get_input_embeddings().weight.dtype
-        if torch.is_autocast_enabled(self.device.type):
-            dtype = torch.get_autocast_dtype(self.device.type)
+        dtype = autocast_dtype(self.device.type, default = self.lm.get_input_embeddings().weight.dtype)
         return 2 * self.num_layers * batch * heads * head_dim * positions * dtype.itemsize
 
     def forward_with_cache(self, inputs: Tensor | Sequence[Tensor], *, mask: Tensor | None = None, cache = None) -> BackboneOutput:

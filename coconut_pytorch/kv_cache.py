@@ -21,10 +21,7 @@ from torch import Tensor
 from einops import rearrange, repeat
 
 from coconut_pytorch.backbone import BackboneOutput
-
-
-def exists(v) -> bool:
-    return v is not None
+from coconut_pytorch.helpers import exists
 
 
 def join_masks(parts: list[tuple[Tensor | None, int]], batch: int, device = None) -> Tensor | None:

@@ -278,22 +278,26 @@ def make_optimizer(model: Coconut, config: TrainConfig) -> torch.optim.Optimizer
 def apply_gradients(model: Coconut, optimizer: torch.optim.Optimizer, lr: float, max_grad_norm: float, losses_finite: Tensor | None = None) -> Tensor | None:
     """One optimizer step at `lr` on the accumulated gradients, clipped to `max_grad_norm`; then clears them.
 
-    With `losses_finite` (a () bool tensor; a fused optimizer only), the step is skipped on the device, with no
-    host sync, when it is False or the gradients' norm is not finite: every weight and its optimizer state stay
-    as they were. Returns that skip flag (() bool), or None without `losses_finite`."""
+    With `losses_finite` (a () bool tensor), the step is skipped when it is False or the gradients' norm is not
+    finite: every weight and its optimizer state stay as they were. A fused optimizer (on a GPU) decides that on
+    the device, with no host sync; another (on the CPU, where a sync costs nothing) on the host. Returns that skip
+    flag (() bool), or None without `losses_finite`."""
     for group in optimizer.param_groups:
         group['lr'] = lr
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-    skip = None
-    if losses_finite is not None:
-        skip = ~(losses_finite & torch.isfinite(norm))
+    skip = ~(losses_finite & torch.isfinite(norm)) if losses_finite is not None else None
+
+    if skip is None:
+        optimizer.step()
+    elif optimizer.defaults.get('fused'):
         # fused AdamW's own input for this (GradScaler's found_inf): the update and the step count are undone
         optimizer.found_inf = skip.float()
-    try:
-        optimizer.step()
-    finally:
-        if skip is not None:
+        try:
+            optimizer.step()
+        finally:
             del optimizer.found_inf
+    elif not bool(skip):
+        optimizer.step()
     optimizer.zero_grad(set_to_none = True)
     return skip
 
@@ -303,15 +307,12 @@ class Diverged(Exception):
 
 
 class NonFiniteSteps:
-    """Skips optimizer steps whose loss or gradients are not finite, and stops a run that keeps producing them.
+    """Counts the optimizer steps `apply_gradients` skipped for a non-finite loss or gradient, and stops a run that
+    keeps making them. The count of skipped steps in a row stays on the device and is read every `check_every`
+    steps and at each epoch's end, so a GPU step never waits for it."""
 
-    On a GPU the optimizer is fused AdamW, which skips a flagged step on the device, so the host never waits for
-    the GPU; the count of flagged steps in a row is read every `check_every` steps and at each epoch's end. On the
-    CPU there is no device to wait for: the check is immediate, and a flagged step never reaches the optimizer.
-    """
-
-    def __init__(self, limit: int, device: torch.device, on_device: bool, check_every: int = 16):
-        self.limit, self.on_device, self.check_every = limit, on_device, check_every
+    def __init__(self, limit: int, device: torch.device, check_every: int = 16):
+        self.limit, self.check_every = limit, check_every
         self.in_a_row = torch.zeros((), device = device)
         self.skipped = torch.zeros((), device = device)     # over the current epoch
         self.steps = 0
@@ -319,26 +320,12 @@ class NonFiniteSteps:
     def apply(self, model: Coconut, optimizer: torch.optim.Optimizer, lr: float, max_grad_norm: float, losses_finite: Tensor):
         """An optimizer step, unless the losses accumulated for it (`losses_finite`, () bool) or its gradients
         are not finite."""
-        self.steps += 1
-        if self.on_device:
-            self.count(apply_gradients(model, optimizer, lr, max_grad_norm, losses_finite))
-            if self.steps % self.check_every == 0:
-                self.check()
-            return
-
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        grads_finite = torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else torch.ones((), dtype = torch.bool)
-        skip = ~(losses_finite & grads_finite)
-        self.count(skip)
-        if bool(skip):
-            optimizer.zero_grad(set_to_none = True)
-            self.check()
-        else:
-            apply_gradients(model, optimizer, lr, max_grad_norm)
-
-    def count(self, skip: Tensor):
+        skip = apply_gradients(model, optimizer, lr, max_grad_norm, losses_finite)
         self.in_a_row = (self.in_a_row + 1) * skip
         self.skipped = self.skipped + skip
+        self.steps += 1
+        if self.steps % self.check_every == 0:
+            self.check()
 
     def check(self):
         in_a_row = int(self.in_a_row.item())
@@ -411,7 +398,7 @@ def load_trained(path: str | Path, device: str = 'cpu'):
     return run.model, run.tokenizer, run.config, run.state['inference']
 
 
-def restore(run: LoadedRun, config: TrainConfig, tokenizer: WordTokenizer, path: Path, allow_changed_data: bool):
+def check_resumable(run: LoadedRun, config: TrainConfig, tokenizer: WordTokenizer, path: Path, allow_changed_data: bool):
     """Raise unless the checkpoint `run` can be continued by a run of `config` over data giving `tokenizer`."""
     if run.state['tokenizer'] != tokenizer.to_dict():
         # ids would silently mean other words (a file-trained vocabulary is rebuilt from the files)
@@ -480,7 +467,7 @@ def train_locked(config: TrainConfig, out_dir: Path, checkpoint_path: Path, devi
 
     if resume:
         run = load_run(checkpoint_path, config.device, TRAINING_KEYS)
-        restore(run, config, tokenizer, checkpoint_path, allow_changed_data)
+        check_resumable(run, config, tokenizer, checkpoint_path, allow_changed_data)
         model, state = run.model, run.state
         optimizer = make_optimizer(model, config)
         optimizer.load_state_dict(state['optimizer'])
@@ -500,7 +487,7 @@ def train_locked(config: TrainConfig, out_dir: Path, checkpoint_path: Path, devi
     schedule = Curriculum(**{**asdict(curriculum), 'method': 'coconut'})
     total_epochs = schedule.total_epochs + config.final_epochs
     layout = EpochLayout(tokenizer, curriculum, config.batch_size, config.seed, with_thought_targets = config.thought_loss > 0)
-    nonfinite = NonFiniteSteps(config.max_nonfinite_steps, device, on_device = device.type == 'cuda')
+    nonfinite = NonFiniteSteps(config.max_nonfinite_steps, device)
     saved_epoch = history[-1]['epoch'] if history else None
     inference = state['inference'] if resume else None
     run_start = time.perf_counter()
@@ -563,13 +550,13 @@ def train_locked(config: TrainConfig, out_dir: Path, checkpoint_path: Path, devi
                 if hasattr(iterator, 'close'):
                     iterator.close()
 
-            batches_counted = finite_batches.clamp(min = 1)
-            record = dict(epoch = epoch, stage = stage, loss = (loss_sum / batches_counted).item() if finite_batches.item() > 0 else None,
+            # an epoch of nothing but non-finite batches has no loss (0 / 0 = NaN, written as null)
+            record = dict(epoch = epoch, stage = stage, loss = (loss_sum / finite_batches).item(),
                           token_accuracy = (correct / counted.clamp(min = 1)).item(),
                           seconds = round(elapsed + time.perf_counter() - run_start, 2))     # training time at the epoch's end
             if config.thought_loss > 0:
                 # `loss` includes it, weighted; alone it tells whether the thoughts hold what they replaced
-                record['thought_loss'] = (thought_loss_sum / batches_counted).item() if finite_batches.item() > 0 else None
+                record['thought_loss'] = (thought_loss_sum / finite_batches).item()
             if skipped:
                 record['skipped_steps'] = skipped
             record = json_safe(record)

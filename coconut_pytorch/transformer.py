@@ -30,14 +30,7 @@ from x_transformers.x_transformers import RotaryEmbedding, rotate_half
 from coconut_pytorch.backbone import BackboneOutput
 from coconut_pytorch.inputs import check_finite_number
 from coconut_pytorch.kv_cache import KVCache, StaticKVCache
-
-
-def exists(v) -> bool:
-    return v is not None
-
-
-def default(v, d):
-    return v if exists(v) else d
+from coconut_pytorch.helpers import default, exists
 
 
 def autocast_dtype(device_type: str, default: torch.dtype) -> torch.dtype:

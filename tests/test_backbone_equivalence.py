@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from coconut_pytorch import Coconut, Transformer
+from test_coconut import naive_answer_logits   # the reference: every thought step recomputes the whole sequence
 
 VOCAB = 40
 
@@ -61,27 +62,12 @@ def make(request):
     return build
 
 
-def recomputed_answer_logits(model: Coconut, prompt: torch.Tensor, answer: torch.Tensor, num_steps: int) -> torch.Tensor:
-    """Without a cache: every thought step runs the whole sequence again from the start (the paper's way)."""
-    backbone, c = model.model, model.num_latents_per_step
-    seq = backbone.embed(prompt)
-    first = seq.shape[1] - 1
-    if num_steps > 0:
-        seq = torch.cat((seq, model.begin_of_thought[0][None].expand(prompt.shape[0], -1, -1)), dim = 1)
-        for _ in range(num_steps):
-            seq = torch.cat((seq, backbone.forward_with_cache([seq]).hiddens[:, -c:]), dim = 1)
-        seq = torch.cat((seq, model.end_of_thought.expand(prompt.shape[0], 1, -1)), dim = 1)
-        first = seq.shape[1] - 1
-    seq = torch.cat((seq, backbone.embed(answer[:, :-1])), dim = 1)
-    return backbone.to_logits(backbone.forward_with_cache([seq]).hiddens[:, first:])
-
-
 @pytest.mark.parametrize('num_steps', [0, 3])
 def test_cached_recurrence_equals_full_recompute(make, num_steps):
     model = make(num_latents_per_step = 2)
     prompt, answer = torch.randint(0, VOCAB, (2, 6)), torch.randint(0, VOCAB, (2, 4))
     cached = model(prompt, answer, return_loss = False, num_reasoning_steps = num_steps).answer_logits
-    torch.testing.assert_close(cached, recomputed_answer_logits(model, prompt, answer, num_steps), atol = make.atol, rtol = 0)
+    torch.testing.assert_close(cached, naive_answer_logits(model, prompt, answer, num_steps), atol = make.atol, rtol = 0)
 
 
 def test_a_padded_batch_with_its_own_steps_per_row_equals_each_example_alone(make):

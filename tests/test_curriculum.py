@@ -491,7 +491,7 @@ def test_a_run_decays_its_lr_over_its_last_epochs(tmp_path, monkeypatch):
 
     lrs = []
     apply = training.apply_gradients
-    monkeypatch.setattr(training, 'apply_gradients', lambda model, optimizer, lr, norm: (lrs.append(lr), apply(model, optimizer, lr, norm)))
+    monkeypatch.setattr(training, 'apply_gradients', lambda model, optimizer, lr, *rest: (lrs.append(lr), apply(model, optimizer, lr, *rest))[1])
     train(TrainConfig(method = 'coconut', lr_decay_epochs = 1, **{**SMALL, 'warmup_steps': 0}), tmp_path)
 
     epochs = len(torch.load(tmp_path / 'checkpoint.pt', weights_only = True)['history'])

@@ -27,15 +27,6 @@ def model():
     return make_model()
 
 
-@pytest.fixture
-def no_compute(model, monkeypatch):
-    """Fail the test if the transformer runs at all: errors must come before any compute."""
-    def refuse(*args, **kwargs):
-        raise AssertionError('the transformer ran before the input was rejected')
-    monkeypatch.setattr(model.model, 'forward_with_cache', refuse)
-    return model
-
-
 def poison_unused_embeddings(model: Coconut, unused = (0, 1)):
     """NaN in the embedding rows of tokens no prompt or answer uses (0 is what padding slots read inside); their
     logits are 0, below the best of the others, so greedy decoding never emits (and then embeds) them either."""

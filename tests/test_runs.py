@@ -106,7 +106,7 @@ def test_non_finite_steps_are_skipped_on_the_device_with_a_fused_optimizer():
         optimizer = torch.optim.AdamW(model.parameters(), lr = 0.1, fused = True)
     except (RuntimeError, TypeError):
         pytest.skip('no fused AdamW on this device')
-    guard = NonFiniteSteps(limit = 3, device = torch.device('cpu'), on_device = True, check_every = 1)
+    guard = NonFiniteSteps(limit = 3, device = torch.device('cpu'), check_every = 1)
 
     def step(loss_finite: bool, grad: float):
         for p in model.parameters():
