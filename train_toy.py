@@ -5,6 +5,7 @@
     python train_toy.py --train-file prosqa_train.json --eval-file prosqa_valid.json   # the paper's data files
     python train_toy.py --method cot                     # or no_cot, pause, coconut_no_curriculum, ...
     python train_toy.py --resume                         # continue the run in --out where it stopped
+    python train_toy.py --hf-model path/to/gpt2 --lr 1e-4   # a pretrained transformers model and its tokenizer
 
 The last line printed is one JSON object: accuracy (exact match through generation on held-out examples), n,
 seconds, method, task, and more.
@@ -53,6 +54,9 @@ def parse_args():
     arg('--lr', type = float, default = defaults.lr)
     arg('--warmup-steps', type = int, default = defaults.warmup_steps, help = 'linear learning-rate warmup, in optimizer steps')
     arg('--lr-decay-epochs', type = float, default = defaults.lr_decay_epochs, help = "the run's last N epochs take the learning rate linearly to 0 (0: constant to the end)")
+    arg('--hf-model', default = None, help = 'train a pretrained transformers causal LM (a local folder with its tokenizer) instead of a '
+        'new model; --dim, --depth, --heads, --dim-head and --num-residual-streams are then unused (needs pip install "coconut-pytorch[hf]")')
+    arg('--download', action = 'store_true', help = 'let --hf-model name a model to fetch from the Hugging Face hub')
     arg('--dim', type = int, default = defaults.dim)
     arg('--depth', type = int, default = defaults.depth)
     arg('--heads', type = int, default = defaults.heads)

@@ -20,10 +20,10 @@ import torch
 from coconut_pytorch.coconut import Coconut
 from coconut_pytorch.data.example import Example
 from coconut_pytorch.data.loaders import load_examples
-from coconut_pytorch.data.tokenizer import WordTokenizer, normalize
+from coconut_pytorch.data.tokenizer import Tokenizer
 
 
-def answer_text(tokens: Sequence[int], tokenizer: WordTokenizer) -> str:
+def answer_text(tokens: Sequence[int], tokenizer: Tokenizer) -> str:
     """The answer in generated ids: up to <eos>, after the last <sep> (language steps come before it)."""
     tokens = [t for t in tokens if t >= 0]
     if tokenizer.eos_id in tokens:
@@ -34,13 +34,13 @@ def answer_text(tokens: Sequence[int], tokenizer: WordTokenizer) -> str:
     return tokenizer.decode(tokens)
 
 
-def encode_questions(examples: Sequence[Example], tokenizer: WordTokenizer, source: str = 'examples') -> list[torch.Tensor]:
+def encode_questions(examples: Sequence[Example], tokenizer: Tokenizer, source: str = 'examples') -> list[torch.Tensor]:
     """The questions as id tensors. Each gold answer must encode too: an answer with a word the model cannot write
     would be scored wrong whatever the model did, so it is an error naming the example, not a silent miss."""
     prompts = []
     for index, example in enumerate(examples):
         try:
-            prompts.append(torch.tensor(tokenizer.encode(example.question)))
+            prompts.append(torch.tensor(tokenizer.encode_question(example.question), dtype = torch.long))
             tokenizer.encode(example.answer)
         except ValueError as error:
             raise ValueError(f'{source}: example {index} cannot be encoded: {error}') from None
@@ -50,9 +50,67 @@ def encode_questions(examples: Sequence[Example], tokenizer: WordTokenizer, sour
 
 
 @torch.no_grad()
+def generate_greedy(
+    model: Coconut,
+    prompts: Sequence[torch.Tensor],
+    eos_id: int,
+    num_thoughts: int,
+    max_new_tokens: int,
+    batch_size: int = 256,
+    autocast_dtype: torch.dtype | None = None
+) -> list[list[int]]:
+    """Each prompt's greedily generated ids after `num_thoughts` thoughts, up to and including `eos_id` (or
+    `max_new_tokens` ids), in the order of `prompts`; batched, shortest prompts together."""
+    device = model.device
+    was_training = model.training
+    model.eval()
+    # shortest first: batches of similar lengths waste less compute on padding (results are exact either way)
+    order = sorted(range(len(prompts)), key = lambda index: len(prompts[index]))
+    rows = [None] * len(prompts)
+    try:
+        for offset in range(0, len(order), batch_size):
+            indices = order[offset:offset + batch_size]
+            batch = [prompts[index].to(device) for index in indices]
+            with torch.autocast(device.type, dtype = autocast_dtype, enabled = autocast_dtype is not None):
+                generated = model.generate(batch, max_length = max_new_tokens, temperature = 0., eos_token_id = eos_id, num_reasoning_steps = num_thoughts)
+            for index, row in zip(indices, generated.tolist()):
+                rows[index] = [token for token in row if token >= 0]
+    finally:
+        model.train(was_training)
+    return rows
+
+
+def answer_questions(
+    model: Coconut,
+    tokenizer: Tokenizer,
+    questions: Sequence[str],
+    num_thoughts: int,
+    max_new_tokens: int = 64,
+    batch_size: int = 256,
+    autocast_dtype: torch.dtype | None = None,
+    with_text: bool = False
+) -> list[str] | list[tuple[str, str]]:
+    """Text in, text out: each question's answer by greedy generation after `num_thoughts` continuous thoughts
+    (the text after the last step separator, up to the end token). With `with_text`, (answer, everything the model
+    wrote) pairs, so language steps a model was trained to write can be read too.
+
+        model, tokenizer, config, info = load_trained('runs/toy/checkpoint.pt')
+        answer_questions(model, tokenizer, ['3 1 4 1'], num_thoughts = info['num_thoughts'])
+    """
+    if isinstance(questions, str) or not all(isinstance(question, str) for question in questions):
+        raise TypeError('questions must be a sequence of str')
+    prompts = [torch.tensor(tokenizer.encode_question(question), dtype = torch.long) for question in questions]
+    for index, prompt in enumerate(prompts):
+        if len(prompt) == 0:
+            raise ValueError(f'questions[{index}] is empty')
+    rows = generate_greedy(model, prompts, tokenizer.eos_id, num_thoughts, max_new_tokens, batch_size, autocast_dtype)
+    answers = [answer_text(row, tokenizer) for row in rows]
+    return [(answer, tokenizer.decode(row)) for answer, row in zip(answers, rows)] if with_text else answers
+
+
 def evaluate_examples(
     model: Coconut,
-    tokenizer: WordTokenizer,
+    tokenizer: Tokenizer,
     examples: Sequence[Example],
     num_thoughts: int,
     max_new_tokens: int,
@@ -65,36 +123,13 @@ def evaluate_examples(
         raise ValueError(f'{source}: no examples to evaluate')
 
     prompts = encode_questions(examples, tokenizer, source)
-    device = model.device
-    was_training = model.training
-    model.eval()
-
     start = time.perf_counter()
-    predictions, new_tokens = [], []
-
-    # shortest first: batches of similar lengths waste less compute on padding (results are exact either way)
-    order = sorted(range(len(prompts)), key = lambda index: len(prompts[index]))
-    by_index = {}
-
-    for offset in range(0, len(order), batch_size):
-        indices = order[offset:offset + batch_size]
-        batch = [prompts[index].to(device) for index in indices]
-
-        with torch.autocast(device.type, dtype = autocast_dtype, enabled = autocast_dtype is not None):
-            generated = model.generate(batch, max_length = max_new_tokens, temperature = 0., eos_token_id = tokenizer.eos_id, num_reasoning_steps = num_thoughts)
-
-        for index, row in zip(indices, generated.tolist()):
-            by_index[index] = row
-
-    for index in range(len(prompts)):
-        row = by_index[index]
-        predictions.append(answer_text(row, tokenizer))
-        new_tokens.append(sum(t >= 0 for t in row))
-
+    rows = generate_greedy(model, prompts, tokenizer.eos_id, num_thoughts, max_new_tokens, batch_size, autocast_dtype)
     seconds = time.perf_counter() - start
-    model.train(was_training)
 
-    correct = [prediction == normalize(example.answer) for prediction, example in zip(predictions, examples)]
+    predictions = [answer_text(row, tokenizer) for row in rows]
+    new_tokens = [len(row) for row in rows]
+    correct = [tokenizer.normalize(prediction) == tokenizer.normalize(example.answer) for prediction, example in zip(predictions, examples)]
 
     return dict(
         accuracy = sum(correct) / len(correct),

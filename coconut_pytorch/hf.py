@@ -177,12 +177,30 @@ class HFBackbone(nn.Module):
         return BackboneOutput(out.last_hidden_state, HFCache(layers, new_mask, cache.length + length, cache.next_position + added))
 
 
+def causal_lm_from_config(config: dict) -> PreTrainedModel:
+    """A causal LM of the architecture `config` describes (a transformers config as `to_dict` writes it), with fresh
+    weights: what a checkpoint's weights load into, without the folder the run started from."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    if not isinstance(config, dict) or not isinstance(config.get('model_type'), str):
+        raise ValueError('a backbone config must be a dict with a model_type (a transformers config as to_dict writes it)')
+    values = dict(config)
+    return AutoModelForCausalLM.from_config(AutoConfig.for_model(values.pop('model_type'), **values))
+
+
+def check_local(path: str | os.PathLike, download: bool, argument: str = 'model_or_path'):
+    """Raise unless `path` is a folder here, or `download` allows fetching it as a hub name: without this the user
+    reads transformers' advice on repository ids about a folder they mistyped."""
+    if not download and not os.path.isdir(path):
+        raise ValueError(f'{argument} {os.fspath(path)!r} is not a folder here (a hub name is downloaded only when asked: download = True, or --download)')
+
+
 def load_causal_lm(model_or_path, download: bool = False) -> PreTrainedModel:
     """A loaded causal LM as it is, or one read from a local folder; a hub name is fetched only with `download`."""
     if isinstance(model_or_path, PreTrainedModel):
         return model_or_path
     if not isinstance(model_or_path, (str, os.PathLike)):
         raise TypeError(f'model_or_path must be a transformers model or a path, got {type(model_or_path).__name__}')
+    check_local(model_or_path, download)
     from transformers import AutoModelForCausalLM
     try:
         return AutoModelForCausalLM.from_pretrained(os.fspath(model_or_path), local_files_only = not download)

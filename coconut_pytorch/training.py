@@ -29,7 +29,7 @@ from coconut_pytorch.data.fresh_sets import FreshSets, generate_excluding, held_
 from coconut_pytorch.data.loaders import load_examples
 from coconut_pytorch.data.tasks import TASKS, get_task
 from coconut_pytorch.data.tasks.base import check_int
-from coconut_pytorch.data.tokenizer import WordTokenizer, max_target_length, target_lengths
+from coconut_pytorch.data.tokenizer import Tokenizer, WordTokenizer, max_target_length, target_lengths, tokenizer_from_dict
 from coconut_pytorch.evaluate import encode_questions, evaluate_examples
 from coconut_pytorch.plotting import plot_history
 from coconut_pytorch.train_step import TrainStep
@@ -78,7 +78,10 @@ class TrainConfig:
                                             # decay); exact answers hinge on the last tenths of a percent of token
                                             # accuracy, which a constant lr keeps shaking loose
 
-    # model
+    # model: the native Transformer of this shape, or a pretrained one (then the shape settings are unused)
+    hf_model: str | None = None             # a transformers causal LM and its tokenizer: a local folder, or a hub
+                                            # name with `download` (pip install "coconut-pytorch[hf]")
+    download: bool = False                  # let `hf_model` name a model to fetch from the Hugging Face hub
     dim: int = 96
     depth: int = 2
     heads: int = 4
@@ -131,7 +134,7 @@ class TrainConfig:
             raise ValueError(f'task must be one of {sorted(TASKS)}, got {self.task!r}')
         if not isinstance(self.task_kwargs, dict):
             raise TypeError(f'task_kwargs must be a dict, got {type(self.task_kwargs).__name__}')
-        for name in ('train_file', 'eval_file'):
+        for name in ('train_file', 'eval_file', 'hf_model'):
             value = getattr(self, name)
             if value is not None and not isinstance(value, (str, os.PathLike)):
                 raise TypeError(f'{name} must be a path, got {type(value).__name__}')
@@ -146,6 +149,10 @@ class TrainConfig:
             raise ValueError('cuda_graphs and compile cannot be combined: choose one')
         if self.cuda_graphs and self.checkpoint:
             raise ValueError('cuda_graphs and checkpoint (activation checkpointing) cannot be combined')
+        if self.hf_model is not None and (self.cuda_graphs or self.compile):
+            # both act on the native Transformer (its static cache, its blocks); a transformers model builds a new
+            # cache object every call
+            raise ValueError(f"{'cuda_graphs' if self.cuda_graphs else 'compile'} is for the native Transformer; it cannot be used with hf_model")
 
     def curriculum(self, task_max_steps: int, longest_language: int | None = None) -> Curriculum:
         """The run's curriculum. Without `max_latent_stage`, the last stage is the one that removes every step of
@@ -174,11 +181,16 @@ class TrainConfig:
         return cls(**{'exclude_held_out': False, **{key: value for key, value in values.items() if key in known}})
 
 
-def build_model(config: TrainConfig, num_tokens: int, curriculum: Curriculum) -> Coconut:
+def build_model(config: TrainConfig, num_tokens: int, curriculum: Curriculum, backbone_config: dict | None = None) -> Coconut:
+    """The run's model. With `config.hf_model`: the pretrained model read from it (in float32: AdamW's updates are
+    lost in bf16 weights), or, with `backbone_config` (a checkpoint's), that architecture with fresh weights to load
+    a checkpoint into, without the original folder."""
     torch.manual_seed(config.seed)
-    return Coconut(
-        num_reasoning_steps = 0,
-        num_latents_per_step = 1,   # thoughts come one per position, as in the paper; the curriculum counts them
+    if config.hf_model is not None:
+        from coconut_pytorch.hf import HFBackbone, causal_lm_from_config, load_causal_lm
+        lm = causal_lm_from_config(backbone_config) if backbone_config is not None else load_causal_lm(config.hf_model, download = config.download)
+        transformer = HFBackbone(lm.float())
+    else:
         transformer = dict(
             num_tokens = num_tokens,
             dim = config.dim,
@@ -186,15 +198,26 @@ def build_model(config: TrainConfig, num_tokens: int, curriculum: Curriculum) ->
             heads = config.heads,
             dim_head = config.dim_head,
             num_residual_streams = config.num_residual_streams
-        ),
+        )
+    return Coconut(
+        num_reasoning_steps = 0,
+        num_latents_per_step = 1,   # thoughts come one per position, as in the paper; the curriculum counts them
+        transformer = transformer,
         checkpoint = config.checkpoint,
         thought_mode = curriculum.thought_mode,
         thought_loss_weight = config.thought_loss
     )
 
 
+def backbone_config(model: Coconut) -> dict | None:
+    """What a checkpoint needs to rebuild a pretrained backbone's architecture: its transformers config, as plain
+    data (None for the native Transformer, which the run's configuration describes)."""
+    lm = getattr(model.model, 'lm', None)
+    return lm.config.to_dict() if lm is not None else None
+
+
 # settings that change how a run is executed, not what it learns: a resumed run may differ in them
-RESUME_MAY_CHANGE = ('time_budget', 'device', 'cuda_graphs', 'compile', 'max_nonfinite_steps')
+RESUME_MAY_CHANGE = ('time_budget', 'device', 'cuda_graphs', 'compile', 'max_nonfinite_steps', 'download')
 
 INFERENCE_TOKEN_MARGIN = 8     # generation may run this far past the longest training target
 
@@ -218,19 +241,36 @@ def held_out_questions(config: TrainConfig, eval_set: list[Example]) -> frozense
     return frozenset(example.question for example in eval_set) if config.exclude_held_out else frozenset()
 
 
-def load_data(config: TrainConfig) -> tuple[list[Example], list[Example], WordTokenizer, int]:
+def pretrained_tokenizer(config: TrainConfig) -> Tokenizer:
+    """The tokenizer saved with `config.hf_model`, its id space the model's vocabulary."""
+    from transformers import AutoConfig
+    from coconut_pytorch.data.hf_tokenizer import HFTokenizer
+    from coconut_pytorch.hf import check_local
+    check_local(config.hf_model, config.download, 'hf_model')
+    try:
+        vocab_size = AutoConfig.from_pretrained(config.hf_model, local_files_only = not config.download).vocab_size
+    except (OSError, ValueError) as error:
+        hint = '' if config.download else ' (nothing is downloaded unless --download is given)'
+        raise ValueError(f'hf_model {config.hf_model!r} could not be loaded{hint}: {str(error).splitlines()[0]}') from None
+    tokenizer = HFTokenizer.from_pretrained(config.hf_model, download = config.download)
+    return HFTokenizer(tokenizer.backend, tokenizer.eos_id, tokenizer.question_prefix, max(len(tokenizer), vocab_size))
+
+
+def load_data(config: TrainConfig) -> tuple[list[Example], list[Example], Tokenizer, int]:
     """(first training set, held-out set, tokenizer, most steps of an example) for a run.
 
-    From the task's generator, or from `train_file`; then the vocabulary is every word of the training and held-out
-    files (a held-out word never seen in training keeps an untrained embedding, rather than failing to encode).
+    From the task's generator, or from `train_file`. With `hf_model`, the pretrained model's tokenizer; otherwise a
+    word tokenizer of the task's vocabulary, or of every word of the training and held-out files (a held-out word
+    never seen in training keeps an untrained embedding, rather than failing to encode).
     """
+    pretrained = pretrained_tokenizer(config) if config.hf_model is not None else None
     eval_set = load_examples(config.eval_file) if config.eval_file is not None else None
     if eval_set is not None and len(eval_set) == 0:
         raise ValueError(f'eval_file {config.eval_file} holds no examples')
 
     if config.train_file is None:
         task = get_task(config.task, **config.task_kwargs)
-        tokenizer = WordTokenizer(task.vocabulary())
+        tokenizer = pretrained if pretrained is not None else WordTokenizer(task.vocabulary())
         if eval_set is not None:
             encode_questions(eval_set, tokenizer, config.eval_file)  # a word outside the task's vocabulary: fail now, not after training
         if eval_set is None:
@@ -254,7 +294,7 @@ def load_data(config: TrainConfig) -> tuple[list[Example], list[Example], WordTo
         for index, example in enumerate(examples):
             if not example.question.strip():
                 raise ValueError(f'{source}: example {index} has an empty question')
-    tokenizer = WordTokenizer.from_texts(example_texts(train_set + eval_set))
+    tokenizer = pretrained if pretrained is not None else WordTokenizer.from_texts(example_texts(train_set + eval_set))
     return train_set, eval_set, tokenizer, max(len(example.steps) for example in train_set)
 
 
@@ -364,7 +404,7 @@ def data_digests(config: TrainConfig) -> dict[str, str]:
 
 class LoadedRun(NamedTuple):
     model: Coconut              # in eval mode, on the device asked for
-    tokenizer: WordTokenizer
+    tokenizer: Tokenizer
     config: TrainConfig
     curriculum: Curriculum
     state: dict                 # everything the checkpoint holds, on the CPU
@@ -378,15 +418,18 @@ def load_run(path: str | Path, device: str = 'cpu', keys: tuple[str, ...] = INFE
     state = read_checkpoint(path, keys)
     try:
         config = TrainConfig.from_dict(state['config'])
-        tokenizer = WordTokenizer.from_dict(state['tokenizer'])
+        tokenizer = tokenizer_from_dict(state['tokenizer'])
         curriculum = Curriculum(**state['curriculum'])
+        architecture = state.get('backbone')
+        if config.hf_model is not None and not isinstance(architecture, dict):
+            raise ValueError('it was trained over a pretrained model but holds no backbone config')
         with torch.device('meta'):
-            skeleton = build_model(config, len(tokenizer), curriculum)
+            skeleton = build_model(config, len(tokenizer), curriculum, architecture)
     except (TypeError, ValueError, KeyError) as error:
         raise ValueError(f'checkpoint {path}: its configuration is not valid: {first_line(error)}') from None
     check_weights(path, state['model'], skeleton.state_dict())
 
-    model = build_model(config, len(tokenizer), curriculum).to(device)
+    model = build_model(config, len(tokenizer), curriculum, architecture).to(device)
     model.load_state_dict(state['model'])
     model.eval()
     return LoadedRun(model, tokenizer, config, curriculum, state)
@@ -398,7 +441,7 @@ def load_trained(path: str | Path, device: str = 'cpu'):
     return run.model, run.tokenizer, run.config, run.state['inference']
 
 
-def check_resumable(run: LoadedRun, config: TrainConfig, tokenizer: WordTokenizer, path: Path, allow_changed_data: bool):
+def check_resumable(run: LoadedRun, config: TrainConfig, tokenizer: Tokenizer, path: Path, allow_changed_data: bool):
     """Raise unless the checkpoint `run` can be continued by a run of `config` over data giving `tokenizer`."""
     if run.state['tokenizer'] != tokenizer.to_dict():
         # ids would silently mean other words (a file-trained vocabulary is rebuilt from the files)
@@ -498,6 +541,9 @@ def train_locked(config: TrainConfig, out_dir: Path, checkpoint_path: Path, devi
     try:
         for epoch in range(start_epoch, total_epochs):
             stage = curriculum.stage_at_epoch(epoch)
+            # torch's random draws in training (a pretrained model's dropout) follow from (seed, epoch), so a resumed
+            # run draws what the uninterrupted one did
+            torch.manual_seed(config.seed * 100_003 + epoch)
             if config.reset_optimizer and epoch > 0 and stage != curriculum.stage_at_epoch(epoch - 1):
                 optimizer = make_optimizer(model, config)
                 optimizer_start = step
@@ -570,7 +616,7 @@ def train_locked(config: TrainConfig, out_dir: Path, checkpoint_path: Path, devi
                 config = asdict(config), curriculum = asdict(curriculum), tokenizer = tokenizer.to_dict(),
                 model = model.state_dict(), optimizer = optimizer.state_dict(),
                 epoch = epoch, step = step, optimizer_start = optimizer_start, history = history, elapsed = elapsed_now,
-                inference = inference, data_digests = digests
+                inference = inference, data_digests = digests, backbone = backbone_config(model)
             ), checkpoint_path)
             saved_epoch = epoch
 

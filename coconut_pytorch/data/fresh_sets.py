@@ -26,7 +26,7 @@ import torch
 from coconut_pytorch.curriculum import Batch, EpochLayout
 from coconut_pytorch.data.example import Example
 from coconut_pytorch.data.tasks import Task, get_task
-from coconut_pytorch.data.tokenizer import WordTokenizer, max_target_length
+from coconut_pytorch.data.tokenizer import Tokenizer, WordTokenizer, max_target_length
 
 
 def generate_excluding(task: Task, size: int, seed: int, excluded: frozenset[str] = frozenset()) -> list[Example]:
@@ -50,19 +50,20 @@ def derived_seed(seed: int, round: int) -> int:
     return 10 ** 12 + seed * 1_000 + round
 
 
-def generate_set(task_name: str, task_kwargs: dict, size: int, seed: int, excluded: frozenset[str] = frozenset()) -> tuple[list[Example], int]:
-    """A task's generated set (without `excluded` questions) and its `max_target_length` (under the task's own
-    tokenizer, as training builds it), from picklable arguments so that a worker process can make both off the
-    training process."""
+def generate_set(task_name: str, task_kwargs: dict, size: int, seed: int, excluded: frozenset[str] = frozenset(),
+                 tokenizer: Tokenizer | None = None) -> tuple[list[Example], int]:
+    """A task's generated set (without `excluded` questions) and its `max_target_length` under `tokenizer` (default:
+    the task's own word tokenizer, as a from-scratch run builds it), from picklable arguments so that a worker
+    process can make both off the training process."""
     task = get_task(task_name, **task_kwargs)
     examples = generate_excluding(task, size, seed, excluded)
-    return examples, max_target_length(examples, WordTokenizer(task.vocabulary()))
+    return examples, max_target_length(examples, tokenizer if tokenizer is not None else WordTokenizer(task.vocabulary()))
 
 
 def generate_epoch(task_name: str, task_kwargs: dict, size: int, seed: int, layout: EpochLayout, epoch: int, excluded: frozenset[str] = frozenset()) -> tuple[list[Batch], int]:
     """Epoch `epoch`'s batches from a set generated with `seed` (without `excluded` questions), and the set's
     longest target."""
-    examples, longest = generate_set(task_name, task_kwargs, size, seed, excluded)
+    examples, longest = generate_set(task_name, task_kwargs, size, seed, excluded, layout.tokenizer)
     return layout.batches(examples, epoch), longest
 
 

@@ -15,7 +15,7 @@ except that `. , ? ! : ;` attach to the word before them. So "Tom is a  lempus .
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence
 
 PAD, EOS, SEP = "<pad>", "<eos>", "<sep>"
 SPECIAL_TOKENS = (PAD, EOS, SEP)
@@ -60,6 +60,22 @@ def join_words(words: Iterable[str]) -> str:
 def normalize(text: str) -> str:
     """Whitespace-normalised canonical form of `text`, used for exact-match scoring."""
     return join_words(split_words(text))
+
+
+class Tokenizer(Protocol):
+    """What the curriculum, training and evaluation use of a tokenizer: `WordTokenizer` (from-scratch runs) and
+    `coconut_pytorch.data.hf_tokenizer.HFTokenizer` (pretrained models) offer it."""
+
+    eos_id: int     # ends every answer; generation stops at it
+    sep_id: int     # follows every language step
+
+    def __len__(self) -> int: ...                                   # the id space: the model's vocabulary size
+    def encode(self, text: str) -> list[int]: ...
+    def encode_question(self, text: str) -> list[int]: ...           # a prompt's ids
+    def encode_example(self, example: Any) -> tuple[list[int], list[list[int]], list[int]]: ...
+    def decode(self, ids: Sequence[int] | Any, skip_special: bool = True) -> str: ...
+    def normalize(self, text: str) -> str: ...                       # the form exact-match scoring compares
+    def to_dict(self) -> dict[str, Any]: ...                         # plain data, for a checkpoint
 
 
 class WordTokenizer:
@@ -172,9 +188,14 @@ class WordTokenizer:
             words.append(self._vocab[index])
         return join_words(words)
 
+    def encode_question(self, text: str) -> list[int]:
+        """The ids a prompt is: here the question's words (a pretrained model's tokenizer may put a
+        begin-of-sequence token first)."""
+        return self.encode(text)
+
     def encode_example(self, example: Any) -> tuple[list[int], list[list[int]], list[int]]:
         """(question ids, one id list per step, answer ids ending with <eos>)."""
-        question_ids = self.encode(example.question)
+        question_ids = self.encode_question(example.question)
         step_ids = [self.encode(step) for step in example.steps]
         answer_ids = self.encode(example.answer) + [self.eos_id]
         return question_ids, step_ids, answer_ids
@@ -198,6 +219,15 @@ class WordTokenizer:
         if tokenizer.vocab != vocab:
             raise ValueError("tokenizer state 'vocab' is not in canonical order (specials, then sorted unique words)")
         return tokenizer
+
+
+def tokenizer_from_dict(state: Mapping[str, Any]):
+    """The tokenizer a checkpoint holds: a `WordTokenizer`, or a pretrained model's `HFTokenizer` (which needs the
+    `[hf]` extra)."""
+    if isinstance(state, Mapping) and state.get("type") == "HFTokenizer":
+        from coconut_pytorch.data.hf_tokenizer import HFTokenizer
+        return HFTokenizer.from_dict(state)
+    return WordTokenizer.from_dict(state)
 
 
 def target_lengths(examples: Iterable[Any], tokenizer: WordTokenizer) -> Iterator[tuple[int, int]]:
