@@ -21,7 +21,7 @@ setup(
     ],
     extras_require = {
         'test': ['pytest'],
-        'hf': ['transformers>=4.45'],     # Hugging Face causal LMs as backbones (coconut_pytorch.hf)
+        'hf': ['transformers>=4.56'],     # Hugging Face causal LMs as backbones (coconut_pytorch.hf, which says why 4.56)
     },
     classifiers = [
         'Development Status :: 4 - Beta',

@@ -7,12 +7,18 @@
 
 A continuous thought is the model's last hidden state (after its final norm), fed back through `inputs_embeds`.
 `<bot>`, `<eot>` and the pause embedding are Coconut's own learned vectors, not added tokens: the vocabulary and the
-embedding matrix stay as they are, and a thought, `<bot>` and `<eot>` all enter the model the same way.
+embedding matrix stay as they are, and a thought, `<bot>` and `<eot>` all enter the model the same way. Tokens are
+embedded by the model's own input embedding, so that their `inputs_embeds` give what the model computes from token
+ids. Gemma-2 scales its token embeddings by sqrt(hidden size), and where depends on the version of transformers:
+5.17 and later scale in the input embedding, so a thought enters the first layer as it is; 5.0 and earlier scale
+every `inputs_embeds` in the model's forward, a thought (and `<bot>`, `<eot>`) included, so a Coconut trained over
+one does not carry over to the other.
 
 The segment cache is immutable, as `coconut_pytorch.backbone` requires (checkpointing replays a thought step, and
 a step that appended in place would append twice): it holds each layer's keys and values as tensors that are
 never written, and each call hands the model a fresh `transformers` cache built from them. Positions count real
-tokens only and a key-padding mask travels with the cache, so a padded row gets what it gets alone. Generation
+tokens only and a key-padding mask travels with the cache, so a padded row gets what it gets alone (with the
+attention masks `HFBackbone` builds where transformers would count a sliding window in columns). Generation
 grows the same cache (not a preallocated one), so its steps are not captured as CUDA graphs
 (`graph_capturable = False`).
 
@@ -27,6 +33,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+from packaging.version import Version
 from torch import Tensor, nn
 
 from coconut_pytorch.backbone import BackboneOutput
@@ -35,9 +42,32 @@ from coconut_pytorch.transformer import autocast_dtype
 from coconut_pytorch.helpers import exists
 
 try:
+    import transformers
     from transformers import DynamicCache, PreTrainedModel
 except ImportError as error:     # the optional extra is missing
     raise ImportError('coconut_pytorch.hf needs transformers: pip install "coconut-pytorch[hf]"') from error
+
+# 4.56 at the least: before it, `DynamicCache(ddp_cache_data = ...)` (how each call rebuilds the segment cache) is
+# missing (< 4.54) or puts an empty layer first (4.54, 4.55); and only since 4.53 (`masking_utils`) does every model
+# take a prepared 4-D mask as it is, and a model with several layer types a dict layer type -> mask
+if Version(transformers.__version__).release < (4, 56):
+    raise ImportError(f'coconut_pytorch.hf needs transformers >= 4.56, found {transformers.__version__}: pip install -U "coconut-pytorch[hf]"')
+
+# the layer types whose masks `attention_masks` builds, named as transformers names them in `config.layer_types`
+FULL, SLIDING = 'full_attention', 'sliding_attention'
+
+# attention implementations whose prepared masks we know the format of: SDPA takes a boolean mask (True = attend),
+# eager adds a float one (0 or the dtype's minimum) to its logits
+MASKED_ATTENTION = ('eager', 'sdpa')
+
+
+def attention_layer_types(config) -> tuple[str, ...]:
+    """Each layer's attention type, as the model itself decides it: `config.layer_types` where the config has it
+    (Gemma-2, Qwen2), else every layer sliding where the config sets a window (Mistral), else every layer full."""
+    layer_types = getattr(config, 'layer_types', None)
+    if exists(layer_types):
+        return tuple(layer_types)
+    return (SLIDING if exists(getattr(config, 'sliding_window', None)) else FULL,) * config.num_hidden_layers
 
 
 @dataclass(frozen = True)
@@ -90,11 +120,16 @@ class GrowingCache:
 class HFBackbone(nn.Module):
     """A `transformers` causal language model behind the backbone interface (`coconut_pytorch.backbone.Backbone`).
 
-    Tested exact (float64, padded batches included) for the GPT-2, Llama and Qwen2 families. Models with sliding-window
-    attention (Gemma-2, Mistral) run, but transformers counts their window in columns, padding included, so a padded
-    row sees a narrower window than it would alone: batch such models without padding until positions drive the
-    window. Gemma-2's attention softcapping needs eager attention, whose float32 softmax turns padded float64
-    queries to NaN."""
+    Tested exact (float64, padded batches included) for the GPT-2, Llama, Qwen2, Gemma-2 and Mistral families. With
+    eager or SDPA attention it builds the model's attention masks itself and hands them over ready-made, one per layer
+    type, where transformers would build them from a 2-D padding mask: key k is visible to query q iff k is real and
+    not after q and, in a sliding-window layer, position(q) - position(k) < window, positions counting real tokens
+    only (transformers counts the window in columns, padding included, which narrows a padded row's window). A
+    padding query also sees itself, so that no softmax row is empty: eager attention (which Gemma-2's attention logit
+    softcapping needs) takes its softmax in float32, where a float64 mask's minimum is -inf, and an empty row's NaN
+    would reach real rows through the next layer's keys and values. Other attention implementations (flash, flex) and
+    layer types other than full and sliding attention get the 2-D mask and transformers' own masks, which count a
+    sliding window in columns."""
 
     graph_capturable = False
 
@@ -111,6 +146,8 @@ class HFBackbone(nn.Module):
         parameters = inspect.signature(model.base_model.forward).parameters
         self.cache_argument = 'cache' if 'cache' in parameters else 'past_key_values'
         self.softcap = getattr(config, 'final_logit_softcapping', None)
+        self.layer_types = attention_layer_types(config)
+        self.sliding_window = getattr(config, 'sliding_window', None)
 
     @property
     def device(self) -> torch.device:
@@ -152,6 +189,39 @@ class HFBackbone(nn.Module):
         hiddens, cache.current = self.forward_segments(x, mask, cache.current)
         return hiddens
 
+    def attention_masks(self, key_mask: Tensor | None, length: int, dtype: torch.dtype) -> Tensor | dict[str, Tensor] | None:
+        """What the last `length` columns (the new queries) may attend to among all columns of `key_mask` (b, k),
+        cached then new, as the model's attention takes it ready-made: one (b, 1, length, k) mask, or a dict layer
+        type -> mask for a model with several layer types. None where the model should build its own from the 2-D
+        mask (see the class docstring)."""
+        implementation = getattr(self.lm.config, '_attn_implementation', None) or 'eager'
+        # without padding, columns are positions and transformers' masks are these ones; it then hands SDPA no mask at
+        # all (`is_causal`), which lets it take its fused kernels
+        if not exists(key_mask) or implementation not in MASKED_ATTENTION or not set(self.layer_types) <= {FULL, SLIDING}:
+            return None
+
+        columns = torch.arange(key_mask.shape[-1], device = key_mask.device)                   # (k,)
+        queries = columns[-length:, None]                                                       # (q, 1)
+        seen = key_mask[:, None, :] & (columns <= queries)                                      # (b, q, k) real, not after q
+        # a padding query sees itself: a row with no key at all would be NaN after eager's float32 softmax
+        itself = columns == queries                                                             # (q, k)
+        # real tokens up to each column: a real column's position + 1, as positions count real tokens only
+        count = key_mask.long().cumsum(dim = -1)                                                # (b, k)
+
+        masks = {}
+        for layer_type in sorted(set(self.layer_types)):
+            visible = seen
+            if layer_type == SLIDING:
+                # the window counts positions, not columns: position(q) - position(k) < window
+                visible = visible & (count[:, -length:, None] - count[:, None, :] < self.sliding_window)
+            visible = (visible | itself)[:, None]                                               # (b, 1, q, k)
+            if implementation == 'eager':
+                # eager adds its mask to the logits: 0 where visible, else the dtype's minimum (as transformers does)
+                visible = torch.where(visible, torch.zeros((), dtype = dtype, device = visible.device), torch.finfo(dtype).min)
+            masks[layer_type] = visible
+        # a single mask goes through any model; several only through a model that maps layer types to masks
+        return masks.popitem()[1] if len(masks) == 1 else masks
+
     def forward_segments(self, x: Tensor, mask: Tensor | None, cache: HFCache) -> BackboneOutput:
         """Embeddings x (b, n, D) after `cache`; their last hidden states and a new cache that holds them too."""
         batch, length = x.shape[:2]
@@ -163,7 +233,9 @@ class HFBackbone(nn.Module):
             positions = cache.next_position[:, None] + torch.arange(length, device = x.device)
 
         key_mask = join_masks([(cache.key_mask, cache.length), (mask, length)], batch, x.device)
-        attention_mask = key_mask.long() if exists(key_mask) else torch.ones((batch, cache.length + length), dtype = torch.long, device = x.device)
+        attention_mask = self.attention_masks(key_mask, length, x.dtype)
+        if not exists(attention_mask):
+            attention_mask = key_mask.long() if exists(key_mask) else torch.ones((batch, cache.length + length), dtype = torch.long, device = x.device)
 
         past = DynamicCache(ddp_cache_data = list(cache.layers)) if cache.length > 0 else DynamicCache()
         out = self.lm.base_model(inputs_embeds = x, attention_mask = attention_mask, position_ids = positions, use_cache = True,

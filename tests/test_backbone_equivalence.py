@@ -36,19 +36,34 @@ def hf(family: str):
                                               num_attention_heads = 4, num_key_value_heads = 2, max_position_embeddings = 128,
                                               bos_token_id = 0, eos_token_id = 0)
             model = transformers.Qwen2ForCausalLM(config)
-        # SDPA (its math kernel on the CPU): transformers' eager attention takes the softmax in float32 for Llama and
-        # Qwen2, where a float64 mask's minimum becomes -inf, and a padding query that sees no key turns to NaN
-        model.config._attn_implementation = 'sdpa'
+        elif family == 'gemma2':
+            # a window of 4 real tokens, narrower than the tests' sequences, on the first layer; logit softcapping on
+            config = transformers.Gemma2Config(vocab_size = VOCAB, hidden_size = 32, intermediate_size = 64, num_hidden_layers = 2,
+                                               num_attention_heads = 4, num_key_value_heads = 2, head_dim = 8, max_position_embeddings = 128,
+                                               sliding_window = 4, layer_types = ['sliding_attention', 'full_attention'],
+                                               bos_token_id = 0, eos_token_id = 0, pad_token_id = None)
+            model = transformers.Gemma2ForCausalLM(config)
+        elif family == 'mistral':
+            # every layer slides, over 4 real tokens
+            config = transformers.MistralConfig(vocab_size = VOCAB, hidden_size = 32, intermediate_size = 64, num_hidden_layers = 2,
+                                                num_attention_heads = 4, num_key_value_heads = 2, head_dim = 8, max_position_embeddings = 128,
+                                                sliding_window = 4, bos_token_id = 0, eos_token_id = 0, pad_token_id = None)
+            model = transformers.MistralForCausalLM(config)
+        # SDPA (its math kernel on the CPU) computes in float64, where eager attention takes its softmax in float32;
+        # Gemma-2 needs eager, as SDPA cannot cap attention logits
+        model.config._attn_implementation = 'eager' if family == 'gemma2' else 'sdpa'
         return HFBackbone(model)
     return build
 
 
-BACKBONES = {'native': native, 'hf-gpt2': hf('gpt2'), 'hf-llama': hf('llama'), 'hf-qwen2': hf('qwen2')}
+BACKBONES = {'native': native, 'hf-gpt2': hf('gpt2'), 'hf-llama': hf('llama'), 'hf-qwen2': hf('qwen2'), 'hf-gemma2': hf('gemma2'),
+             'hf-mistral': hf('mistral')}
 
-# how close two float64 computations of the same thing come: Llama and Qwen2 in transformers compute their rotary
-# angles in float32 even in a float64 model (as a matrix product whose rounding depends on its shape), which leaves
-# differences near 1e-8; a wrong position or mask moves logits by far more than this
-TOLERANCE = {'native': 1e-10, 'hf-gpt2': 1e-10, 'hf-llama': 1e-6, 'hf-qwen2': 1e-6}
+# how close two float64 computations of the same thing come: Llama, Qwen2, Gemma-2 and Mistral in transformers compute
+# their rotary angles in float32 even in a float64 model (as a matrix product whose rounding depends on its shape),
+# and Gemma-2's eager attention its softmax, which leave differences near 1e-8; a wrong position or mask moves logits
+# by far more than this
+TOLERANCE = {'native': 1e-10, 'hf-gpt2': 1e-10, 'hf-llama': 1e-6, 'hf-qwen2': 1e-6, 'hf-gemma2': 1e-6, 'hf-mistral': 1e-6}
 
 
 @pytest.fixture(params = list(BACKBONES))
@@ -102,6 +117,20 @@ def test_checkpointed_gradients_equal_plain_ones(make):
     assert len(grads[0]) == len(grads[1])
     for plain, checkpointed in zip(*grads):
         torch.testing.assert_close(checkpointed, plain, atol = 1e-12, rtol = 0)  # the same computation twice
+
+
+@pytest.mark.parametrize('name', [name for name in BACKBONES if name.startswith('hf-')])
+def test_without_padding_a_hf_backbone_computes_what_its_model_does(name):
+    # the tests above compare HFBackbone with itself (padded rows, whose masks it builds, with rows alone, whose masks
+    # transformers builds); this pins it to the model's own forward from token ids: its embedding (Gemma-2 scales it),
+    # its positions, and a sliding window that reaches back into the cache
+    torch.manual_seed(0)
+    backbone = BACKBONES[name]().double().eval()
+    ids = torch.randint(0, VOCAB, (2, 11))
+    first = backbone.forward_with_cache(ids[:, :7])
+    hiddens = torch.cat((first.hiddens, backbone.forward_with_cache(ids[:, 7:], cache = first.cache).hiddens), dim = 1)
+    torch.testing.assert_close(hiddens, backbone.lm.base_model(ids).last_hidden_state, atol = TOLERANCE[name], rtol = 0)
+    torch.testing.assert_close(backbone.to_logits(hiddens), backbone.lm(ids).logits, atol = TOLERANCE[name], rtol = 0)
 
 
 def test_from_hf_reads_a_saved_model_and_never_downloads_unasked(tmp_path):
