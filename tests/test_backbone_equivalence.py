@@ -66,14 +66,21 @@ BACKBONES = {'native': native, 'hf-gpt2': hf('gpt2'), 'hf-llama': hf('llama'), '
 TOLERANCE = {'native': 1e-10, 'hf-gpt2': 1e-10, 'hf-llama': 1e-6, 'hf-qwen2': 1e-6, 'hf-gemma2': 1e-6, 'hf-mistral': 1e-6}
 
 
-@pytest.fixture(params = list(BACKBONES))
+# every proof runs on the CPU, and again on a GPU where there is one (float64 there too: the same tolerances)
+ON_CUDA = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason = 'no CUDA GPU')]
+
+
+@pytest.fixture(params = [pytest.param((name, device), id = f'{name}-{device}', marks = ON_CUDA if device == 'cuda' else ())
+                          for name in BACKBONES for device in ('cpu', 'cuda')])
 def make(request):
-    """make(**coconut_kwargs) -> a float64 Coconut in eval mode over the parametrised backbone."""
+    """make(**coconut_kwargs) -> a float64 Coconut in eval mode over the parametrised backbone, on the parametrised
+    device (inputs made on the CPU are moved by the model's own input handling)."""
+    name, device = request.param
     def build(**kwargs):
-        build.atol = TOLERANCE[request.param]
+        build.atol = TOLERANCE[name]
         torch.manual_seed(0)
-        backbone = BACKBONES[request.param]()
-        return Coconut(transformer = backbone, **{'num_reasoning_steps': 2, **kwargs}).double().eval()
+        backbone = BACKBONES[name]()
+        return Coconut(transformer = backbone, **{'num_reasoning_steps': 2, **kwargs}).double().eval().to(device)
     return build
 
 
