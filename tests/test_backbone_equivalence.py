@@ -87,7 +87,8 @@ def make(request):
 @pytest.mark.parametrize('num_steps', [0, 3])
 def test_cached_recurrence_equals_full_recompute(make, num_steps):
     model = make(num_latents_per_step = 2)
-    prompt, answer = torch.randint(0, VOCAB, (2, 6)), torch.randint(0, VOCAB, (2, 4))
+    # on the model's device: the reference indexes its embeddings directly
+    prompt, answer = torch.randint(0, VOCAB, (2, 6), device = model.device), torch.randint(0, VOCAB, (2, 4), device = model.device)
     cached = model(prompt, answer, return_loss = False, num_reasoning_steps = num_steps).answer_logits
     torch.testing.assert_close(cached, naive_answer_logits(model, prompt, answer, num_steps), atol = make.atol, rtol = 0)
 
