@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+from einops import rearrange, repeat
 from packaging.version import Version
 from torch import Tensor, nn
 
@@ -75,18 +76,42 @@ class HFCache:
     """Every layer's keys and values so far, as tensors nobody writes, with the key mask and the next position."""
     layers: tuple[tuple[Tensor, Tensor], ...]   # [layer] (keys, values), each (b, kv heads, length, head dim)
     key_mask: Tensor | None                     # (b, length) bool, False = padding; None: all real
-    length: int
+    segment_lengths: tuple[int, ...]            # columns each call added, in order (hypotheses merge by segment)
     next_position: Tensor                       # (b,) position of the next real token
+    merged: bool = False                        # holds hypotheses side by side (`merge_batch_segments`)
 
     @property
     def batch(self) -> int:
         return self.next_position.shape[0]
 
+    @property
+    def length(self) -> int:
+        return sum(self.segment_lengths)
+
     def repeat_batch(self, times: int) -> HFCache:
-        raise NotImplementedError('several hypotheses (num_hypotheses > 1) are not supported over Hugging Face backbones yet')
+        """Each row repeated `times` times, (b ...) -> (b times ...): hypotheses share one prompt cache."""
+        expand = lambda t: repeat(t, 'b ... -> (b r) ...', r = times)
+        return HFCache(tuple((expand(keys), expand(values)) for keys, values in self.layers),
+                       expand(self.key_mask) if exists(self.key_mask) else None, self.segment_lengths, expand(self.next_position), self.merged)
 
     def merge_batch_segments(self, times: int, from_segment: int) -> HFCache:
-        raise NotImplementedError('several hypotheses (num_hypotheses > 1) are not supported over Hugging Face backbones yet')
+        """Fold `times` consecutive rows into one along the sequence from segment `from_segment` on (the columns
+        before it hold identical rows: they were `repeat_batch`ed), so that one row sees every hypothesis' columns
+        side by side: (b times) h n d -> b h (times n) d. Keys keep the rotary positions they were computed at."""
+        shared = sum(self.segment_lengths[:from_segment])
+        take_first = lambda t: rearrange(t, '(b r) ... -> b r ...', r = times)[:, 0]
+
+        def merge(t: Tensor) -> Tensor:                             # (b r) h N d -> b h (shared + r (N - shared)) d
+            return torch.cat((take_first(t[..., :shared, :]), rearrange(t[..., shared:, :], '(b r) h n d -> b h (r n) d', r = times)), dim = -2)
+
+        key_mask = self.key_mask
+        if exists(key_mask):
+            key_mask = torch.cat((take_first(key_mask[:, :shared]), rearrange(key_mask[:, shared:], '(b r) n -> b (r n)', r = times)), dim = -1)
+        rest = self.segment_lengths[from_segment:]
+        return HFCache(tuple((merge(keys), merge(values)) for keys, values in self.layers), key_mask,
+                       (*self.segment_lengths[:from_segment], *((times * sum(rest),) if rest else ())),
+                       # every hypothesis advanced by the same number of real tokens, so any row's position serves
+                       take_first(self.next_position), merged = True)
 
     def run(self, backbone: HFBackbone, x: Tensor, mask: Tensor | None) -> BackboneOutput:
         return backbone.forward_segments(x, mask, self)
@@ -167,7 +192,7 @@ class HFBackbone(nn.Module):
         return logits
 
     def empty_cache(self, batch: int) -> HFCache:
-        return HFCache((), None, 0, torch.zeros(batch, dtype = torch.long, device = self.device))
+        return HFCache((), None, (), torch.zeros(batch, dtype = torch.long, device = self.device))
 
     def static_cache(self, batch: int, capacity: int, device: torch.device | None = None) -> GrowingCache:
         return GrowingCache(self.empty_cache(batch), capacity)
@@ -232,6 +257,10 @@ class HFBackbone(nn.Module):
         else:
             positions = cache.next_position[:, None] + torch.arange(length, device = x.device)
 
+        if cache.merged and SLIDING in self.layer_types:
+            # hypotheses side by side put several columns at one position: a window counted in positions over them
+            # has no meaning this code could choose for the user
+            raise NotImplementedError('several hypotheses (num_hypotheses > 1) over a sliding-window model are not supported')
         key_mask = join_masks([(cache.key_mask, cache.length), (mask, length)], batch, x.device)
         attention_mask = self.attention_masks(key_mask, length, x.dtype)
         if not exists(attention_mask):
@@ -246,7 +275,7 @@ class HFBackbone(nn.Module):
 
         added = mask.long().sum(dim = -1) if exists(mask) else length
         new_mask = key_mask if exists(key_mask) else None
-        return BackboneOutput(out.last_hidden_state, HFCache(layers, new_mask, cache.length + length, cache.next_position + added))
+        return BackboneOutput(out.last_hidden_state, HFCache(layers, new_mask, (*cache.segment_lengths, length), cache.next_position + added, cache.merged))
 
 
 def causal_lm_from_config(config: dict) -> PreTrainedModel:

@@ -115,6 +115,24 @@ def test_greedy_generation_equals_the_teacher_forced_argmax(make):
     assert torch.equal(logits.argmax(dim = -1), generated)
 
 
+def test_hypotheses_generate_greedily_and_a_padded_batch_equals_each_example_alone(make):
+    model = make(num_latents_per_step = 2, num_hypotheses = 2)
+    prompts = [torch.randint(0, VOCAB, (n,)) for n in (3, 7)]
+    if 'sliding_attention' in getattr(model.model, 'layer_types', ()):
+        with pytest.raises(NotImplementedError, match = 'sliding-window'):
+            model.generate(prompts, max_length = 5, temperature = 0.)
+        return
+
+    generated = model.generate(prompts, max_length = 5, temperature = 0.)
+    out = model(prompts, generated, return_loss = False)
+    assert torch.equal(out.answer_logits.argmax(dim = -1), generated)
+    for index, prompt in enumerate(prompts):
+        alone = model(prompt[None], generated[index:index + 1], return_loss = False).answer_logits
+        torch.testing.assert_close(out.answer_logits[index], alone[0], atol = make.atol, rtol = 0)
+    # each stream starts from its own <bot>, so the two think apart
+    assert (out.latent_tokens[:, 0] - out.latent_tokens[:, 1]).abs().amax() > 1e-6
+
+
 def test_checkpointed_gradients_equal_plain_ones(make):
     grads = []
     for checkpoint in (False, True):
