@@ -8,14 +8,15 @@ continues exactly where it stopped. The optimizer is rebuilt at every stage chan
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -35,69 +36,82 @@ from coconut_pytorch.plotting import plot_history
 from coconut_pytorch.train_step import TrainStep
 
 
+def setting(default, help: str, cli: str | None = None, choices: Sequence[str] | None = None):
+    """A `TrainConfig` field with its help text (and its command-line name where that is not the field's own, and
+    its choices): the one place a setting is described, for the docs and for `train_toy.py`'s options
+    (`add_config_arguments`). A callable default (`dict`) is a factory."""
+    metadata = dict(help = help, cli = cli, choices = choices)
+    if callable(default):
+        return field(default_factory = default, metadata = metadata)
+    return field(default = default, metadata = metadata)
+
+
 @dataclass
 class TrainConfig:
     """Everything a run depends on; saved in its checkpoint."""
 
-    task: str = 'running_sum'
-    task_kwargs: dict = field(default_factory = dict)
-    method: str = 'coconut'
+    task: str = setting('running_sum', 'a generated task, unless --train-file is given', choices = sorted(TASKS))
+    task_kwargs: dict = setting(dict, 'JSON settings for the task, e.g. \'{"num_digits_a": 5, "num_digits_b": 5}\'')
+    method: str = setting('coconut', 'coconut, or a baseline or ablation of the paper', choices = METHODS)
 
     # curriculum
-    c_thought: int = 1
-    max_latent_stage: int | None = None     # default: the task's largest number of steps
-    epochs_per_stage: int = 2
-    final_epochs: int = 6                   # extra epochs at the last stage, after the schedule
-    pad_latent_to_max: bool = True          # inference cannot know an example's step count, so train with the max
-    uniform_prob: float = 0.
-    one_thought_at_a_time: bool = False
-    tokens_per_stage: int | None = None     # stages remove this many language tokens, not whole steps (iCoT-style)
-    removal_smoothing: float | None = None  # iCoT's removal smoothing rate lambda (with tokens_per_stage; iCoT: 4)
-    reset_optimizer: bool = True
-    thought_loss: float = 0.                # weight of a loss aligning each thought with the words it replaced
-                                            # (Coconut.thought_loss); 0 = off, as in the paper
+    c_thought: int = setting(1, 'continuous thoughts per replaced step')
+    max_latent_stage: int | None = setting(None, "the last stage (default: the task's largest number of steps)")
+    epochs_per_stage: int = setting(2, 'epochs at each stage of the schedule')
+    final_epochs: int = setting(6, 'extra epochs at the last stage, after the schedule')
+    pad_latent_to_max: bool = setting(True, 'give every example the last stage\'s thought count (inference cannot know '
+                                            'an example\'s step count, so train with the most)', cli = 'no-pad-latent-to-max')
+    uniform_prob: float = setting(0., 'probability that an example is laid out at a random stage instead of the current one')
+    one_thought_at_a_time: bool = setting(False, 'stages add one thought at a time instead of c')
+    tokens_per_stage: int | None = setting(None, 'each stage removes this many language tokens instead of a whole step '
+                                                 "(with --method no_thoughts: iCoT's stepwise internalization)")
+    removal_smoothing: float | None = setting(None, "with --tokens-per-stage: iCoT's removal smoothing rate lambda (iCoT uses 4)")
+    reset_optimizer: bool = setting(True, 'a new optimizer at every stage change, as in the paper', cli = 'no-reset-optimizer')
+    thought_loss: float = setting(0., 'weight of a loss aligning each continuous thought with the words of the step it '
+                                      'replaced (Coconut.thought_loss; 0: off, as in the paper)')
 
     # data and optimisation
-    train_size: int = 8000
-    fresh_data: bool = False                # a new generated training set every epoch, not one set reused
-    exclude_held_out: bool = True           # generated training sets never ask a held-out question (checkpoints
-                                            # from before this setting trained on sets that could)
-    eval_size: int = 500
-    train_file: str | None = None           # the paper's JSON or iCoT lines: train on it instead of the task
-    eval_file: str | None = None            # held-out examples in the same formats (default: generated from the
-                                            # task, or eval_size examples split off train_file)
-    batch_size: int = 64
-    grad_accum: int = 1
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
-    rewarm_each_stage: bool = False         # warm up again after every optimizer reset: a new Adam's first updates
-                                            # move every weight by about lr, whatever its gradient's size
-    max_grad_norm: float = 1.
-    lr_decay_epochs: float = 0.             # the run's last N epochs take the lr linearly down to 0 (warmup-stable-
-                                            # decay); exact answers hinge on the last tenths of a percent of token
-                                            # accuracy, which a constant lr keeps shaking loose
+    train_size: int = setting(8000, 'generated training examples (unused with --train-file)')
+    fresh_data: bool = setting(False, 'generate a new training set of --train-size every epoch, not one set reused')
+    exclude_held_out: bool = setting(True, 'generated training sets never ask a held-out question (checkpoints from before '
+                                           'this setting trained on sets that could)', cli = 'no-exclude-held-out')
+    eval_size: int = setting(500, 'held-out examples generated, or split off --train-file')
+    train_file: str | None = setting(None, "train on the paper's JSON or iCoT's lines instead of --task")
+    eval_file: str | None = setting(None, 'report accuracy on these examples (default: generated, or --eval-size split off --train-file)')
+    batch_size: int = setting(64, 'examples per batch')
+    grad_accum: int = setting(1, 'batches whose gradients make one optimizer step (the paper\'s effective batch is 128)')
+    lr: float = setting(2e-3, 'peak learning rate (AdamW)')
+    weight_decay: float = setting(0.01, 'AdamW weight decay of matrices (vectors get none)')
+    warmup_steps: int = setting(50, 'linear learning-rate warmup, in optimizer steps')
+    rewarm_each_stage: bool = setting(False, 'warm the learning rate up again after each optimizer reset: a new Adam\'s '
+                                             'first updates move every weight by about lr, whatever its gradient\'s size')
+    max_grad_norm: float = setting(1., 'gradients are clipped to this norm')
+    lr_decay_epochs: float = setting(0., "the run's last N epochs take the learning rate linearly to 0 (0: constant to the "
+                                         'end); exact answers hinge on the last tenths of a percent of token accuracy, '
+                                         'which a constant rate keeps shaking loose')
 
     # model: the native Transformer of this shape, or a pretrained one (then the shape settings are unused)
-    hf_model: str | None = None             # a transformers causal LM and its tokenizer: a local folder, or a hub
-                                            # name with `download` (pip install "coconut-pytorch[hf]")
-    download: bool = False                  # let `hf_model` name a model to fetch from the Hugging Face hub
-    dim: int = 96
-    depth: int = 2
-    heads: int = 4
-    dim_head: int = 24
-    num_residual_streams: int = 2
-    checkpoint: bool = False
+    hf_model: str | None = setting(None, 'train a pretrained transformers causal LM (a local folder with its tokenizer) '
+                                         'instead of a new model; --dim, --depth, --heads, --dim-head and '
+                                         '--num-residual-streams are then unused (pip install "coconut-pytorch[hf]")')
+    download: bool = setting(False, 'let --hf-model name a model to fetch from the Hugging Face hub')
+    dim: int = setting(96, 'model width')
+    depth: int = setting(2, 'transformer blocks')
+    heads: int = setting(4, 'attention heads')
+    dim_head: int = setting(24, 'width of an attention head')
+    num_residual_streams: int = setting(2, 'hyper-connection residual streams')
+    checkpoint: bool = setting(False, 'recompute thought steps in backward (activation checkpointing)', cli = 'checkpoint-activations')
 
     # run
-    seed: int = 0
-    device: str = 'cpu'
-    bf16: bool = False
-    compile: bool = False
-    cuda_graphs: bool = False               # replay each batch shape's step as a CUDA graph (train_step.TrainStep)
-    time_budget: float | None = None        # seconds; stop after the epoch that crosses it (resume later)
-    max_nonfinite_steps: int = 10           # optimizer steps with a non-finite loss or gradient are skipped; this
-                                            # many in a row stop the run as diverged (its last good checkpoint kept)
+    seed: int = setting(0, 'seeds the data, the model and the shuffles')
+    device: str = setting('cpu', 'cpu, cuda, cuda:1, ...')
+    bf16: bool = setting(False, 'bfloat16 autocast')
+    compile: bool = setting(False, 'torch.compile the native Transformer\'s blocks')
+    cuda_graphs: bool = setting(False, "replay each batch shape's training step as a CUDA graph (the step is host-bound "
+                                       'on a GPU; train_step.TrainStep)')
+    time_budget: float | None = setting(None, 'seconds; stop after the epoch that crosses it, --resume later')
+    max_nonfinite_steps: int = setting(10, 'optimizer steps with a non-finite loss or gradient are skipped; this many in '
+                                           'a row stop the run as diverged (its last good checkpoint kept)')
 
     def __post_init__(self):
         # every mistake named before any data is generated or any model built
@@ -179,6 +193,32 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         # a checkpoint saved before exclude_held_out existed trained on unfiltered sets
         return cls(**{'exclude_held_out': False, **{key: value for key, value in values.items() if key in known}})
+
+
+# how a setting's text on the command line becomes its value, by the field's annotation
+OPTION_TYPES = {'int': int, 'int | None': int, 'float': float, 'float | None': float, 'str': str, 'str | None': str, 'dict': json.loads}
+OPTION_METAVARS = {int: 'N', float: 'X', str: 'TEXT', json.loads: 'JSON'}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser):
+    """An option for every `TrainConfig` setting, from the field's default, annotation and help: `--name value`, or
+    for a switch `--name` (off by default) or `--no-name` (on by default)."""
+    for setting_field in fields(TrainConfig):
+        meta = setting_field.metadata
+        default = setting_field.default_factory() if setting_field.default is MISSING else setting_field.default
+        option = '--' + (meta.get('cli') or setting_field.name.replace('_', '-'))
+        if setting_field.type == 'bool':
+            parser.add_argument(option, dest = setting_field.name, action = 'store_false' if default else 'store_true', help = meta['help'])
+            continue
+        kind = OPTION_TYPES[setting_field.type]
+        parser.add_argument(option, dest = setting_field.name, type = kind, default = default, choices = meta.get('choices'),
+                            metavar = None if meta.get('choices') else OPTION_METAVARS[kind], help = meta['help'])
+
+
+def config_from_arguments(arguments: argparse.Namespace | dict) -> TrainConfig:
+    """The `TrainConfig` of parsed options (those `add_config_arguments` made; others are ignored)."""
+    values = vars(arguments) if isinstance(arguments, argparse.Namespace) else arguments
+    return TrainConfig(**{f.name: values[f.name] for f in fields(TrainConfig) if f.name in values})
 
 
 def build_model(config: TrainConfig, num_tokens: int, curriculum: Curriculum, backbone_config: dict | None = None) -> Coconut:
