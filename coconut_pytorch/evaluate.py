@@ -41,9 +41,13 @@ def encode_questions(examples: Sequence[Example], tokenizer: Tokenizer, source: 
     for index, example in enumerate(examples):
         try:
             prompts.append(torch.tensor(tokenizer.encode_question(example.question), dtype = torch.long))
-            tokenizer.encode(example.answer)
+            written = tokenizer.decode(tokenizer.encode(example.answer))
         except ValueError as error:
             raise ValueError(f'{source}: example {index} cannot be encoded: {error}') from None
+        if tokenizer.normalize(written) != tokenizer.normalize(example.answer):
+            # a pretrained tokenizer never refuses text, but may not give it back (unknown characters, its normaliser)
+            raise ValueError(f'{source}: example {index}: the tokenizer cannot write its answer {example.answer[:60]!r} '
+                             f'(it reads back as {written[:60]!r}), so no prediction could match it')
         if len(prompts[-1]) == 0:
             raise ValueError(f'{source}: example {index} has an empty question')
     return prompts
@@ -97,6 +101,7 @@ def answer_questions(
         model, tokenizer, config, info = load_trained('runs/toy/checkpoint.pt')
         answer_questions(model, tokenizer, ['3 1 4 1'], num_thoughts = info['num_thoughts'])
     """
+    questions = list(questions) if not isinstance(questions, str) else questions
     if isinstance(questions, str) or not all(isinstance(question, str) for question in questions):
         raise TypeError('questions must be a sequence of str')
     prompts = [torch.tensor(tokenizer.encode_question(question), dtype = torch.long) for question in questions]

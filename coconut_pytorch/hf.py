@@ -162,8 +162,12 @@ class HFBackbone(nn.Module):
         super().__init__()
         if not isinstance(model, PreTrainedModel) or not hasattr(model, 'get_output_embeddings') or model.get_output_embeddings() is None:
             raise TypeError(f'model must be a transformers causal language model (with an output head), got {type(model).__name__}')
-        self.lm = model
         config = model.config
+        if not hasattr(config, 'hidden_size') or not hasattr(config, 'num_hidden_layers'):
+            # a composite model (vision-language, encoder-decoder) keeps its language model's settings in a sub-config
+            raise TypeError(f'model must be a text-only causal language model; {type(model).__name__} has no hidden_size '
+                            'in its config (load its language model, e.g. with AutoModelForCausalLM)')
+        self.lm = model
         self.dim = config.hidden_size
         self.num_tokens = model.get_input_embeddings().num_embeddings
         self.num_layers = config.num_hidden_layers
@@ -288,23 +292,15 @@ def causal_lm_from_config(config: dict) -> PreTrainedModel:
     return AutoModelForCausalLM.from_config(AutoConfig.for_model(values.pop('model_type'), **values))
 
 
-def check_local(path: str | os.PathLike, download: bool, argument: str = 'model_or_path'):
-    """Raise unless `path` is a folder here, or `download` allows fetching it as a hub name: without this the user
-    reads transformers' advice on repository ids about a folder they mistyped."""
-    if not download and not os.path.isdir(path):
-        raise ValueError(f'{argument} {os.fspath(path)!r} is not a folder here (a hub name is downloaded only when asked: download = True, or --download)')
-
-
 def load_causal_lm(model_or_path, download: bool = False) -> PreTrainedModel:
     """A loaded causal LM as it is, or one read from a local folder; a hub name is fetched only with `download`."""
     if isinstance(model_or_path, PreTrainedModel):
         return model_or_path
     if not isinstance(model_or_path, (str, os.PathLike)):
         raise TypeError(f'model_or_path must be a transformers model or a path, got {type(model_or_path).__name__}')
-    check_local(model_or_path, download)
     from transformers import AutoModelForCausalLM
     try:
         return AutoModelForCausalLM.from_pretrained(os.fspath(model_or_path), local_files_only = not download)
     except OSError as error:
-        hint = '' if download else ' (nothing is downloaded unless download = True)'
+        hint = '' if download else ' (a hub name not in the local Hugging Face cache is downloaded only with download = True)'
         raise ValueError(f'model_or_path {os.fspath(model_or_path)!r} could not be loaded{hint}: {str(error).splitlines()[0]}') from None

@@ -257,7 +257,9 @@ def backbone_config(model: Coconut) -> dict | None:
 
 
 # settings that change how a run is executed, not what it learns: a resumed run may differ in them
-RESUME_MAY_CHANGE = ('time_budget', 'device', 'cuda_graphs', 'compile', 'max_nonfinite_steps', 'download')
+# (`hf_model` only names where a run's first weights came from: a resumed run takes them, and the tokenizer, from its
+# checkpoint, so the folder may have moved or gone)
+RESUME_MAY_CHANGE = ('time_budget', 'device', 'cuda_graphs', 'compile', 'max_nonfinite_steps', 'download', 'hf_model')
 
 INFERENCE_TOKEN_MARGIN = 8     # generation may run this far past the longest training target
 
@@ -283,27 +285,22 @@ def held_out_questions(config: TrainConfig, eval_set: list[Example]) -> frozense
 
 def pretrained_tokenizer(config: TrainConfig) -> Tokenizer:
     """The tokenizer saved with `config.hf_model`, its id space the model's vocabulary."""
-    from transformers import AutoConfig
     from coconut_pytorch.data.hf_tokenizer import HFTokenizer
-    from coconut_pytorch.hf import check_local
-    check_local(config.hf_model, config.download, 'hf_model')
     try:
-        vocab_size = AutoConfig.from_pretrained(config.hf_model, local_files_only = not config.download).vocab_size
-    except (OSError, ValueError) as error:
-        hint = '' if config.download else ' (nothing is downloaded unless --download is given)'
-        raise ValueError(f'hf_model {config.hf_model!r} could not be loaded{hint}: {str(error).splitlines()[0]}') from None
-    tokenizer = HFTokenizer.from_pretrained(config.hf_model, download = config.download)
-    return HFTokenizer(tokenizer.backend, tokenizer.eos_id, tokenizer.question_prefix, max(len(tokenizer), vocab_size))
+        return HFTokenizer.from_pretrained(config.hf_model, download = config.download)
+    except ValueError as error:
+        raise ValueError(f'hf_model: {error}') from None
 
 
-def load_data(config: TrainConfig) -> tuple[list[Example], list[Example], Tokenizer, int]:
+def load_data(config: TrainConfig, tokenizer: Tokenizer | None = None) -> tuple[list[Example], list[Example], Tokenizer, int]:
     """(first training set, held-out set, tokenizer, most steps of an example) for a run.
 
     From the task's generator, or from `train_file`. With `hf_model`, the pretrained model's tokenizer; otherwise a
     word tokenizer of the task's vocabulary, or of every word of the training and held-out files (a held-out word
-    never seen in training keeps an untrained embedding, rather than failing to encode).
+    never seen in training keeps an untrained embedding, rather than failing to encode). A given `tokenizer` (a
+    resumed run's, from its checkpoint) is used instead of either.
     """
-    pretrained = pretrained_tokenizer(config) if config.hf_model is not None else None
+    pretrained = tokenizer if tokenizer is not None else pretrained_tokenizer(config) if config.hf_model is not None else None
     eval_set = load_examples(config.eval_file) if config.eval_file is not None else None
     if eval_set is not None and len(eval_set) == 0:
         raise ValueError(f'eval_file {config.eval_file} holds no examples')
@@ -541,7 +538,9 @@ def train(
 def train_locked(config: TrainConfig, out_dir: Path, checkpoint_path: Path, device: torch.device, resume: bool,
                  progress: Callable | None, allow_changed_data: bool) -> dict:
     """`train` once the run holds its directory."""
-    train_set, eval_set, tokenizer, max_steps = load_data(config)
+    # a run over a pretrained model resumes from its checkpoint's tokenizer: the model's folder is not needed again
+    run = load_run(checkpoint_path, config.device, TRAINING_KEYS) if resume and config.hf_model is not None else None
+    train_set, eval_set, tokenizer, max_steps = load_data(config, run.tokenizer if run is not None else None)
     curriculum = config.curriculum(max_steps, longest_language = max(steps for steps, _ in target_lengths(train_set, tokenizer)))
     longest_target = max_target_length(train_set, tokenizer)
     digests = data_digests(config)
@@ -549,7 +548,7 @@ def train_locked(config: TrainConfig, out_dir: Path, checkpoint_path: Path, devi
     start_epoch, history, elapsed, step, optimizer_start = 0, [], 0., 0, 0
 
     if resume:
-        run = load_run(checkpoint_path, config.device, TRAINING_KEYS)
+        run = run if run is not None else load_run(checkpoint_path, config.device, TRAINING_KEYS)
         check_resumable(run, config, tokenizer, checkpoint_path, allow_changed_data)
         model, state = run.model, run.state
         optimizer = make_optimizer(model, config)

@@ -41,7 +41,8 @@ def test_an_example_is_the_question_then_each_step_and_a_newline_then_the_answer
     tokenizer = HFTokenizer.from_transformers(hf)
     question, steps, answer = tokenizer.encode_example(EXAMPLE)
 
-    assert question == hf('3 1 4')['input_ids'] and tokenizer.question_prefix == ()
+    # the question's line ends with the separator, as each step's does
+    assert question == hf('3 1 4')['input_ids'] + [tokenizer.sep_id] and tokenizer.question_prefix == ()
     assert steps == [hf('4', add_special_tokens = False)['input_ids'], hf('8', add_special_tokens = False)['input_ids']]
     assert answer == hf('8', add_special_tokens = False)['input_ids'] + [hf.eos_token_id]
     assert tokenizer.sep_id == hf('\n', add_special_tokens = False)['input_ids'][0] and tokenizer.eos_id == hf.eos_token_id
@@ -54,7 +55,7 @@ def test_a_tokenizer_that_adds_a_begin_token_puts_it_before_questions_only():
     tokenizer = HFTokenizer.from_transformers(hf)
     bos = hf.convert_tokens_to_ids(BOS)
     question, steps, answer = tokenizer.encode_example(EXAMPLE)
-    assert tokenizer.question_prefix == (bos,) and question[0] == bos and question == hf('3 1 4')['input_ids']
+    assert tokenizer.question_prefix == (bos,) and question[0] == bos and question == hf('3 1 4')['input_ids'] + [tokenizer.sep_id]
     assert bos not in [token for step in steps for token in step] and bos not in answer
 
 
@@ -64,10 +65,8 @@ def test_the_tokenizer_round_trips_through_a_checkpoint_and_a_pickle():
     restored = tokenizer_from_dict(torch.load(_saved(state), weights_only = True))
     assert restored == tokenizer == pickle.loads(pickle.dumps(tokenizer))
     assert len(restored) == 400 and restored.encode_example(EXAMPLE) == tokenizer.encode_example(EXAMPLE)
-    # ids past the tokenizer's own (a model's padded rows) have no text; past the model's, they are an error
-    assert restored.decode([*restored.encode('3 1'), 399]) == '3 1'
-    with pytest.raises(ValueError, match = 'out of range'):
-        restored.decode([400])
+    # ids past the tokenizer's own (a model's padded rows, which an untrained model can emit) have no text
+    assert restored.decode([*restored.encode('3 1'), 399, 400]) == '3 1'
 
 
 def _saved(state):
@@ -76,6 +75,24 @@ def _saved(state):
     torch.save(state, buffer)
     buffer.seek(0)
     return buffer
+
+
+def test_line_breaks_in_steps_or_answers_and_answers_the_tokenizer_cannot_write_are_refused():
+    from coconut_pytorch.evaluate import encode_questions
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    tokenizer = HFTokenizer.from_transformers(bpe_tokenizer(TEXTS))
+    with pytest.raises(ValueError, match = 'a step .* line break'):
+        tokenizer.encode_example(Example(question = '1 2', steps = ['3\n4'], answer = '3'))
+    with pytest.raises(ValueError, match = 'an answer .* line break'):
+        tokenizer.encode_example(Example(question = '1 2', steps = [], answer = '3\n'))
+
+    # a word-level tokenizer that maps what it does not know to <unk>: the gold answer could never be matched
+    vocab = {'<unk>': 0, '<|endoftext|>': 1, '\n': 2, **{str(d): 3 + d for d in range(10)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token = '<unk>'))
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(' ', 'removed'), pre_tokenizers.Split('\n', 'isolated')])
+    words = HFTokenizer(backend, eos_id = 1)
+    with pytest.raises(ValueError, match = "example 1: the tokenizer cannot write its answer 'x7'"):
+        encode_questions([Example('1 2', (), '3'), Example('1 2', (), 'x7')], words)
 
 
 def test_a_tokenizer_without_an_end_token_or_fewer_model_ids_is_refused():
@@ -103,16 +120,26 @@ def test_settings_that_need_the_native_model_or_a_model_are_refused_before_any_w
         TrainConfig(hf_model = 'x', compile = True)
     with pytest.raises(TypeError, match = 'hf_model must be a path'):
         TrainConfig(hf_model = 3)
-    with pytest.raises(ValueError, match = "hf_model .*missing' is not a folder here .*downloaded only when asked"):
+    with pytest.raises(ValueError, match = "hf_model: .*missing'.*downloaded only when asked"):
         train(small(tmp_path / 'missing'), tmp_path / 'run')
 
 
 def test_a_run_over_a_pretrained_model_resumes_exactly_and_its_checkpoint_needs_no_model_folder(gpt2_folder, tmp_path):
     folder = shutil.copytree(gpt2_folder, tmp_path / 'model')
     config = small(folder)
+
+    # the run starts from the pretrained weights
+    from coconut_pytorch.training import build_model
+    from transformers import AutoModelForCausalLM
+    pretrained = AutoModelForCausalLM.from_pretrained(folder).state_dict()
+    initial = build_model(config, 0, config.curriculum(2)).state_dict()
+    assert all(torch.equal(initial[f'model.lm.{name}'], weight) for name, weight in pretrained.items())
+
     straight = train(config, tmp_path / 'straight')
     first = train(TrainConfig(**{**config.__dict__, 'time_budget': 0.}), tmp_path / 'resumed')
     assert not first['finished'] and first['epoch'] == 0
+    # resumed from the checkpoint alone: the model's folder has moved away
+    moved = folder.rename(tmp_path / 'moved')
     resumed = train(config, tmp_path / 'resumed', resume = True)
 
     straight_state = torch.load(tmp_path / 'straight' / 'checkpoint.pt', weights_only = True)
@@ -121,14 +148,10 @@ def test_a_run_over_a_pretrained_model_resumes_exactly_and_its_checkpoint_needs_
     for name, tensor in straight_state['model'].items():
         torch.testing.assert_close(tensor, resumed_state['model'][name], rtol = 1e-5, atol = 1e-6)
     assert resumed['accuracy'] == straight['accuracy']
+    # and training moved them
+    assert any(not torch.equal(straight_state['model'][f'model.lm.{name}'], weight) for name, weight in pretrained.items())
 
-    # the pretrained weights were the start: the trained model differs from them
-    initial = torch.load(tmp_path / 'straight' / 'checkpoint.pt', weights_only = True)['model']
-    from transformers import AutoModelForCausalLM
-    pretrained = AutoModelForCausalLM.from_pretrained(folder).state_dict()
-    assert any(not torch.equal(initial[f'model.lm.{name}'], weight) for name, weight in pretrained.items())
-
-    shutil.rmtree(folder)
+    shutil.rmtree(moved)
     model, tokenizer, loaded_config, info = load_trained(tmp_path / 'straight' / 'checkpoint.pt')
     assert isinstance(tokenizer, HFTokenizer) and loaded_config.hf_model == str(folder)
     for name, tensor in model.state_dict().items():
@@ -154,6 +177,8 @@ def test_a_run_over_a_pretrained_model_is_evaluated_alike_by_training_the_comman
     exec(block.replace("'runs/gpt2/checkpoint.pt'", repr(str(tmp_path / 'run' / 'checkpoint.pt'))), namespace)
     answers = namespace['answers']
     model, tokenizer, _, info = load_trained(tmp_path / 'run' / 'checkpoint.pt')
+    # the id space is the model's padded vocabulary, past the tokenizer's own ids
+    assert len(tokenizer) == model.num_tokens == tokenizer.backend.get_vocab_size() + 5
     assert evaluate_examples(model, tokenizer, held_out, info['num_thoughts'], info['max_new_tokens'])['predictions'] == answers
     assert evaluated['accuracy'] == result['accuracy'] == sum(a == e.answer for a, e in zip(answers, held_out)) / len(held_out)
 

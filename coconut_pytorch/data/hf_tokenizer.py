@@ -4,11 +4,13 @@ text in and text out for runs over a pretrained model (`train_toy.py --hf-model`
     tokenizer = HFTokenizer.from_pretrained('path/to/model')
     question, steps, answer = tokenizer.encode_example(example)
 
-How an example becomes ids, as in the paper's code: the question as the tokenizer encodes a text on its own (with its
-begin-of-sequence token, if it adds one: Llama and Gemma do, GPT-2 and Qwen2 do not), each language step and the
-answer encoded alone, a newline's id after each step (the step separator, `sep_id`) and the end-of-sequence id after
-the answer (`eos_id`). The model writes the same ids when it answers, and `coconut_pytorch.evaluate` reads the
-answer after the last newline.
+How an example becomes ids (the paper's code writes the question, each step and the answer on lines of their own,
+the answer after "### "; here the line breaks are ids and the answer follows the last one): the question as the
+tokenizer encodes a text on its own (with its begin-of-sequence token, if it adds one: Llama and Gemma do, GPT-2 and
+Qwen2 do not) and a newline's id (the step separator, `sep_id`); each language step encoded alone and a newline's
+id; the answer encoded alone and the end-of-sequence id (`eos_id`). The model writes the same ids when it answers,
+and `coconut_pytorch.evaluate` reads the answer after the last newline. A step or an answer may therefore not hold a
+line break itself.
 
 Only the `tokenizers` library runs after construction (the fast tokenizer's own engine), and the whole tokenizer is
 kept as its JSON in a checkpoint (`to_dict`), so a trained run needs neither the original folder nor the network.
@@ -50,6 +52,9 @@ class HFTokenizer:
         if not isinstance(backend, Tokenizer):
             raise TypeError(f'backend must be a tokenizers.Tokenizer, got {type(backend).__name__}')
         size = backend.get_vocab_size(with_added_tokens = True)
+        if len(backend.encode('a', add_special_tokens = False).ids) == 0:
+            # transformers builds an empty tokenizer from a folder that holds no tokenizer files
+            raise ValueError('the tokenizer encodes text as nothing: is its vocabulary missing (no tokenizer.json or vocabulary files)?')
         for name, ids in (('eos_id', [eos_id]), ('question_prefix', list(question_prefix))):
             for index in ids:
                 if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < size:
@@ -87,15 +92,20 @@ class HFTokenizer:
         return cls(backend, tokenizer.eos_token_id, special[:start], num_tokens)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, download: bool = False, num_tokens: int | None = None) -> HFTokenizer:
-        """The tokenizer saved in a local folder (a hub name is fetched only with `download`)."""
-        from transformers import AutoTokenizer
+    def from_pretrained(cls, path: str | os.PathLike, download: bool = False) -> HFTokenizer:
+        """The tokenizer saved with a model: in a local folder, or under a hub name already in the Hugging Face
+        cache (fetched only with `download`). Its id space is the model's vocabulary (its config's `vocab_size`)."""
+        from transformers import AutoConfig, AutoTokenizer
         try:
             tokenizer = AutoTokenizer.from_pretrained(os.fspath(path), local_files_only = not download)
+            vocab_size = getattr(AutoConfig.from_pretrained(os.fspath(path), local_files_only = not download), 'vocab_size', None)
         except (OSError, ValueError) as error:
-            hint = '' if download else ' (nothing is downloaded unless asked to)'
-            raise ValueError(f'no tokenizer could be loaded from {os.fspath(path)!r}{hint}: {str(error).splitlines()[0]}') from None
-        return cls.from_transformers(tokenizer, num_tokens)
+            hint = '' if download else ' (a hub name not in the local cache is downloaded only when asked: download = True, or --download)'
+            raise ValueError(f'no tokenizer and model config could be loaded from {os.fspath(path)!r}{hint}: {str(error).splitlines()[0]}') from None
+        size = len(tokenizer)
+        if vocab_size is not None and vocab_size < size:
+            raise ValueError(f'the tokenizer in {os.fspath(path)!r} has {size} ids but the model embeds only {vocab_size}')
+        return cls.from_transformers(tokenizer, max(size, vocab_size or size))
 
     # vocabulary
 
@@ -125,12 +135,22 @@ class HFTokenizer:
         return self.backend.encode(text, add_special_tokens = False).ids
 
     def encode_question(self, text: str) -> list[int]:
-        """The ids a prompt is: the tokenizer's begin-of-sequence token (if it adds one) and the question's ids."""
-        return [*self.question_prefix, *self.encode(text)]
+        """The ids a prompt is: the tokenizer's begin-of-sequence token (if it adds one), the question's ids and the
+        step separator (the question's line ends)."""
+        return [*self.question_prefix, *self.encode(text), self.sep_id]
+
+    def encode_line(self, text: str, name: str) -> list[int]:
+        if not isinstance(text, str):
+            raise TypeError(f'{name} must be a str, got {type(text).__name__}')
+        if STEP_SEPARATOR in text:
+            # its line break would read as the end of a step, and the answer is read after the last one
+            raise ValueError(f'{name} {text[:60]!r} holds a line break, which separates steps: write it on one line')
+        return self.encode(text)
 
     def encode_example(self, example: Any) -> tuple[list[int], list[list[int]], list[int]]:
         """(question ids, one id list per step, answer ids ending with the end-of-sequence id)."""
-        return self.encode_question(example.question), [self.encode(step) for step in example.steps], self.encode(example.answer) + [self.eos_id]
+        steps = [self.encode_line(step, 'a step') for step in example.steps]
+        return self.encode_question(example.question), steps, self.encode_line(example.answer, 'an answer') + [self.eos_id]
 
     def decode(self, ids: Sequence[int] | Any, skip_special: bool = True) -> str:
         """Text of `ids` (a list or a 1-d tensor); negative ids (generation's padding) are skipped."""
@@ -142,9 +162,7 @@ class HFTokenizer:
         for position, index in enumerate(ids):
             if isinstance(index, bool) or not isinstance(index, int):
                 raise TypeError(f'ids[{position}] must be an int, got {type(index).__name__}')
-            if index >= self.num_tokens:
-                raise ValueError(f'ids[{position}] = {index} is out of range for a vocabulary of {self.num_tokens}')
-            # ids past the tokenizer's own (the model's padded rows) have no text
+            # ids past the tokenizer's own (a model's padded rows, which an untrained model can still emit) have no text
             if 0 <= index < self.backend.get_vocab_size(with_added_tokens = True):
                 kept.append(index)
         return self.backend.decode(kept, skip_special_tokens = skip_special).strip()
@@ -163,4 +181,6 @@ class HFTokenizer:
             backend = Tokenizer.from_str(state['backend'])
         except Exception as error:      # tokenizers raises its own exception types
             raise ValueError(f'tokenizer state: the backend JSON cannot be read: {str(error).splitlines()[0]}') from None
+        if 'eos_id' not in state:
+            raise ValueError("tokenizer state has no 'eos_id' (as written by to_dict)")
         return cls(backend, state['eos_id'], state.get('question_prefix', ()), state.get('num_tokens'))
