@@ -20,8 +20,8 @@ Two caches serve two purposes, and a backbone makes both:
   `load(segment_cache)` (to take over what a segment cache holds).
 
 A backbone whose decoding step cannot be captured as a CUDA graph (one whose static cache grows instead of being
-preallocated, as `coconut_pytorch.hf`'s does) sets `graph_capturable = False`; generation then runs its steps
-eagerly. Without the attribute, steps are captured on CUDA.
+preallocated, as `coconut_pytorch.hf`'s does under flash attention) sets `graph_capturable = False` (an attribute or
+a property); generation then runs its steps eagerly. Without the attribute, steps are captured on CUDA.
 
 What both must get right, and what the equivalence tests check for every backbone: a key-padding mask travels with
 the cache (False = padding), positions count real tokens only (so a padded row gets exactly what it gets alone), and

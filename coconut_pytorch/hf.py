@@ -18,9 +18,15 @@ The segment cache is immutable, as `coconut_pytorch.backbone` requires (checkpoi
 a step that appended in place would append twice): it holds each layer's keys and values as tensors that are
 never written, and each call hands the model a fresh `transformers` cache built from them. Positions count real
 tokens only and a key-padding mask travels with the cache, so a padded row gets what it gets alone (with the
-attention masks `HFBackbone` builds where transformers would count a sliding window in columns). Generation
-grows the same cache (not a preallocated one), so its steps are not captured as CUDA graphs
-(`graph_capturable = False`).
+attention masks `HFBackbone` builds where transformers would count a sliding window in columns).
+
+Generation writes into a preallocated `HFStaticCache` instead (the backbone interface's static cache): full-capacity
+key and value buffers per layer, written in place through a `transformers` `Cache` whose `update` copies the new
+keys and values in at a write position kept on the device. With the positions, the cache positions and every
+attention mask handed to the model ready-made from device tensors, a decoding step reads nothing from the host and
+has the same shapes at every length, so generation captures it as a CUDA graph (`graph_capturable`) as it does the
+native model's. That needs the masks `HFBackbone` builds (eager or SDPA attention, full and sliding-window layers);
+with other attention implementations generation grows a segment cache step by step (`GrowingCache`) and runs eagerly.
 
 Importing `coconut_pytorch` never imports `transformers`; this module does.
 """
@@ -38,13 +44,14 @@ from packaging.version import Version
 from torch import Tensor, nn
 
 from coconut_pytorch.backbone import BackboneOutput
-from coconut_pytorch.kv_cache import join_masks
+from coconut_pytorch.kv_cache import StaticKVCache, join_masks
 from coconut_pytorch.transformer import autocast_dtype
-from coconut_pytorch.helpers import exists
+from coconut_pytorch.helpers import default, exists
 
 try:
     import transformers
     from transformers import DynamicCache, PreTrainedModel
+    from transformers.cache_utils import Cache
 except ImportError as error:     # the optional extra is missing
     raise ImportError('coconut_pytorch.hf needs transformers: pip install "coconut-pytorch[hf]"') from error
 
@@ -60,6 +67,10 @@ FULL, SLIDING = 'full_attention', 'sliding_attention'
 # attention implementations whose prepared masks we know the format of: SDPA takes a boolean mask (True = attend),
 # eager adds a float one (0 or the dtype's minimum) to its logits
 MASKED_ATTENTION = ('eager', 'sdpa')
+
+# rotary embeddings that pick their frequencies from the largest position seen, by comparing it on the host
+# (transformers' `dynamic_rope_update`): a step captured as a CUDA graph would keep the frequencies of its capture
+HOST_ROPE = ('dynamic', 'longrope')
 
 
 def attention_layer_types(config) -> tuple[str, ...]:
@@ -118,8 +129,9 @@ class HFCache:
 
 
 class GrowingCache:
-    """Generation's cache for a Hugging Face backbone: an `HFCache` replaced in place by each step (the `static`
-    cache of the backbone interface, without preallocation)."""
+    """Generation's cache for a Hugging Face backbone whose attention masks `HFBackbone` does not build (flash or flex
+    attention, other layer types): an `HFCache` replaced in place by each step (the `static` cache of the backbone
+    interface, without preallocation), so its steps are not captured as CUDA graphs."""
 
     def __init__(self, empty: HFCache, capacity: int):
         self.empty, self.current, self.capacity = empty, empty, capacity
@@ -142,6 +154,106 @@ class GrowingCache:
         return BackboneOutput(backbone.forward_static(x, mask, self), self)
 
 
+class HFStaticCache(StaticKVCache):
+    """Generation's cache for a Hugging Face backbone: `StaticKVCache`'s buffers and semantics (every layer's keys and
+    values (b, kv heads, capacity, head dim) in the compute dtype, zeroed on reset; `key_mask`, the device-side
+    `write_index` and `next_position`, the host `length`; snapshot / restore, check_room), written by
+    `HFBackbone.forward_static` through `model_cache`, the `transformers` cache the model is handed. `load` takes over
+    an `HFCache`."""
+
+    def __init__(self, batch: int, depth: int, heads: int, dim_head: int, capacity: int, dtype: torch.dtype, device = None):
+        super().__init__(batch, depth, heads, dim_head, capacity, dtype, device)
+        self.model_cache = BufferCache(self)
+
+    def load(self, cache: HFCache):
+        self.take(cache.layers, cache.key_mask, cache.length, cache.next_position)
+
+
+class BufferCache(Cache):
+    """What a `transformers` model sees of an `HFStaticCache`: `update` writes a layer's new keys and values into the
+    buffers in place, at the write position on the device, and returns the whole buffers, so the model attends over
+    every column (the masks it is handed hide the unwritten ones and padding). The write position moves only after
+    the whole step (`StaticKVCache.advance`), as every layer writes the same columns.
+
+    A subclass of `transformers.cache_utils.Cache` so that a model that checks `isinstance(cache, Cache)` takes it as
+    a cache (not as legacy tuples), but `Cache.__init__` is not called and everything a model or `masking_utils` may
+    call is defined here, as `Cache`'s own constructor and internals differ between versions. Nothing here reads the
+    host: lengths are device tensors (as transformers' own `StaticLayer` returns them), so that a version that did
+    ask for one (5.24 does not, with positions and masks handed over ready-made) computes the right thing in a
+    replayed graph or fails its capture, and never bakes in a stale length."""
+
+    is_compileable = True       # its shapes and addresses never change: what transformers means by it
+    is_croppable = False
+
+    def __init__(self, cache: HFStaticCache):
+        self.cache = cache
+        self.layer_class_to_replicate = None
+        self.offloading = False
+
+    @property
+    def layers(self) -> list[BufferLayer]:
+        return [BufferLayer(keys, values) for keys, values in zip(self.cache.keys, self.cache.values)]
+
+    def __len__(self) -> int:
+        return len(self.cache.keys)
+
+    def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        # the columns are the cache's write position, not `cache_kwargs['cache_position']` (which 4.x models pass and
+        # 5.24's do not): the same device tensor where it is passed
+        self.cache.write(layer_idx, key_states, value_states)
+        return self.cache.keys[layer_idx], self.cache.values[layer_idx]
+
+    def get_seq_length(self, layer_idx: int = 0) -> Tensor:
+        return self.cache.write_index[0]
+
+    def get_query_offset(self, layer_idx: int = 0) -> Tensor:
+        return self.cache.write_index[0]
+
+    def get_mask_sizes(self, *args, **kwargs) -> tuple[int, int]:
+        # (keys attended to, offset of the first): every column of the buffer, from the first
+        return self.cache.capacity, 0
+
+    def get_max_length(self, *args, **kwargs) -> int:
+        return self.cache.capacity
+
+    def get_max_cache_shape(self, *args, **kwargs) -> int:    # `get_max_length` under its 4.x name
+        return self.cache.capacity
+
+    @property
+    def is_initialized(self) -> bool:
+        return True
+
+    # every layer keeps every column, sliding-window layers too: the window lives in the masks
+    @property
+    def is_sliding(self) -> list[bool]:
+        return [False] * len(self)
+
+    @property
+    def is_linear(self) -> list[bool]:
+        return [False] * len(self)
+
+    @property
+    def is_dummy(self) -> list[bool]:
+        return [False] * len(self)
+
+    @property
+    def batch_size(self) -> int:
+        return self.cache.batch
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}(batch = {self.cache.batch}, capacity = {self.cache.capacity}, layers = {len(self)})'
+
+
+@dataclass
+class BufferLayer:
+    """One layer of a `BufferCache`, for code that reads `cache.layers[i].keys`."""
+    keys: Tensor        # (b, kv heads, capacity, head dim)
+    values: Tensor
+    is_initialized: bool = True
+    is_sliding: bool = False
+    is_compileable: bool = True
+
+
 class HFBackbone(nn.Module):
     """A `transformers` causal language model behind the backbone interface (`coconut_pytorch.backbone.Backbone`).
 
@@ -154,9 +266,10 @@ class HFBackbone(nn.Module):
     softcapping needs) takes its softmax in float32, where a float64 mask's minimum is -inf, and an empty row's NaN
     would reach real rows through the next layer's keys and values. Other attention implementations (flash, flex) and
     layer types other than full and sliding attention get the 2-D mask and transformers' own masks, which count a
-    sliding window in columns."""
+    sliding window in columns.
 
-    graph_capturable = False
+    Generation's static cache is an `HFStaticCache` (preallocated, written in place; see the module docstring) where
+    it builds the masks, else a `GrowingCache`; `graph_capturable` says whether generation captures its steps."""
 
     def __init__(self, model: PreTrainedModel):
         super().__init__()
@@ -177,6 +290,30 @@ class HFBackbone(nn.Module):
         self.softcap = getattr(config, 'final_logit_softcapping', None)
         self.layer_types = attention_layer_types(config)
         self.sliding_window = getattr(config, 'sliding_window', None)
+        # 4.x models take the columns being written as `cache_position` and, when it is not given, compute them from
+        # the cache's length (on the host); 5.24's models no longer have the argument
+        self.takes_cache_position = 'cache_position' in parameters
+        # the rotary types of the model's rotary embeddings (one per layer type where they differ)
+        rope_types = set()
+        for module in model.modules():
+            rope_type = getattr(module, 'rope_type', None)
+            rope_types.update(rope_type.values() if isinstance(rope_type, dict) else [rope_type] if isinstance(rope_type, str) else [])
+        self.rope_types = frozenset(rope_types)
+
+    @property
+    def builds_masks(self) -> bool:
+        """Whether this backbone hands the model its attention masks ready-made (eager or SDPA attention over full
+        and sliding-window layers), rather than leaving them to transformers."""
+        implementation = getattr(self.lm.config, '_attn_implementation', None) or 'eager'
+        return implementation in MASKED_ATTENTION and set(self.layer_types) <= {FULL, SLIDING}
+
+    @property
+    def graph_capturable(self) -> bool:
+        """Whether generation captures this backbone's decoding steps as CUDA graphs. Only where it builds the masks:
+        then a step over an `HFStaticCache` takes every length, position and mask from device tensors. Flash and
+        flex attention would get a 2-D mask from which transformers builds its own (flash unpads by the mask's
+        contents, a shape that varies by step), and a dynamic rotary embedding compares positions on the host."""
+        return self.builds_masks and not any(host in rope_type for rope_type in self.rope_types for host in HOST_ROPE)
 
     @property
     def device(self) -> torch.device:
@@ -198,51 +335,103 @@ class HFBackbone(nn.Module):
     def empty_cache(self, batch: int) -> HFCache:
         return HFCache((), None, (), torch.zeros(batch, dtype = torch.long, device = self.device))
 
-    def static_cache(self, batch: int, capacity: int, device: torch.device | None = None) -> GrowingCache:
-        return GrowingCache(self.empty_cache(batch), capacity)
+    def static_cache(self, batch: int, capacity: int, device: torch.device | None = None) -> HFStaticCache | GrowingCache:
+        if not self.builds_masks:
+            return GrowingCache(self.empty_cache(batch), capacity)
+        heads, head_dim = self.kv_shape()
+        return HFStaticCache(batch, self.num_layers, heads, head_dim, capacity, self.compute_dtype(), default(device, self.device))
 
-    def kv_bytes(self, batch: int, positions: int) -> int:
+    def kv_shape(self) -> tuple[int, int]:
+        """Key/value heads and head dim of every layer, as the config gives them."""
         config = self.lm.config
         heads = getattr(config, 'num_key_value_heads', None) or config.num_attention_heads
         head_dim = getattr(config, 'head_dim', None) or config.hidden_size // config.num_attention_heads
-        dtype = autocast_dtype(self.device.type, default = self.lm.get_input_embeddings().weight.dtype)
-        return 2 * self.num_layers * batch * heads * head_dim * positions * dtype.itemsize
+        return heads, head_dim
+
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype keys and values are computed in: autocast's when it is on, else the embedding's."""
+        return autocast_dtype(self.device.type, default = self.lm.get_input_embeddings().weight.dtype)
+
+    def kv_bytes(self, batch: int, positions: int) -> int:
+        heads, head_dim = self.kv_shape()
+        return 2 * self.num_layers * batch * heads * head_dim * positions * self.compute_dtype().itemsize
 
     def forward_with_cache(self, inputs: Tensor | Sequence[Tensor], *, mask: Tensor | None = None, cache = None) -> BackboneOutput:
         x = self.embed(inputs)
         cache = cache if exists(cache) else self.empty_cache(x.shape[0])
         return cache.run(self, x, mask)
 
-    def forward_static(self, x: Tensor, mask: Tensor | None, cache: GrowingCache) -> Tensor:
-        cache.check_room(x.shape[1])
-        hiddens, cache.current = self.forward_segments(x, mask, cache.current)
+    def forward_static(self, x: Tensor, mask: Tensor | None, cache: HFStaticCache | GrowingCache) -> Tensor:
+        """Embeddings x (b, n, D) after what `cache` holds, written into it in place; their hidden states (b, n, D).
+
+        Into an `HFStaticCache`, a step after the first reads the cache's device tensors only (its host `length` just
+        for `check_room` and to tell the prefill from a step), so a step captured at one length replays right at any
+        other: the model gets full-capacity keys and values, positions and cache positions computed on the device,
+        and masks as wide as the buffer built from its key mask."""
+        batch, length = x.shape[:2]
+        cache.check_room(length)
+        if isinstance(cache, GrowingCache):
+            hiddens, cache.current = self.forward_segments(x, mask, cache.current)
+            return hiddens
+
+        new_mask = mask if exists(mask) else torch.ones((batch, length), dtype = torch.bool, device = x.device)
+
+        if cache.length == 0:
+            # the prefill (never captured: graphs start after it) runs as over an empty segment cache, attending to
+            # its own columns only rather than the whole buffer, and with transformers' own masks (SDPA's fused causal
+            # kernels) where nothing is padded; its keys and values then go into the buffers
+            hiddens, prefilled = self.forward_segments(x, mask, HFCache((), None, 0, cache.next_position))
+            for index, (keys, values) in enumerate(prefilled.layers):
+                cache.write(index, keys, values)
+        else:
+            # a masked position takes a zero input, as in forward_segments
+            x = x.masked_fill(~new_mask[..., None], 0.)
+            positions = (cache.next_position[:, None] + new_mask.long().cumsum(dim = -1) - 1).clamp(min = 0)     # (b, n)
+            columns = cache.write_index + torch.arange(length, device = x.device)                               # (n,)
+            written = cache.key_mask.index_copy(1, columns, new_mask)                                           # (b, C) after this step
+            attention_mask = self.visible_masks(written, columns, x.dtype)
+            arguments = {self.cache_argument: cache.model_cache}
+            if self.takes_cache_position:
+                arguments['cache_position'] = columns
+            hiddens = self.lm.base_model(inputs_embeds = x, attention_mask = attention_mask, position_ids = positions, use_cache = True,
+                                         **arguments).last_hidden_state
+
+        cache.advance(new_mask, length)
+        cache.length += length
         return hiddens
 
     def attention_masks(self, key_mask: Tensor | None, length: int, dtype: torch.dtype) -> Tensor | dict[str, Tensor] | None:
         """What the last `length` columns (the new queries) may attend to among all columns of `key_mask` (b, k),
-        cached then new, as the model's attention takes it ready-made: one (b, 1, length, k) mask, or a dict layer
-        type -> mask for a model with several layer types. None where the model should build its own from the 2-D
-        mask (see the class docstring)."""
-        implementation = getattr(self.lm.config, '_attn_implementation', None) or 'eager'
+        cached then new, as the model's attention takes it ready-made (`visible_masks`). None where the model should
+        build its own from the 2-D mask (see the class docstring)."""
         # without padding, columns are positions and transformers' masks are these ones; it then hands SDPA no mask at
         # all (`is_causal`), which lets it take its fused kernels
-        if not exists(key_mask) or implementation not in MASKED_ATTENTION or not set(self.layer_types) <= {FULL, SLIDING}:
+        if not exists(key_mask) or not self.builds_masks:
             return None
+        columns = torch.arange(key_mask.shape[-1], device = key_mask.device)
+        return self.visible_masks(key_mask, columns[-length:], dtype)
 
+    def visible_masks(self, key_mask: Tensor, queries: Tensor, dtype: torch.dtype) -> Tensor | dict[str, Tensor]:
+        """What the query columns `queries` (q,) may attend to among all columns of `key_mask` (b, k) (False: padding,
+        or not written yet), as the model's attention takes it ready-made: one (b, 1, q, k) mask, or a dict layer type
+        -> mask for a model with several layer types. Built from device tensors only, so a static cache's step can
+        hand over masks as wide as its buffer without reading its length."""
         columns = torch.arange(key_mask.shape[-1], device = key_mask.device)                   # (k,)
-        queries = columns[-length:, None]                                                       # (q, 1)
+        queries = queries[:, None]                                                              # (q, 1)
         seen = key_mask[:, None, :] & (columns <= queries)                                      # (b, q, k) real, not after q
         # a padding query sees itself: a row with no key at all would be NaN after eager's float32 softmax
         itself = columns == queries                                                             # (q, k)
         # real tokens up to each column: a real column's position + 1, as positions count real tokens only
         count = key_mask.long().cumsum(dim = -1)                                                # (b, k)
 
+        implementation = getattr(self.lm.config, '_attn_implementation', None) or 'eager'
         masks = {}
         for layer_type in sorted(set(self.layer_types)):
             visible = seen
             if layer_type == SLIDING:
                 # the window counts positions, not columns: position(q) - position(k) < window
-                visible = visible & (count[:, -length:, None] - count[:, None, :] < self.sliding_window)
+                query_count = count.index_select(1, queries[:, 0])                              # (b, q)
+                visible = visible & (query_count[:, :, None] - count[:, None, :] < self.sliding_window)
             visible = (visible | itself)[:, None]                                               # (b, 1, q, k)
             if implementation == 'eager':
                 # eager adds its mask to the logits: 0 where visible, else the dtype's minimum (as transformers does)

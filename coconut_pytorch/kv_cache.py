@@ -213,17 +213,20 @@ class StaticKVCache:
 
     def load(self, cache: KVCache):
         """Take over everything in a segment cache (the prefill of a path the static cache does not run)."""
-        self.reset()
-        self.check_room(cache.length)
-        length = cache.length
+        layers = (cache.layer(index) for index in range(len(self.keys))) if cache.length > 0 else ()
+        self.take(layers, cache.key_mask(), cache.length, cache.next_position)
 
-        for index in range(len(self.keys)):
-            keys, values = cache.layer(index)
+    def take(self, layers, key_mask: Tensor | None, length: int, next_position: Tensor):
+        """Hold exactly `length` columns: each layer's (keys, values) (b, h, length, d), key_mask (b, length) or None
+        for all real, and next_position (b,). What `load` does for any kind of segment cache."""
+        self.reset()
+        self.check_room(length)
+
+        for index, (keys, values) in enumerate(layers):
             self.keys[index][:, :, :length].copy_(keys)
             self.values[index][:, :, :length].copy_(values)
 
-        key_mask = cache.key_mask()
         self.key_mask[:, :length] = key_mask if exists(key_mask) else True
         self.write_index.fill_(length)
-        self.next_position.copy_(cache.next_position)
+        self.next_position.copy_(next_position)
         self.length = length
