@@ -164,9 +164,15 @@ class HFStaticCache(StaticKVCache):
     def __init__(self, batch: int, depth: int, heads: int, dim_head: int, capacity: int, dtype: torch.dtype, device = None):
         super().__init__(batch, depth, heads, dim_head, capacity, dtype, device)
         self.model_cache = BufferCache(self)
+        self.merged = False     # holds hypotheses side by side (loaded from a merged `HFCache`)
+
+    def reset(self):
+        super().reset()
+        self.merged = False
 
     def load(self, cache: HFCache):
         self.take(cache.layers, cache.key_mask, cache.length, cache.next_position)
+        self.merged = cache.merged
 
 
 class BufferCache(Cache):
@@ -361,6 +367,12 @@ class HFBackbone(nn.Module):
         cache = cache if exists(cache) else self.empty_cache(x.shape[0])
         return cache.run(self, x, mask)
 
+    def check_merged(self, merged: bool):
+        if merged and SLIDING in self.layer_types:
+            # hypotheses side by side put several columns at one position: a window counted in positions over them
+            # has no meaning this code could choose for the user
+            raise NotImplementedError('several hypotheses (num_hypotheses > 1) over a sliding-window model are not supported')
+
     def forward_static(self, x: Tensor, mask: Tensor | None, cache: HFStaticCache | GrowingCache) -> Tensor:
         """Embeddings x (b, n, D) after what `cache` holds, written into it in place; their hidden states (b, n, D).
 
@@ -373,6 +385,7 @@ class HFBackbone(nn.Module):
         if isinstance(cache, GrowingCache):
             hiddens, cache.current = self.forward_segments(x, mask, cache.current)
             return hiddens
+        self.check_merged(cache.merged)
 
         new_mask = mask if exists(mask) else torch.ones((batch, length), dtype = torch.bool, device = x.device)
 
@@ -380,7 +393,7 @@ class HFBackbone(nn.Module):
             # the prefill (never captured: graphs start after it) runs as over an empty segment cache, attending to
             # its own columns only rather than the whole buffer, and with transformers' own masks (SDPA's fused causal
             # kernels) where nothing is padded; its keys and values then go into the buffers
-            hiddens, prefilled = self.forward_segments(x, mask, HFCache((), None, 0, cache.next_position))
+            hiddens, prefilled = self.forward_segments(x, mask, HFCache((), None, (), cache.next_position))
             for index, (keys, values) in enumerate(prefilled.layers):
                 cache.write(index, keys, values)
         else:
@@ -450,10 +463,7 @@ class HFBackbone(nn.Module):
         else:
             positions = cache.next_position[:, None] + torch.arange(length, device = x.device)
 
-        if cache.merged and SLIDING in self.layer_types:
-            # hypotheses side by side put several columns at one position: a window counted in positions over them
-            # has no meaning this code could choose for the user
-            raise NotImplementedError('several hypotheses (num_hypotheses > 1) over a sliding-window model are not supported')
+        self.check_merged(cache.merged)
         key_mask = join_masks([(cache.key_mask, cache.length), (mask, length)], batch, x.device)
         attention_mask = self.attention_masks(key_mask, length, x.dtype)
         if not exists(attention_mask):

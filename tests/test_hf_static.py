@@ -12,7 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from coconut_pytorch import Coconut
-from test_backbone_equivalence import BACKBONES, ON_CUDA, TOLERANCE, VOCAB
+from test_backbone_equivalence import BACKBONES, TOLERANCE, VOCAB
 
 HF = [name for name in BACKBONES if name.startswith('hf-')]
 
