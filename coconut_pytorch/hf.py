@@ -44,7 +44,7 @@ from packaging.version import Version
 from torch import Tensor, nn
 
 from coconut_pytorch.backbone import BackboneOutput
-from coconut_pytorch.kv_cache import StaticKVCache, join_masks
+from coconut_pytorch.kv_cache import StaticKVCache, join_masks, token_positions
 from coconut_pytorch.transformer import autocast_dtype
 from coconut_pytorch.helpers import default, exists
 
@@ -397,9 +397,7 @@ class HFBackbone(nn.Module):
             for index, (keys, values) in enumerate(prefilled.layers):
                 cache.write(index, keys, values)
         else:
-            # a masked position takes a zero input, as in forward_segments
-            x = x.masked_fill(~new_mask[..., None], 0.)
-            positions = (cache.next_position[:, None] + new_mask.long().cumsum(dim = -1) - 1).clamp(min = 0)     # (b, n)
+            x, positions = real_inputs(x, new_mask, cache.next_position)                                      # (b, n)
             columns = cache.write_index + torch.arange(length, device = x.device)                               # (n,)
             written = cache.key_mask.index_copy(1, columns, new_mask)                                           # (b, C) after this step
             attention_mask = self.visible_masks(written, columns, x.dtype)
@@ -456,12 +454,7 @@ class HFBackbone(nn.Module):
     def forward_segments(self, x: Tensor, mask: Tensor | None, cache: HFCache) -> BackboneOutput:
         """Embeddings x (b, n, D) after `cache`; their last hidden states and a new cache that holds them too."""
         batch, length = x.shape[:2]
-        if exists(mask):
-            # a masked position takes a zero input: whatever it was handed cannot reach a real one
-            x = x.masked_fill(~mask[..., None], 0.)
-            positions = (cache.next_position[:, None] + mask.long().cumsum(dim = -1) - 1).clamp(min = 0)
-        else:
-            positions = cache.next_position[:, None] + torch.arange(length, device = x.device)
+        x, positions = real_inputs(x, mask, cache.next_position)
 
         self.check_merged(cache.merged)
         key_mask = join_masks([(cache.key_mask, cache.length), (mask, length)], batch, x.device)
@@ -473,12 +466,18 @@ class HFBackbone(nn.Module):
         out = self.lm.base_model(inputs_embeds = x, attention_mask = attention_mask, position_ids = positions, use_cache = True,
                                  **{self.cache_argument: past})
         grown = getattr(out, self.cache_argument, None) or past
-        layers = tuple((layer.keys, layer.values) for layer in grown.layers) if hasattr(grown, 'layers') else \
-            tuple(zip(grown.key_cache, grown.value_cache))
+        layers = tuple((layer.keys, layer.values) for layer in grown.layers)     # every transformers >= 4.56 has `layers`
 
         added = mask.long().sum(dim = -1) if exists(mask) else length
-        new_mask = key_mask if exists(key_mask) else None
-        return BackboneOutput(out.last_hidden_state, HFCache(layers, new_mask, (*cache.segment_lengths, length), cache.next_position + added, cache.merged))
+        return BackboneOutput(out.last_hidden_state, HFCache(layers, key_mask, (*cache.segment_lengths, length), cache.next_position + added, cache.merged))
+
+
+def real_inputs(x: Tensor, mask: Tensor | None, next_position: Tensor) -> tuple[Tensor, Tensor]:
+    """Embeddings x (b, n, D) with every masked position's input zeroed (whatever it was handed cannot reach a real
+    one), and the new positions (b, n), counting real tokens only."""
+    if exists(mask):
+        x = x.masked_fill(~mask[..., None], 0.)
+    return x, token_positions(next_position, mask, x.shape[1])
 
 
 def causal_lm_from_config(config: dict) -> PreTrainedModel:

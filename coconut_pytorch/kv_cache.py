@@ -24,6 +24,15 @@ from coconut_pytorch.backbone import BackboneOutput
 from coconut_pytorch.helpers import exists
 
 
+def token_positions(next_position: Tensor, mask: Tensor | None, length: int) -> Tensor:
+    """(b, n) positions of `length` new columns after rows whose next real token is at `next_position` (b,):
+    positions count real tokens only (mask (b, n), False = padding), so padding anywhere shifts nothing; a padding
+    column takes its row's last real position (clamped at 0 before the first)."""
+    if exists(mask):
+        return (next_position[:, None] + mask.long().cumsum(dim = -1) - 1).clamp(min = 0)
+    return next_position[:, None] + torch.arange(length, device = next_position.device)
+
+
 def join_masks(parts: list[tuple[Tensor | None, int]], batch: int, device = None) -> Tensor | None:
     """Concatenate per-segment masks ((b, n) bool, or None for all real) into one (b, sum n); None if all are None."""
     if not any(exists(mask) for mask, _ in parts):

@@ -29,7 +29,7 @@ from x_transformers.x_transformers import RotaryEmbedding, rotate_half
 
 from coconut_pytorch.backbone import BackboneOutput
 from coconut_pytorch.inputs import check_finite_number
-from coconut_pytorch.kv_cache import KVCache, StaticKVCache
+from coconut_pytorch.kv_cache import KVCache, StaticKVCache, token_positions
 from coconut_pytorch.helpers import default, exists
 
 
@@ -467,12 +467,7 @@ class Transformer(Module):
     def rotary_for(self, next_position: Tensor, mask: Tensor | None, seq_len: int, x: Tensor) -> tuple[Tensor, Tensor]:
         """cos and sin (b, 1, n, d) of the new tokens, once per call and shared by every layer, in the compute dtype
         (no float32 round trip per layer). Positions count real tokens only, so padding anywhere shifts nothing."""
-        if exists(mask):
-            positions = (next_position[:, None] + mask.long().cumsum(dim = -1) - 1).clamp(min = 0)
-        else:
-            positions = next_position[:, None] + torch.arange(seq_len, device = x.device)
-
-        freqs, _ = self.rotary(positions)
+        freqs, _ = self.rotary(token_positions(next_position, mask, seq_len))
         compute_dtype = autocast_dtype(x.device.type, default = x.dtype)
         freqs = rearrange(freqs, 'b n d -> b 1 n d')
         return freqs.cos().to(compute_dtype), freqs.sin().to(compute_dtype)

@@ -187,25 +187,11 @@ def test_coconut_over_a_transformers_model_learns_to_sort_through_generate():
     import transformers
     from coconut_pytorch import Coconut
     from coconut_pytorch.hf import HFBackbone
-    from test_learning import EOS, LENGTH, NUM_DIGITS, sorting_batch
+    from test_learning import NUM_DIGITS, sorting_exact_match
 
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size = NUM_DIGITS + 1, hidden_size = 64, intermediate_size = 128, num_hidden_layers = 2,
                                       num_attention_heads = 4, num_key_value_heads = 2, max_position_embeddings = 64)
     model = Coconut(num_reasoning_steps = 1, transformer = HFBackbone(transformers.LlamaForCausalLM(config)))
-    num_steps = 400
-    optimizer = torch.optim.AdamW(model.parameters(), lr = 3e-3)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1. - step / num_steps)
-    train_data = torch.Generator().manual_seed(0)
-    for _ in range(num_steps):
-        loss = model(*sorting_batch(64, train_data))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-
-    model.eval()
-    prompt, answer = sorting_batch(500, torch.Generator().manual_seed(1234))
-    generated = model.generate(prompt, max_length = LENGTH + 1, temperature = 0., eos_token_id = EOS)
-    exact_match = (generated == answer).all(dim = -1).float().mean().item()
+    exact_match = sorting_exact_match(model, num_steps = 400)
     assert exact_match >= 0.95, f'exact match {exact_match:.3f} after training'

@@ -51,3 +51,20 @@ def save_tiny_model(folder: Path, texts: Iterable[str], family: str = 'gpt2', di
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+if __name__ == '__main__':
+    # the random models RESULTS.md trains through the curriculum:
+    #   python tests/tiny_hf.py /tmp/llama llama --dim 128 --layers 4
+    import argparse
+
+    from coconut_pytorch.data.tasks import get_task
+
+    parser = argparse.ArgumentParser(description = 'Save a random causal LM and a BPE tokenizer trained on running sums (4 digits).')
+    parser.add_argument('folder', type = Path)
+    parser.add_argument('family', choices = ('gpt2', 'llama'))
+    parser.add_argument('--dim', type = int, default = 64)
+    parser.add_argument('--layers', type = int, default = 2)
+    args = parser.parse_args()
+    texts = [text for example in get_task('running_sum').generate(500, seed = 0) for text in (example.question, *example.steps, example.answer)]
+    print(save_tiny_model(args.folder, texts, args.family, dim = args.dim, layers = args.layers))
