@@ -101,8 +101,10 @@ def answer_questions(
         model, tokenizer, config, info = load_trained('runs/toy/checkpoint.pt')
         answer_questions(model, tokenizer, ['3 1 4 1'], num_thoughts = info['num_thoughts'])
     """
-    questions = list(questions) if not isinstance(questions, str) else questions
-    if isinstance(questions, str) or not all(isinstance(question, str) for question in questions):
+    if isinstance(questions, str):
+        raise TypeError('questions must be a sequence of str, not one str (wrap it in a list)')
+    questions = list(questions)     # a generator is read once
+    if not all(isinstance(question, str) for question in questions):
         raise TypeError('questions must be a sequence of str')
     prompts = [torch.tensor(tokenizer.encode_question(question), dtype = torch.long) for question in questions]
     for index, prompt in enumerate(prompts):

@@ -164,7 +164,7 @@ def test_a_run_over_a_pretrained_model_is_evaluated_alike_by_training_the_comman
     held_out = get_task('running_sum', num_digits = 3).generate(40, seed = 99)
     data = tmp_path / 'held_out.json'
     data.write_text(json.dumps([dict(question = e.question, steps = e.steps, answer = e.answer) for e in held_out]))
-    result = train(small(folder, eval_file = str(data), train_size = 512, epochs_per_stage = 2, lr = 3e-3), tmp_path / 'run')
+    result = train(small(folder, eval_file = str(data), train_size = 256, epochs_per_stage = 2, lr = 3e-3), tmp_path / 'run')
     assert result['finished'] and result['num_thoughts'] == 2 and result['n'] == 40
 
     run = subprocess.run([sys.executable, '-m', 'coconut_pytorch.evaluate', '--checkpoint', str(tmp_path / 'run' / 'checkpoint.pt'),
