@@ -273,36 +273,48 @@ def test_evaluate_command_on_files(tmp_path):
     data = tmp_path / 'data.json'
     save_json_examples([Example(question = '1 2 3', steps = ['3', '6'], answer = '6'), Example(question = '4 4 4', steps = ['8', '2'], answer = '2')], data)
 
-    run = lambda *args: subprocess.run([sys.executable, '-m', 'coconut_pytorch.evaluate', '--checkpoint', str(checkpoint), *args], capture_output = True, text = True)
+    unknown = tmp_path / 'unknown.json'
+    save_json_examples([Example(question = '1 2 3', steps = [], answer = '6'), Example(question = 'what is this', steps = [], answer = '6')], unknown)
+    broken = tmp_path / 'broken.json'
+    broken.write_text('[{"question": "1 2"')
+    # a gold answer the vocabulary cannot write would count as wrong whatever the model did: an error instead
+    unwritable = tmp_path / 'unwritable.json'
+    save_json_examples([Example(question = '1 2 3', steps = [], answer = '6'), Example(question = '1 2 3', steps = [], answer = 'six')], unwritable)
+    damaged = tmp_path / 'damaged.pt'
+    torch.save({k: v for k, v in torch.load(checkpoint, weights_only = True).items() if k != 'tokenizer'}, damaged)
 
-    done = run('--data', str(data), '--device', 'cpu', '--num-thoughts', '0', '--limit', '1')
+    # every command starts at once (each spends seconds importing torch), then each is judged
+    def start(*args, checkpoint = checkpoint):
+        return subprocess.Popen([sys.executable, '-m', 'coconut_pytorch.evaluate', '--checkpoint', str(checkpoint), *args],
+                                stdout = subprocess.PIPE, stderr = subprocess.PIPE, text = True)
+    runs = dict(done = start('--data', str(data), '--device', 'cpu', '--num-thoughts', '0', '--limit', '1'),
+                unknown = start('--data', str(unknown), '--device', 'cpu'),
+                broken = start('--data', str(broken), '--device', 'cpu'),
+                unwritable = start('--data', str(unwritable), '--device', 'cpu'),
+                damaged = start('--data', str(data), checkpoint = damaged),
+                **{flag: start('--data', str(data), '--device', 'cpu', flag, '0') for flag in ('--batch-size', '--max-new-tokens')})
+    finished = {name: (process.communicate(), process.returncode) for name, process in runs.items()}
+    run = lambda name: subprocess.CompletedProcess([], finished[name][1], *finished[name][0])
+
+    done = run('done')
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result['n'] == 1 and result['num_thoughts'] == 0 and set(result) >= {'accuracy', 'n', 'mean_new_tokens', 'seconds'}
 
-    unknown = tmp_path / 'unknown.json'
-    save_json_examples([Example(question = '1 2 3', steps = [], answer = '6'), Example(question = 'what is this', steps = [], answer = '6')], unknown)
-    failed = run('--data', str(unknown), '--device', 'cpu')
+    failed = run('unknown')
     assert failed.returncode != 0 and 'example 1' in failed.stderr and 'what' in failed.stderr
 
-    broken = tmp_path / 'broken.json'
-    broken.write_text('[{"question": "1 2"')
-    failed = run('--data', str(broken), '--device', 'cpu')
+    failed = run('broken')
     assert failed.returncode != 0 and 'broken.json' in failed.stderr
 
-    # a gold answer the vocabulary cannot write would count as wrong whatever the model did: an error instead
-    unwritable = tmp_path / 'unwritable.json'
-    save_json_examples([Example(question = '1 2 3', steps = [], answer = '6'), Example(question = '1 2 3', steps = [], answer = 'six')], unwritable)
-    failed = run('--data', str(unwritable), '--device', 'cpu')
+    failed = run('unwritable')
     assert failed.returncode != 0 and 'example 1' in failed.stderr and 'six' in failed.stderr
 
-    damaged = tmp_path / 'damaged.pt'
-    torch.save({k: v for k, v in torch.load(checkpoint, weights_only = True).items() if k != 'tokenizer'}, damaged)
-    failed = subprocess.run([sys.executable, '-m', 'coconut_pytorch.evaluate', '--checkpoint', str(damaged), '--data', str(data)], capture_output = True, text = True)
+    failed = run('damaged')
     assert failed.returncode != 0 and 'missing: tokenizer' in failed.stderr
 
-    for flag, value in (('--batch-size', '0'), ('--max-new-tokens', '0')):
-        failed = run('--data', str(data), '--device', 'cpu', flag, value)
+    for flag in ('--batch-size', '--max-new-tokens'):
+        failed = run(flag)
         assert failed.returncode != 0 and flag in failed.stderr
 
 
