@@ -40,5 +40,5 @@ def test_learns_to_sort_through_generate():
         num_reasoning_steps = 1,
         transformer = dict(num_tokens = NUM_DIGITS + 1, dim = 64, depth = 2, dim_head = 16, heads = 4, num_residual_streams = 2)
     )
-    exact_match = sorting_exact_match(model, num_steps = 600)
+    exact_match = sorting_exact_match(model, num_steps = 350)
     assert exact_match >= 0.99, f'exact match {exact_match:.3f} after training'

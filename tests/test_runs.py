@@ -257,11 +257,11 @@ EXPECTED = {
 
 def test_damaged_checkpoints_are_named_in_one_line_by_evaluate_and_resume(trained, tmp_path, monkeypatch):
     copies = damaged_copies(trained, tmp_path)
-    import coconut_pytorch.training as training
+    from coconut_pytorch.transformer import Transformer
     built = []
-    build = training.build_model
+    build = Transformer.__init__
     # (dim, the device a model is built on): the default device is 'meta' inside `with torch.device('meta')`
-    monkeypatch.setattr(training, 'build_model', lambda config, *args: (built.append((config.dim, torch.empty(0).device.type)), build(config, *args))[1])
+    monkeypatch.setattr(Transformer, '__init__', lambda self, *args, **kwargs: (built.append((kwargs['dim'], torch.empty(0).device.type)), build(self, *args, **kwargs))[1])
 
     for name, path in copies.items():
         with pytest.raises(ValueError, match = EXPECTED[name]) as error:
@@ -281,10 +281,13 @@ def test_evaluate_refuses_a_damaged_checkpoint_without_a_traceback(trained, tmp_
     copies = damaged_copies(trained, tmp_path)
     data = tmp_path / 'data.json'
     save_json_examples([Example(question = '1 2 3', steps = [], answer = '6')], data)
-    for name in ('truncated', 'nan weights', 'empty'):
-        done = subprocess.run([sys.executable, '-m', 'coconut_pytorch.evaluate', '--checkpoint', str(copies[name]), '--data', str(data), '--device', 'cpu'],
-                              capture_output = True, text = True)
-        assert done.returncode != 0 and EXPECTED[name] in done.stderr and 'Traceback' not in done.stderr, done.stderr
+    # the three commands start at once (each spends seconds importing torch), then each is judged
+    runs = {name: subprocess.Popen([sys.executable, '-m', 'coconut_pytorch.evaluate', '--checkpoint', str(copies[name]), '--data', str(data), '--device', 'cpu'],
+                                   stdout = subprocess.PIPE, stderr = subprocess.PIPE, text = True)
+            for name in ('truncated', 'nan weights', 'empty')}
+    for name, process in runs.items():
+        _, stderr = process.communicate()
+        assert process.returncode != 0 and EXPECTED[name] in stderr and 'Traceback' not in stderr, stderr
 
 
 def test_a_device_with_an_index_round_trips(tmp_path):
