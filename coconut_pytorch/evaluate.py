@@ -21,6 +21,7 @@ from coconut_pytorch.coconut import Coconut
 from coconut_pytorch.data.example import Example
 from coconut_pytorch.data.loaders import load_examples
 from coconut_pytorch.data.tokenizer import Tokenizer
+from coconut_pytorch.training.checkpoints import load_trained
 
 
 def answer_text(tokens: Sequence[int], tokenizer: Tokenizer) -> str:
@@ -158,8 +159,6 @@ def main(argv: Sequence[str] | None = None):
     parser.add_argument('--max-new-tokens', type = int, default = None)
     parser.add_argument('--bf16', action = 'store_true')
     args = parser.parse_args(argv)
-
-    from coconut_pytorch.training import load_trained
 
     if args.limit is not None and args.limit < 1:
         parser.error(f'--limit must be >= 1, got {args.limit}')

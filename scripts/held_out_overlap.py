@@ -21,10 +21,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from coconut_pytorch.data.fresh_sets import fresh_data_seed, generate_excluding  # noqa: E402
+from coconut_pytorch.training.fresh_sets import fresh_data_seed, generate_excluding  # noqa: E402
 from coconut_pytorch.data.loaders import save_json_examples  # noqa: E402
 from coconut_pytorch.data.tasks import get_task  # noqa: E402
-from coconut_pytorch.checkpoints import TRAINING_KEYS  # noqa: E402
+from coconut_pytorch.training.checkpoints import TRAINING_KEYS  # noqa: E402
 from coconut_pytorch.training import TrainConfig, held_out_questions, load_data, load_run  # noqa: E402
 
 

@@ -1,0 +1,208 @@
+"""A run's settings: `TrainConfig`, one dataclass whose fields carry their own help text, from which
+`train_toy.py`'s command-line options are generated (`add_config_arguments`), so that nothing is written twice.
+It is saved in every checkpoint and checked again on `--resume` (`RESUME_MAY_CHANGE` lists what may differ).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Sequence
+
+from coconut_pytorch.data.tasks import TASKS
+from coconut_pytorch.data.tasks.base import check_int
+from coconut_pytorch.training.schedule import ALIGNABLE_METHODS, METHODS, Curriculum
+
+
+def setting(default, help: str, cli: str | None = None, choices: Sequence[str] | None = None):
+    """A `TrainConfig` field with its help text (and its command-line name where that is not the field's own, and
+    its choices): the one place a setting is described, for the docs and for `train_toy.py`'s options
+    (`add_config_arguments`). A callable default (`dict`) is a factory."""
+    metadata = dict(help = help, cli = cli, choices = choices)
+    if callable(default):
+        return field(default_factory = default, metadata = metadata)
+    return field(default = default, metadata = metadata)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved in its checkpoint."""
+
+    task: str = setting('running_sum', 'a generated task, unless --train-file is given', choices = sorted(TASKS))
+    task_kwargs: dict = setting(dict, 'JSON settings for the task, e.g. \'{"num_digits_a": 5, "num_digits_b": 5}\'')
+    method: str = setting('coconut', 'coconut, or a baseline or ablation of the paper', choices = METHODS)
+
+    # curriculum
+    c_thought: int = setting(1, 'continuous thoughts per replaced step')
+    max_latent_stage: int | None = setting(None, "the last stage (default: the task's largest number of steps)")
+    epochs_per_stage: int = setting(2, 'epochs at each stage of the schedule')
+    final_epochs: int = setting(6, 'extra epochs at the last stage, after the schedule')
+    pad_latent_to_max: bool = setting(True, 'give every example the last stage\'s thought count (inference cannot know '
+                                            'an example\'s step count, so train with the most)', cli = 'no-pad-latent-to-max')
+    uniform_prob: float = setting(0., 'probability that an example is laid out at a random stage instead of the current one')
+    one_thought_at_a_time: bool = setting(False, 'stages add one thought at a time instead of c')
+    tokens_per_stage: int | None = setting(None, 'each stage removes this many language tokens instead of a whole step '
+                                                 "(with --method no_thoughts: iCoT's stepwise internalization)")
+    removal_smoothing: float | None = setting(None, "with --tokens-per-stage: iCoT's removal smoothing rate lambda (iCoT uses 4)")
+    reset_optimizer: bool = setting(True, 'a new optimizer at every stage change, as in the paper', cli = 'no-reset-optimizer')
+    thought_loss: float = setting(0., 'weight of a loss aligning each continuous thought with the words of the step it '
+                                      'replaced (Coconut.thought_loss; 0: off, as in the paper)')
+
+    # data and optimisation
+    train_size: int = setting(8000, 'generated training examples (unused with --train-file)')
+    fresh_data: bool = setting(False, 'generate a new training set of --train-size every epoch, not one set reused')
+    exclude_held_out: bool = setting(True, 'generated training sets never ask a held-out question (checkpoints from before '
+                                           'this setting trained on sets that could)', cli = 'no-exclude-held-out')
+    eval_size: int = setting(500, 'held-out examples generated, or split off --train-file')
+    train_file: str | None = setting(None, "train on the paper's JSON or iCoT's lines instead of --task")
+    eval_file: str | None = setting(None, 'report accuracy on these examples (default: generated, or --eval-size split off --train-file)')
+    batch_size: int = setting(64, 'examples per batch')
+    grad_accum: int = setting(1, 'batches whose gradients make one optimizer step (the paper\'s effective batch is 128)')
+    lr: float = setting(2e-3, 'peak learning rate (AdamW)')
+    weight_decay: float = setting(0.01, 'AdamW weight decay of matrices (vectors get none)')
+    warmup_steps: int = setting(50, 'linear learning-rate warmup, in optimizer steps')
+    rewarm_each_stage: bool = setting(False, 'warm the learning rate up again after each optimizer reset: a new Adam\'s '
+                                             'first updates move every weight by about lr, whatever its gradient\'s size')
+    max_grad_norm: float = setting(1., 'gradients are clipped to this norm')
+    lr_decay_epochs: float = setting(0., "the run's last N epochs take the learning rate linearly to 0 (0: constant to the "
+                                         'end); exact answers hinge on the last tenths of a percent of token accuracy, '
+                                         'which a constant rate keeps shaking loose')
+
+    # model: the native Transformer of this shape, or a pretrained one (then the shape settings are unused)
+    hf_model: str | None = setting(None, 'train a pretrained transformers causal LM (a local folder with its tokenizer) '
+                                         'instead of a new model; --dim, --depth, --heads, --dim-head and '
+                                         '--num-residual-streams are then unused (pip install "coconut-pytorch[hf]")')
+    download: bool = setting(False, 'let --hf-model name a model to fetch from the Hugging Face hub')
+    dim: int = setting(96, 'model width')
+    depth: int = setting(2, 'transformer blocks')
+    heads: int = setting(4, 'attention heads')
+    dim_head: int = setting(24, 'width of an attention head')
+    num_residual_streams: int = setting(2, 'hyper-connection residual streams')
+    checkpoint: bool = setting(False, 'recompute thought steps in backward (activation checkpointing)', cli = 'checkpoint-activations')
+
+    # run
+    seed: int = setting(0, 'seeds the data, the model and the shuffles')
+    device: str = setting('cpu', 'cpu, cuda, cuda:1, ...')
+    bf16: bool = setting(False, 'bfloat16 autocast')
+    compile: bool = setting(False, 'torch.compile the native Transformer\'s blocks')
+    cuda_graphs: bool = setting(False, "replay each batch shape's training step as a CUDA graph (the step is host-bound "
+                                       'on a GPU; train_step.TrainStep)')
+    time_budget: float | None = setting(None, 'seconds; stop after the epoch that crosses it, --resume later')
+    max_nonfinite_steps: int = setting(10, 'optimizer steps with a non-finite loss or gradient are skipped; this many in '
+                                           'a row stop the run as diverged (its last good checkpoint kept)')
+
+    def __post_init__(self):
+        # every mistake named before any data is generated or any model built
+        for name in ('train_size', 'eval_size', 'batch_size', 'grad_accum', 'dim', 'depth', 'heads', 'dim_head',
+                     'num_residual_streams', 'c_thought', 'epochs_per_stage'):
+            check_int(name, getattr(self, name), 1)
+        for name in ('final_epochs', 'warmup_steps'):
+            check_int(name, getattr(self, name), 0)
+        check_int('max_nonfinite_steps', self.max_nonfinite_steps, 1)
+        if self.max_latent_stage is not None:
+            check_int('max_latent_stage', self.max_latent_stage, 0)
+        if self.tokens_per_stage is not None:
+            check_int('tokens_per_stage', self.tokens_per_stage, 1)
+        for name, minimum, inclusive in (('lr', 0., False), ('weight_decay', 0., True), ('max_grad_norm', 0., False), ('lr_decay_epochs', 0., True),
+                                         ('uniform_prob', 0., True), ('time_budget', 0., True), ('removal_smoothing', 0., False),
+                                         ('thought_loss', 0., True)):
+            value = getattr(self, name)
+            if value is None and name in ('time_budget', 'removal_smoothing'):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f'{name} must be a number, got {type(value).__name__}')
+            if value < minimum or (value == minimum and not inclusive) or not math.isfinite(value):
+                raise ValueError(f"{name} must be finite and {'>=' if inclusive else '>'} {minimum}, got {value}")
+        check_int('seed', self.seed, 0)     # random.Random ignores a seed's sign: -1 would repeat seed 1's data
+        if self.uniform_prob > 1:
+            raise ValueError(f'uniform_prob must be at most 1, got {self.uniform_prob}')
+        if self.method not in METHODS:
+            raise ValueError(f'method must be one of {list(METHODS)}, got {self.method!r}')
+        # how the curriculum settings combine is the Curriculum's to say: build one (stage count not yet known)
+        self.curriculum(task_max_steps = 0, longest_language = 0)
+        if self.thought_loss > 0 and self.method not in ALIGNABLE_METHODS:
+            raise ValueError(f'thought_loss needs continuous thoughts to align: method must be one of {list(ALIGNABLE_METHODS)}, got {self.method!r}')
+        if self.task not in TASKS:
+            raise ValueError(f'task must be one of {sorted(TASKS)}, got {self.task!r}')
+        if not isinstance(self.task_kwargs, dict):
+            raise TypeError(f'task_kwargs must be a dict, got {type(self.task_kwargs).__name__}')
+        for name in ('train_file', 'eval_file', 'hf_model'):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise TypeError(f'{name} must be a path, got {type(value).__name__}')
+            if value is not None:
+                # kept as text: the checkpoint holds plain data only, and loads with weights_only = True
+                setattr(self, name, os.fspath(value))
+        if self.train_file is not None and self.fresh_data:
+            raise ValueError('fresh_data generates a new set from the task every epoch; it cannot be used with train_file')
+        if self.cuda_graphs and not str(self.device).startswith('cuda'):
+            raise ValueError(f'cuda_graphs needs a CUDA device, got device={self.device!r}')
+        if self.cuda_graphs and self.compile:
+            raise ValueError('cuda_graphs and compile cannot be combined: choose one')
+        if self.cuda_graphs and self.checkpoint:
+            raise ValueError('cuda_graphs and checkpoint (activation checkpointing) cannot be combined')
+        if self.hf_model is not None and (self.cuda_graphs or self.compile):
+            # both act on the native Transformer (its static cache, its blocks); a transformers model builds a new
+            # cache object every call
+            raise ValueError(f"{'cuda_graphs' if self.cuda_graphs else 'compile'} is for the native Transformer; it cannot be used with hf_model")
+
+    def curriculum(self, task_max_steps: int, longest_language: int | None = None) -> Curriculum:
+        """The run's curriculum. Without `max_latent_stage`, the last stage is the one that removes every step of
+        the longest example: `task_max_steps` steps, or with `tokens_per_stage`, its `longest_language` tokens."""
+        max_latent_stage = self.max_latent_stage
+        if max_latent_stage is None and self.tokens_per_stage is not None:
+            if longest_language is None:
+                raise ValueError('tokens_per_stage without max_latent_stage needs the longest language steps, in tokens')
+            max_latent_stage = -(-longest_language // self.tokens_per_stage)
+        return Curriculum(
+            method = self.method,
+            thoughts_per_step = self.c_thought,
+            max_latent_stage = max_latent_stage if max_latent_stage is not None else task_max_steps,
+            epochs_per_stage = self.epochs_per_stage,
+            pad_latent_to_max = self.pad_latent_to_max,
+            uniform_prob = self.uniform_prob,
+            one_thought_at_a_time = self.one_thought_at_a_time,
+            tokens_per_stage = self.tokens_per_stage,
+            removal_smoothing = self.removal_smoothing
+        )
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        # a checkpoint saved before exclude_held_out existed trained on unfiltered sets
+        return cls(**{'exclude_held_out': False, **{key: value for key, value in values.items() if key in known}})
+
+
+# how a setting's text on the command line becomes its value, by the field's annotation
+OPTION_TYPES = {'int': int, 'int | None': int, 'float': float, 'float | None': float, 'str': str, 'str | None': str, 'dict': json.loads}
+OPTION_METAVARS = {int: 'N', float: 'X', str: 'TEXT', json.loads: 'JSON'}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser):
+    """An option for every `TrainConfig` setting, from the field's default, annotation and help: `--name value`, or
+    for a switch `--name` (off by default) or `--no-name` (on by default)."""
+    for setting_field in fields(TrainConfig):
+        meta = setting_field.metadata
+        default = setting_field.default_factory() if setting_field.default is MISSING else setting_field.default
+        option = '--' + (meta.get('cli') or setting_field.name.replace('_', '-'))
+        if setting_field.type == 'bool':
+            parser.add_argument(option, dest = setting_field.name, action = 'store_false' if default else 'store_true', help = meta['help'])
+            continue
+        kind = OPTION_TYPES[setting_field.type]
+        parser.add_argument(option, dest = setting_field.name, type = kind, default = default, choices = meta.get('choices'),
+                            metavar = None if meta.get('choices') else OPTION_METAVARS[kind], help = meta['help'])
+
+
+def config_from_arguments(arguments: argparse.Namespace | dict) -> TrainConfig:
+    """The `TrainConfig` of parsed options (those `add_config_arguments` made; others are ignored)."""
+    values = vars(arguments) if isinstance(arguments, argparse.Namespace) else arguments
+    return TrainConfig(**{f.name: values[f.name] for f in fields(TrainConfig) if f.name in values})
+
+
+# settings that change how a run is executed, not what it learns: a resumed run may differ in them
+# (`hf_model` only names where a run's first weights came from: a resumed run takes them, and the tokenizer, from its
+# checkpoint, so the folder may have moved or gone)
+RESUME_MAY_CHANGE = ('time_budget', 'device', 'cuda_graphs', 'compile', 'max_nonfinite_steps', 'download', 'hf_model')

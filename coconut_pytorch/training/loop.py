@@ -1,0 +1,310 @@
+"""The training loop behind `train_toy.py`, in named phases: `open_run` (data, model, optimizer, or the state of a
+checkpoint to resume), `train_epoch`, `save_epoch`, and `finish` (the plot, the held-out evaluation, the result).
+
+One fixed training set per run (generated from the seed, or read from `train_file`), or with `fresh_data` a new one
+every epoch (`fresh_sets`), shuffled anew each epoch by (seed, epoch), so a run resumed from its checkpoint continues
+exactly where it stopped. The optimizer is rebuilt at every stage change (as in the paper), and gradients accumulate
+over `grad_accum` batches (the paper's effective batch is 128).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from coconut_pytorch.coconut import Coconut
+from coconut_pytorch.data.example import Example
+from coconut_pytorch.data.tokenizer import Tokenizer, max_target_length, target_lengths
+from coconut_pytorch.evaluate import evaluate_examples
+from coconut_pytorch.plotting import plot_history
+from coconut_pytorch.training.batches import Batch, EpochLayout
+from coconut_pytorch.training.checkpoints import (CHECKPOINT_NAME, INFERENCE_TOKEN_MARGIN, TRAINING_KEYS, RunLock, check_resumable,
+                                                  data_digests, inference_info, load_run, save_checkpoint)
+from coconut_pytorch.training.config import TrainConfig
+from coconut_pytorch.training.datasets import held_out_questions, load_data
+from coconut_pytorch.training.fresh_sets import FreshSets
+from coconut_pytorch.training.model import backbone_config, build_model
+from coconut_pytorch.training.optim import Diverged, NonFiniteSteps, learning_rate, make_optimizer, weights_finite
+from coconut_pytorch.training.schedule import Curriculum
+from coconut_pytorch.training.step import TrainStep
+
+
+def json_safe(value):
+    """`value` with every non-finite float as None: a log line must be valid JSON, and `NaN` is not.
+    (A None loss in a log line or in `history` means the value was NaN or infinite.)"""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(inner) for key, inner in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(inner) for inner in value]
+    return value
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    progress: Callable | None = None,
+    overwrite: bool = False,
+    allow_changed_data: bool = False
+) -> dict:
+    """Train, evaluate on held-out generated examples, save checkpoint and plot; returns the results.
+
+    `progress(iterable, **kwargs)` wraps the batch loop (e.g. tqdm); it gets `set_postfix` calls if it has them.
+    A new run into an `out_dir` that holds a checkpoint is refused unless `resume` (continue it) or `overwrite`
+    (replace it); two runs never share an `out_dir` at once (a lock). `allow_changed_data` lets `resume` continue
+    over data files that changed since the checkpoint.
+
+    A run that diverges (`config.max_nonfinite_steps` non-finite steps in a row, or non-finite weights) stops
+    without saving: the checkpoint keeps the last good epoch, and the result says `finished: False`,
+    `stopped: 'diverged'` and why, with no accuracy.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f'out_dir {out_dir} is a file; the run needs a directory for its checkpoint and plot')
+    device = torch.device(config.device)
+    # checked here, not in TrainConfig: a checkpoint trained on a GPU must still load where there is none
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'device {config.device!r}: this torch build sees no CUDA GPU')
+    if resume and overwrite:
+        raise ValueError('resume and overwrite cannot be combined: continue the run in out_dir, or replace it')
+    out_dir.mkdir(parents = True, exist_ok = True)
+    checkpoint_path = out_dir / CHECKPOINT_NAME
+
+    with RunLock(out_dir):
+        if resume and not checkpoint_path.is_file():
+            raise ValueError(f'--resume: no checkpoint at {checkpoint_path}')
+        if not resume and not overwrite and checkpoint_path.exists():
+            raise ValueError(f'{out_dir} already holds a run ({checkpoint_path}): continue it with --resume, '
+                             f'replace it with --overwrite, or choose another --out')
+        run = open_run(config, checkpoint_path, device, resume, allow_changed_data)
+        return run_epochs(run, progress)
+
+
+@dataclass
+class Run:
+    """A run between epochs: what it trains, and what a checkpoint keeps of where it is."""
+
+    config: TrainConfig
+    checkpoint_path: Path
+    device: torch.device
+    tokenizer: Tokenizer
+    train_set: list[Example]
+    eval_set: list[Example]
+    curriculum: Curriculum
+    model: Coconut
+    optimizer: torch.optim.Optimizer
+    train_step: TrainStep
+    layout: EpochLayout
+    total_epochs: int
+    digests: dict[str, str]             # the data files' SHA-256, checked on --resume
+    longest_target: int                 # the longest training target seen so far, in tokens: the generation budget
+    # where the run is (from its checkpoint when resumed)
+    start_epoch: int = 0
+    history: list[dict] | None = None
+    elapsed: float = 0.                 # training seconds before this process
+    step: int = 0                       # optimizer steps so far
+    optimizer_start: int = 0            # the step the current optimizer was made at
+    inference: dict | None = None       # how the model saved last is run (`checkpoints.inference_info`)
+    saved_epoch: int | None = None
+
+    def __post_init__(self):
+        self.history = self.history if self.history is not None else []
+        self.saved_epoch = self.history[-1]['epoch'] if self.history else None
+
+
+def open_run(config: TrainConfig, checkpoint_path: Path, device: torch.device, resume: bool, allow_changed_data: bool) -> Run:
+    """Setup: the run's data, curriculum and model with its optimizer, new or resumed from `checkpoint_path`."""
+    # a run over a pretrained model resumes from its checkpoint's tokenizer: the model's folder is not needed again
+    loaded = load_run(checkpoint_path, config.device, TRAINING_KEYS) if resume and config.hf_model is not None else None
+    train_set, eval_set, tokenizer, max_steps = load_data(config, loaded.tokenizer if loaded is not None else None)
+    curriculum = config.curriculum(max_steps, longest_language = max(steps for steps, _ in target_lengths(train_set, tokenizer)))
+    longest_target = max_target_length(train_set, tokenizer)
+
+    if resume:
+        loaded = loaded if loaded is not None else load_run(checkpoint_path, config.device, TRAINING_KEYS)
+        check_resumable(loaded, config, tokenizer, checkpoint_path, allow_changed_data)
+        model, state = loaded.model, loaded.state
+        optimizer = make_optimizer(model, config)
+        optimizer.load_state_dict(state['optimizer'])
+        # with fresh data the cap grew with every set seen before the stop
+        longest_target = max(longest_target, state['inference']['max_new_tokens'] - INFERENCE_TOKEN_MARGIN)
+        where = dict(start_epoch = state['epoch'] + 1, history = state['history'], elapsed = state['elapsed'], step = state['step'],
+                     optimizer_start = state.get('optimizer_start', 0), inference = state['inference'])
+    else:
+        model = build_model(config, len(tokenizer), curriculum).to(device)
+        optimizer = make_optimizer(model, config)
+        where = {}
+
+    if config.compile:
+        model.model.compile_blocks()
+
+    train_step = TrainStep(model, torch.bfloat16 if config.bf16 else None, loss_scale = 1 / config.grad_accum, cuda_graphs = config.cuda_graphs)
+    # every method trains as many epochs as the coconut schedule, so baselines get the same budget
+    schedule = Curriculum(**{**asdict(curriculum), 'method': 'coconut'})
+    layout = EpochLayout(tokenizer, curriculum, config.batch_size, config.seed, with_thought_targets = config.thought_loss > 0)
+    return Run(config, checkpoint_path, device, tokenizer, train_set, eval_set, curriculum, model, optimizer, train_step, layout,
+               total_epochs = schedule.total_epochs + config.final_epochs, digests = data_digests(config), longest_target = longest_target, **where)
+
+
+def run_epochs(run: Run, progress: Callable | None) -> dict:
+    """Every epoch from where the run stands, each saved as it ends, then `finish`."""
+    config = run.config
+    nonfinite = NonFiniteSteps(config.max_nonfinite_steps, run.device)
+    run_start = time.perf_counter()
+    stopped, reason, epoch = None, None, run.start_epoch
+
+    fresh_sets = FreshSets(config.task, config.task_kwargs, config.train_size, config.seed, run.total_epochs, run.layout,
+                           first_epoch = max(run.start_epoch, 1), excluded = held_out_questions(config, run.eval_set)) if config.fresh_data else None
+    try:
+        for epoch in range(run.start_epoch, run.total_epochs):
+            batches = epoch_batches(run, epoch, fresh_sets)
+            record = train_epoch(run, epoch, batches, nonfinite, progress, run_start)
+            run.history.append(record)
+            if progress:
+                print(json.dumps(record, allow_nan = False), flush = True)
+            save_epoch(run, epoch, run.elapsed + time.perf_counter() - run_start)
+
+            if config.time_budget is not None and time.perf_counter() - run_start > config.time_budget and epoch < run.total_epochs - 1:
+                stopped, reason = 'time_budget', f'the time budget of {config.time_budget:g} s ran out; continue with --resume'
+                break
+    except Diverged as error:
+        stopped = 'diverged'
+        kept = f'the checkpoint keeps epoch {run.saved_epoch + 1}' if run.saved_epoch is not None else 'no checkpoint was written'
+        reason = f'training diverged at epoch {epoch + 1}: {error}; nothing was saved from it ({kept}). Try a lower --lr or --max-grad-norm'
+    finally:
+        if fresh_sets is not None:
+            fresh_sets.close()
+
+    return finish(run, stopped, reason, run.elapsed + time.perf_counter() - run_start)
+
+
+def epoch_batches(run: Run, epoch: int, fresh_sets: FreshSets | None) -> list[Batch]:
+    """The epoch's batches, at its stage. Also the epoch's random state: torch's draws in training (a pretrained
+    model's dropout) follow from (seed, epoch), so a resumed run draws what the uninterrupted one did."""
+    torch.manual_seed(run.config.seed * 100_003 + epoch)
+    if run.config.fresh_data and epoch > 0:
+        # the generators are unlimited: a fixed set of thousands of examples gets memorised instead of solved
+        # (a ProsQA cot run fit its 20,000 to 0.99 token accuracy and answered 38% of new ones). The seed
+        # follows from (seed, epoch), so a resumed run sees the same sets
+        batches, epoch_longest = fresh_sets.get(epoch)
+        run.longest_target = max(run.longest_target, epoch_longest)
+        return batches
+    return run.layout.batches(run.train_set, epoch)
+
+
+def train_epoch(run: Run, epoch: int, batches: list[Batch], nonfinite: NonFiniteSteps, progress: Callable | None, run_start: float) -> dict:
+    """One epoch of optimizer steps over `batches`; returns its record for the history (loss, token accuracy, ...)."""
+    config, curriculum, device = run.config, run.curriculum, run.device
+    stage = curriculum.stage_at_epoch(epoch)
+    if config.reset_optimizer and epoch > 0 and stage != curriculum.stage_at_epoch(epoch - 1):
+        run.optimizer = make_optimizer(run.model, config)
+        run.optimizer_start = run.step
+
+    run.train_step.pad_to(max(b.prompt.shape[1] for b in batches), max(b.target.shape[1] for b in batches))
+    iterator = progress(batches, desc = f'epoch {epoch + 1}/{run.total_epochs} stage {stage}', leave = False) if progress else batches
+
+    run.model.train()
+    loss_sum = torch.zeros((), device = device)
+    thought_loss_sum = torch.zeros((), device = device)
+    finite_batches = torch.zeros((), device = device)
+    correct = torch.zeros((), device = device)
+    counted = torch.zeros((), device = device)
+    window_finite = torch.ones((), dtype = torch.bool, device = device)     # the losses since the last update
+
+    try:
+        for batch_index, batch in enumerate(iterator):
+            stats = run.train_step(batch)
+            finite = torch.isfinite(stats.loss)
+            window_finite = window_finite & finite
+            # a non-finite batch counts in no average: the curve shows the batches that trained
+            loss_sum += torch.where(finite, stats.loss, 0.)
+            thought_loss_sum += torch.where(finite, stats.thought_loss, 0.)
+            finite_batches += finite
+            correct += stats.correct
+            counted += stats.counted
+
+            if (batch_index + 1) % config.grad_accum == 0 or batch_index == len(batches) - 1:
+                epochs_left = run.total_epochs - epoch - (batch_index + 1) / len(batches)
+                nonfinite.apply(run.model, run.optimizer, learning_rate(config, run.step, run.optimizer_start, epochs_left), config.max_grad_norm, window_finite)
+                window_finite = torch.ones((), dtype = torch.bool, device = device)
+                run.step += 1
+
+            if hasattr(iterator, 'set_postfix') and batch_index % 20 == 0:
+                iterator.set_postfix(loss = f'{stats.loss.item():.3f}', stage = stage, acc = f'{(correct / counted.clamp(min = 1)).item():.3f}')
+
+        skipped = nonfinite.end_epoch()
+        if not weights_finite(run.model):
+            raise Diverged('the weights became non-finite')
+    finally:
+        if hasattr(iterator, 'close'):
+            iterator.close()
+
+    # an epoch of nothing but non-finite batches has no loss (0 / 0 = NaN, written as null)
+    record = dict(epoch = epoch, stage = stage, loss = (loss_sum / finite_batches).item(),
+                  token_accuracy = (correct / counted.clamp(min = 1)).item(),
+                  seconds = round(run.elapsed + time.perf_counter() - run_start, 2))     # training time at the epoch's end
+    if config.thought_loss > 0:
+        # `loss` includes it, weighted; alone it tells whether the thoughts hold what they replaced
+        record['thought_loss'] = (thought_loss_sum / finite_batches).item()
+    if skipped:
+        record['skipped_steps'] = skipped
+    return json_safe(record)
+
+
+def save_epoch(run: Run, epoch: int, elapsed: float):
+    """The checkpoint at the end of `epoch` (`elapsed`: the run's training seconds so far)."""
+    run.inference = inference_info(run.curriculum, run.curriculum.stage_at_epoch(epoch), run.longest_target)
+    save_checkpoint(dict(
+        config = asdict(run.config), curriculum = asdict(run.curriculum), tokenizer = run.tokenizer.to_dict(),
+        model = run.model.state_dict(), optimizer = run.optimizer.state_dict(),
+        epoch = epoch, step = run.step, optimizer_start = run.optimizer_start, history = run.history, elapsed = elapsed,
+        inference = run.inference, data_digests = run.digests, backbone = backbone_config(run.model)
+    ), run.checkpoint_path)
+    run.saved_epoch = epoch
+
+
+def finish(run: Run, stopped: str | None, reason: str | None, seconds: float) -> dict:
+    """The run's result: after the plot and the held-out evaluation, or for a diverged run, why it stopped."""
+    config = run.config
+    task = config.task if config.train_file is None else str(config.train_file)
+
+    if stopped == 'diverged':
+        return dict(finished = False, stopped = stopped, reason = reason, accuracy = None, n = 0, seconds = seconds,
+                    method = config.method, task = task, epoch = run.saved_epoch,
+                    checkpoint = str(run.checkpoint_path) if run.saved_epoch is not None else None)
+
+    plot_history(run.history, run.checkpoint_path.parent / 'training.png', title = f'{config.task} / {config.method}', thought_loss_weight = config.thought_loss)
+
+    # a run stopped by its time budget is still evaluated, at the stage it reached (and says so)
+    inference = run.inference
+    result = evaluate_examples(
+        run.model, run.tokenizer, run.eval_set,
+        num_thoughts = inference['num_thoughts'],
+        max_new_tokens = inference['max_new_tokens'],
+        source = config.eval_file or 'held-out examples',
+        autocast_dtype = torch.bfloat16 if config.bf16 else None
+    )
+
+    return dict(
+        finished = stopped is None,
+        **(dict(stopped = stopped, reason = reason) if stopped else {}),
+        accuracy = result['accuracy'],
+        n = result['n'],
+        seconds = seconds,
+        method = config.method,
+        task = task,
+        num_thoughts = inference['num_thoughts'],
+        stage = inference['stage'],
+        final_stage = inference['final_stage'],
+        epoch = run.saved_epoch,
+        mean_new_tokens = result['mean_new_tokens'],
+        checkpoint = str(run.checkpoint_path)
+    )

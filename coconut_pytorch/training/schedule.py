@@ -1,0 +1,155 @@
+"""The paper's multi-stage curriculum: which stage each epoch trains, and how many language steps an example keeps
+and how many thoughts replace them at a stage, for Coconut and for the paper's baselines and ablations.
+
+Stage 0 is full language chain-of-thought: question -> steps -> answer, loss on steps and answer.
+Stage k replaces the first k language steps by k x c continuous thoughts (c = thoughts per step); the remaining
+steps and the answer stay in language, with loss. Every method below is the same Coconut model fed differently:
+
+    coconut                 the curriculum, continuous thoughts
+    coconut_no_curriculum   the last stage from the first epoch
+    no_thoughts             the curriculum removes steps but puts no thought in their place
+    pause_as_thought        the curriculum, with learned pause embeddings in the thought slots
+    pause                   no steps, max_latent_stage x c pause embeddings before the answer, from the start
+    cot                     stage 0 throughout
+    no_cot                  question -> answer
+
+`batches` turns examples into tensors at a stage by these rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+METHODS = ('coconut', 'coconut_no_curriculum', 'no_thoughts', 'pause_as_thought', 'pause', 'cot', 'no_cot')
+
+PAUSE_METHODS = ('pause', 'pause_as_thought')
+
+
+@dataclass(frozen = True)
+class Curriculum:
+    """When each stage runs and what an example looks like at a stage.
+
+    Args:
+        method: one of METHODS.
+        thoughts_per_step: c, continuous thoughts that replace one language step.
+        max_latent_stage: the last stage (number of steps replaced); later steps stay in language.
+        epochs_per_stage: epochs spent at each stage before the next.
+        pad_latent_to_max: an example with fewer steps than the stage still gets stage x c thoughts
+            (True), or only as many as its own steps (False).
+        uniform_prob: probability that an example is drawn at a uniformly random stage <= max_latent_stage
+            instead of the current one (the paper's mixing of earlier stages).
+        one_thought_at_a_time: stages add one thought at a time instead of c (a step leaves language once
+            its c thoughts are in); the paper's authors report that adding more than 2 at a switch destabilises.
+        tokens_per_stage: r; each stage removes the next r tokens of the language steps (separators counted)
+            instead of the next whole step, and curriculum methods put c thoughts in place of each r tokens.
+            With `no_thoughts` this is iCoT's stepwise internalization (Deng et al., 2024). `max_latent_stage`
+            then counts stages of r tokens.
+        removal_smoothing: lambda of iCoT's removal smoothing (with `tokens_per_stage`): each example loses
+            o more tokens than its stage says, o drawn with P(o) proportional to exp(-lambda o) (iCoT uses 4, so
+            about 2% of examples see a later stage's removal early). None: no smoothing.
+    """
+
+    method: str = 'coconut'
+    thoughts_per_step: int = 1
+    max_latent_stage: int = 3
+    epochs_per_stage: int = 3
+    pad_latent_to_max: bool = False
+    uniform_prob: float = 0.
+    one_thought_at_a_time: bool = False
+    tokens_per_stage: int | None = None
+    removal_smoothing: float | None = None
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f'method must be one of {METHODS}, got {self.method!r}')
+        for name in ('thoughts_per_step', 'epochs_per_stage'):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f'{name} must be a positive int, got {value!r}')
+        if not isinstance(self.max_latent_stage, int) or self.max_latent_stage < 0:
+            raise ValueError(f'max_latent_stage must be an int >= 0, got {self.max_latent_stage!r}')
+        if not 0. <= self.uniform_prob <= 1.:
+            raise ValueError(f'uniform_prob must be in [0, 1], got {self.uniform_prob}')
+        if self.tokens_per_stage is not None:
+            if not isinstance(self.tokens_per_stage, int) or isinstance(self.tokens_per_stage, bool) or self.tokens_per_stage < 1:
+                raise ValueError(f'tokens_per_stage must be a positive int or None, got {self.tokens_per_stage!r}')
+            if self.one_thought_at_a_time:
+                raise ValueError('tokens_per_stage and one_thought_at_a_time cannot be combined: a stage is already r tokens and c thoughts')
+        if self.removal_smoothing is not None:
+            if self.tokens_per_stage is None:
+                raise ValueError('removal_smoothing needs tokens_per_stage: it smooths the removal of tokens')
+            if isinstance(self.removal_smoothing, bool) or not isinstance(self.removal_smoothing, (int, float)) or not self.removal_smoothing > 0:
+                raise ValueError(f'removal_smoothing must be a number > 0 (a rate lambda) or None, got {self.removal_smoothing!r}')
+
+    @property
+    def uses_curriculum(self) -> bool:
+        return self.method in ('coconut', 'no_thoughts', 'pause_as_thought')
+
+    @property
+    def thought_mode(self) -> str:
+        return 'pause' if self.method in PAUSE_METHODS else 'continuous'
+
+    @property
+    def num_stages(self) -> int:
+        """Stages the curriculum walks through, the final one included."""
+        if not self.uses_curriculum:
+            return 1
+        units = self.thoughts_per_step if self.one_thought_at_a_time else 1
+        return self.max_latent_stage * units + 1
+
+    @property
+    def total_epochs(self) -> int:
+        return self.num_stages * self.epochs_per_stage
+
+    def stage_at_epoch(self, epoch: int) -> int:
+        """Stage index for an epoch; the final stage continues past the schedule."""
+        if not self.uses_curriculum:
+            return self.final_stage
+        return min(epoch // self.epochs_per_stage, self.final_stage)
+
+    @property
+    def final_stage(self) -> int:
+        return self.num_stages - 1 if self.uses_curriculum else 0
+
+    def layout(self, stage: int, num_steps: int) -> tuple[int, int]:
+        """(language steps removed, thoughts) for an example with `num_steps` steps at `stage`."""
+        c, method = self.thoughts_per_step, self.method
+
+        if method == 'cot':
+            return 0, 0
+        if method == 'no_cot':
+            return num_steps, 0
+        if method == 'pause':
+            return num_steps, self.max_latent_stage * c
+        if method == 'coconut_no_curriculum':
+            thoughts = self.max_latent_stage if self.pad_latent_to_max else min(self.max_latent_stage, num_steps)
+            return num_steps, thoughts * c
+
+        # curriculum methods; a stage counts thoughts when they come one at a time
+        thought_units = stage if self.one_thought_at_a_time else stage * c
+        removed = min(thought_units // c, num_steps)
+
+        if self.pad_latent_to_max:
+            thoughts = thought_units
+        else:
+            thoughts = min(thought_units, num_steps * c)
+
+        if stage == self.final_stage:
+            # as in the paper, the last stage drops whatever language steps remain: thoughts, then the answer
+            removed = num_steps
+
+        if method == 'no_thoughts':
+            thoughts = 0
+        return removed, thoughts
+
+    def token_layout(self, stage: int, num_language_tokens: int, extra_removed: int = 0) -> tuple[int, int]:
+        """(language tokens removed, thoughts) at `stage` for an example whose steps take `num_language_tokens`
+        tokens, separators included (curriculum methods with `tokens_per_stage`); `extra_removed` is removal
+        smoothing's offset, which removes tokens early but adds no thoughts."""
+        r, c = self.tokens_per_stage, self.thoughts_per_step
+        removed = num_language_tokens if stage == self.final_stage else min(stage * r + extra_removed, num_language_tokens)
+        thoughts = stage * c if self.pad_latent_to_max else min(stage, -(-num_language_tokens // r)) * c
+        return removed, 0 if self.method == 'no_thoughts' else thoughts
+
+
+ALIGNABLE_METHODS = ('coconut', 'coconut_no_curriculum')   # methods whose thoughts are fed-back hidden states
