@@ -31,7 +31,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from coconut_pytorch.training.batches import collate, staged_examples  # noqa: E402
 from coconut_pytorch.training.step import TrainStep  # noqa: E402
-from coconut_pytorch.training import TrainConfig, apply_gradients, build_model, load_data, make_optimizer  # noqa: E402
+from coconut_pytorch.training import TrainConfig  # noqa: E402
+from coconut_pytorch.training.datasets import load_data  # noqa: E402
+from coconut_pytorch.training.model import build_model  # noqa: E402
+from coconut_pytorch.training.optim import apply_gradients, make_optimizer  # noqa: E402
 
 GPU_RESULTS_MODEL = dict(dim = 256, depth = 6, heads = 8, dim_head = 32, num_residual_streams = 1, batch_size = 128, lr = 1e-3)
 SMALL_MODEL = dict(dim = 32, depth = 1, heads = 2, dim_head = 16, num_residual_streams = 1, batch_size = 16, lr = 1e-3)

@@ -25,7 +25,8 @@ from coconut_pytorch.training.fresh_sets import fresh_data_seed, generate_exclud
 from coconut_pytorch.data.loaders import save_json_examples  # noqa: E402
 from coconut_pytorch.data.tasks import get_task  # noqa: E402
 from coconut_pytorch.training.checkpoints import TRAINING_KEYS  # noqa: E402
-from coconut_pytorch.training import TrainConfig, held_out_questions, load_data, load_run  # noqa: E402
+from coconut_pytorch.training import TrainConfig, load_run  # noqa: E402
+from coconut_pytorch.training.datasets import held_out_questions, load_data  # noqa: E402
 
 
 def main():

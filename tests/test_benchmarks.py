@@ -43,7 +43,7 @@ def test_held_out_overlap_counts_the_questions_a_run_trained_on(tmp_path):
     # running sums of 3 digits have 1,000 questions: a 64-example held-out set overlaps 3 fresh sets of 400
     import json
 
-    from coconut_pytorch.data.fresh_sets import fresh_data_seed, held_out_seed
+    from coconut_pytorch.training.fresh_sets import fresh_data_seed, held_out_seed
     from coconut_pytorch.data.loaders import load_examples
     from coconut_pytorch.data.tasks import get_task
 

@@ -129,7 +129,7 @@ def test_a_run_over_a_pretrained_model_resumes_exactly_and_its_checkpoint_needs_
     config = small(folder)
 
     # the run starts from the pretrained weights
-    from coconut_pytorch.training import build_model
+    from coconut_pytorch.training.model import build_model
     from transformers import AutoModelForCausalLM
     pretrained = AutoModelForCausalLM.from_pretrained(folder).state_dict()
     initial = build_model(config, 0, config.curriculum(2)).state_dict()

@@ -11,8 +11,9 @@
     checkpoints  atomic saves, checked loads (load_run, load_trained), resume checks, the run directory's lock
     loop         train(): open the run, train and save each epoch, finish with the plot and the held-out accuracy
 
-The names below are importable from the package itself; they load their module on first use, so that importing one
-module (evaluation imports `checkpoints`) does not import the loop, which imports evaluation.
+The user-facing names below are importable from the package itself (everything else from its module); they load their
+module on first use, so that importing one module (evaluation imports `checkpoints`) does not import the loop, which
+imports evaluation.
 """
 
 from importlib import import_module
@@ -22,8 +23,6 @@ PUBLIC = dict(
     Curriculum = 'schedule', METHODS = 'schedule',
     train = 'loop', json_safe = 'loop',
     load_run = 'checkpoints', load_trained = 'checkpoints',
-    build_model = 'model', load_data = 'datasets', held_out_questions = 'datasets',
-    learning_rate = 'optim', make_optimizer = 'optim', apply_gradients = 'optim', NonFiniteSteps = 'optim', Diverged = 'optim',
 )
 
 __all__ = list(PUBLIC)

@@ -1,16 +1,15 @@
-"""A run's settings are written once, as TrainConfig's fields, and train_toy.py's options come from them."""
+"""A run's settings are written once, as TrainConfig's fields, and train_toy.py's options come from them; a bad
+setting is named; old checkpoints' settings read with the defaults they ran with."""
 
 import argparse
 import subprocess
 import sys
 from dataclasses import MISSING, fields
-from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from coconut_pytorch.training import TrainConfig, add_config_arguments, config_from_arguments
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse(*argv: str) -> TrainConfig:
@@ -65,3 +64,36 @@ def test_the_help_shows_every_setting_with_its_text_and_default():
     for setting in fields(TrainConfig):
         assert ' '.join(setting.metadata['help'].split())[:40] in text, setting.name
     assert '(default: 0.01)' in text and '(default: running_sum)' in text
+
+
+@pytest.mark.parametrize('setting, error, message', [
+    (dict(batch_size = 0), ValueError, 'batch_size must be >= 1'),
+    (dict(train_size = 2.5), TypeError, 'train_size must be an int'),
+    (dict(depth = True), TypeError, 'depth must be an int'),
+    (dict(final_epochs = -1), ValueError, 'final_epochs must be >= 0'),
+    (dict(lr = 0.), ValueError, 'lr must be finite and > 0'),
+    (dict(lr = float('nan')), ValueError, 'lr must be finite and > 0'),
+    (dict(lr = float('inf')), ValueError, 'lr must be finite'),
+    (dict(lr_decay_epochs = float('inf')), ValueError, 'lr_decay_epochs must be finite'),
+    (dict(thought_loss = float('inf')), ValueError, 'thought_loss must be finite'),
+    (dict(seed = -1), ValueError, 'seed must be >= 0'),
+    (dict(lr = '1e-3'), TypeError, 'lr must be a number'),
+    (dict(uniform_prob = 1.5), ValueError, 'uniform_prob must be at most 1'),
+    (dict(time_budget = -1.), ValueError, 'time_budget must be finite and >= 0'),
+    (dict(task = 'gsm8k'), ValueError, 'task must be one of'),
+    (dict(method = 'icot'), ValueError, 'method must be one of'),
+    (dict(task_kwargs = '{}'), TypeError, 'task_kwargs must be a dict'),
+    (dict(train_file = 3), TypeError, 'train_file must be a path'),
+    (dict(train_file = 'x.json', fresh_data = True), ValueError, 'cannot be used with train_file'),
+    (dict(cuda_graphs = True), ValueError, 'cuda_graphs needs a CUDA device'),
+    (dict(cuda_graphs = True, compile = True, device = 'cuda'), ValueError, 'cannot be combined'),
+    (dict(cuda_graphs = True, checkpoint = True, device = 'cuda'), ValueError, 'cannot be combined'),
+])
+def test_train_config_names_the_bad_setting(setting, error, message):
+    with pytest.raises(error, match = message):
+        TrainConfig(**setting)
+
+
+def test_checkpoints_from_before_the_held_out_filter_read_as_unfiltered():
+    assert TrainConfig.from_dict(dict(task = 'running_sum')).exclude_held_out is False
+    assert TrainConfig.from_dict(dict(task = 'running_sum', exclude_held_out = True)).exclude_held_out is True

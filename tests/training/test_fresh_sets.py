@@ -1,7 +1,9 @@
-"""FreshSets' worker processes end with the training process however it ends (SIGKILL and SIGTERM included), the
-multiprocessing resource tracker with them, and `close` does not leave a worker making an epoch nobody will use.
+"""A new training set every epoch: seeds apart from the held-out set's, and sets from the worker processes equal to
+sets made in line.
 
-Each test starts real processes and reads /proc, so it runs on Linux only. Most of its time is the workers' start
+FreshSets' worker processes end with the training process however it ends (SIGKILL and SIGTERM included), the
+multiprocessing resource tracker with them, and `close` does not leave a worker making an epoch nobody will use.
+Those tests start real processes and read /proc, so they run on Linux only. Most of their time is the workers' start
 (importing torch)."""
 
 from __future__ import annotations
@@ -15,14 +17,71 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import coconut_pytorch
-from coconut_pytorch.curriculum import Curriculum, EpochLayout
-from coconut_pytorch.data.fresh_sets import FreshSets
+from coconut_pytorch.data import WordTokenizer
 from coconut_pytorch.data.tasks import get_task
-from coconut_pytorch.data.tokenizer import WordTokenizer
+from coconut_pytorch.training.batches import EpochLayout
+from coconut_pytorch.training.fresh_sets import FreshSets
+from coconut_pytorch.training.schedule import Curriculum
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith('linux'), reason = 'finds processes through /proc')
+linux_only = pytest.mark.skipif(not sys.platform.startswith('linux'), reason = 'finds processes through /proc')
+
+
+def test_fresh_data_draws_new_sets_apart_from_the_held_out_seed():
+    from coconut_pytorch.data.tasks import get_task
+    from coconut_pytorch.training.fresh_sets import fresh_data_seed, held_out_seed
+
+    seeds = [fresh_data_seed(seed, epoch) for seed in (0, 1, 7) for epoch in range(1, 50)]
+    held_out = {held_out_seed(seed) for seed in (0, 1, 7)}
+    assert len(set(seeds)) == len(seeds) and not held_out & set(seeds) and not {0, 1, 7} & set(seeds)
+
+    task = get_task('running_sum', num_digits = 4)
+    first, second = (task.generate(64, seed = fresh_data_seed(0, epoch)) for epoch in (1, 2))
+    assert [e.question for e in first] != [e.question for e in second]
+
+
+def test_fresh_sets_from_the_workers_equal_sets_made_in_line():
+    from coconut_pytorch.training.batches import EpochLayout
+    from coconut_pytorch.training.fresh_sets import FreshSets, fresh_data_seed, generate_epoch
+    from coconut_pytorch.data.tasks import get_task
+
+    tokenizer = WordTokenizer(get_task('prosqa').vocabulary())
+    curriculum = Curriculum(max_latent_stage = 6, epochs_per_stage = 1, uniform_prob = 0.3)
+    # with thought targets, so that every field of a batch travels back from the workers
+    layout = EpochLayout(tokenizer, curriculum, batch_size = 10, seed = 3, with_thought_targets = True)
+    in_line = {epoch: generate_epoch('prosqa', {}, 24, fresh_data_seed(3, epoch), layout, epoch) for epoch in (1, 2, 3)}
+
+    def same(made, expected):
+        (batches, longest), (expected_batches, expected_longest) = made, expected
+        assert longest == expected_longest and len(batches) == len(expected_batches) == 3
+        for batch, expected_batch in zip(batches, expected_batches):
+            assert batch.thought_targets is not None
+            for t, e in zip(batch, expected_batch):
+                assert torch.equal(t, e)
+
+    sets = FreshSets('prosqa', {}, 24, 3, total_epochs = 4, layout = layout, workers = 2)
+    try:
+        assert sets.pool is not None and sorted(sets.pending) == [1, 2]   # two epochs in the making ahead
+        fetched = {epoch: sets.get(epoch) for epoch in (1, 2, 3)}
+        assert not sets.pending  # nothing is generated past the last epoch
+    finally:
+        sets.close()
+    for epoch in (1, 2, 3):
+        same(fetched[epoch], in_line[epoch])
+    # batches come back by value, not as shared-memory tensors that each hold a file descriptor open
+    assert not any(t.is_shared() for batch in fetched[1][0] for t in batch)
+    # each epoch is laid out at its own stage (most rows; uniform_prob mixes in others)
+    assert [int(fetched[epoch][0][0].num_thoughts.mode().values) for epoch in (1, 2, 3)] == [1, 2, 3]
+
+    # workers that cannot run fall back to making the epoch in line
+    broken = FreshSets('prosqa', {}, 24, 3, total_epochs = 4, layout = layout, workers = 1)
+    broken.close()
+    same(broken.get(2), in_line[2])
+
+
+# the worker processes
 
 ROOT = Path(coconut_pytorch.__file__).resolve().parents[1]   # the checkout under test, for the child processes
 
@@ -34,8 +93,9 @@ SMALL, LARGE = 32, 200_000      # examples in a small epoch, and in a large one 
 CHILD = f'''
 import sys, time
 from concurrent.futures import wait
-from coconut_pytorch.curriculum import Curriculum, EpochLayout
-from coconut_pytorch.data.fresh_sets import FreshSets
+from coconut_pytorch.training.batches import EpochLayout
+from coconut_pytorch.training.schedule import Curriculum
+from coconut_pytorch.training.fresh_sets import FreshSets
 from coconut_pytorch.data.tasks import get_task
 from coconut_pytorch.data.tokenizer import WordTokenizer
 
@@ -135,6 +195,7 @@ def wait_for(process: subprocess.Popen, word: str, timeout: float = 120.):
     assert line.strip() == word, f'the training process did not say {word!r} (exit code {process.poll()}, said {line!r})'
 
 
+@linux_only
 @pytest.mark.parametrize('signal_name, worker', KILLS)
 def test_workers_and_resource_tracker_end_with_a_killed_training_process(training_processes, signal_name, worker):
     process = training_processes[signal_name, worker]
@@ -166,6 +227,7 @@ def long_epochs(workers: int) -> LongEpochs:
     return LongEpochs('running_sum', dict(num_digits = 3), SMALL, 0, total_epochs = 4, layout = layout, workers = workers)
 
 
+@linux_only
 def test_close_ends_a_worker_busy_on_an_epoch_nobody_will_use():
     before = children(os.getpid())
     sets = long_epochs(workers = 1)
@@ -183,6 +245,7 @@ def test_close_ends_a_worker_busy_on_an_epoch_nobody_will_use():
         kill_all(workers)
 
 
+@linux_only
 def test_ctrl_c_is_left_to_the_training_process():
     # Ctrl-C signals the whole process group: the training process handles it (and closes the pool), while a
     # worker would raise KeyboardInterrupt into the epoch it makes, or die of it when idle

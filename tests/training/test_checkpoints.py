@@ -1,4 +1,5 @@
-"""Runs never lose or corrupt work: divergence, overwrites, concurrent runs, damaged checkpoints, changed data."""
+"""Runs never lose or corrupt work: overwrites, concurrent runs (the lock), atomic saves, damaged checkpoints named
+in one line, a device with an index, and data that changed before a resume."""
 
 import json
 import os
@@ -10,18 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT, SMALL, TINY, checkpoint_bytes, running_sum_files
 
-from coconut_pytorch.checkpoints import RunLock, RunLockError, read_checkpoint, save_checkpoint
 from coconut_pytorch.data.example import Example
 from coconut_pytorch.data.loaders import save_json_examples
-from coconut_pytorch.train_step import TrainStep
-from coconut_pytorch.training import NonFiniteSteps, TrainConfig, load_trained, train
-
-ROOT = Path(__file__).resolve().parent.parent
-
-TINY = dict(task = 'running_sum', task_kwargs = dict(num_digits = 3), train_size = 128, eval_size = 8, batch_size = 32,
-            epochs_per_stage = 1, final_epochs = 0, dim = 16, depth = 1, heads = 2, dim_head = 8, num_residual_streams = 1,
-            warmup_steps = 0)
+from coconut_pytorch.training import TrainConfig, load_trained, train
+from coconut_pytorch.training.checkpoints import RunLock, RunLockError, read_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope = 'module')
@@ -32,102 +27,8 @@ def trained(tmp_path_factory):
     return out
 
 
-def checkpoint_bytes(out: Path) -> bytes:
-    return (out / 'checkpoint.pt').read_bytes()
+# overwrites, locks, atomic saves
 
-
-def poison_losses_from(monkeypatch, first_call: int, last_call: int | None = None):
-    """Make the training step's loss (and so every gradient) NaN on calls first_call..last_call (0-based)."""
-    eager, calls = TrainStep.eager, [0]
-
-    def eager_with_nan(self, batch):
-        index = calls[0]
-        calls[0] += 1
-        if index >= first_call and (last_call is None or index <= last_call):
-            original = self.loss_scale
-            self.loss_scale = float('nan')
-            try:
-                stats = eager(self, batch)
-            finally:
-                self.loss_scale = original
-            return stats._replace(loss = stats.loss * float('nan'))
-        return eager(self, batch)
-
-    monkeypatch.setattr(TrainStep, 'eager', eager_with_nan)
-
-
-# 1. divergence
-
-def test_a_diverging_run_stops_without_saving_and_says_why(tmp_path, monkeypatch):
-    config = TrainConfig(**{**TINY, 'time_budget': 0., 'max_nonfinite_steps': 3})
-    train(config, tmp_path)     # one good epoch
-    good = checkpoint_bytes(tmp_path)
-
-    poison_losses_from(monkeypatch, 0)
-    result = train(TrainConfig(**{**TINY, 'max_nonfinite_steps': 3}), tmp_path, resume = True)
-
-    assert result['finished'] is False and result['stopped'] == 'diverged'
-    assert 'non-finite' in result['reason'] and 'epoch 2' in result['reason'] and result['accuracy'] is None
-    assert checkpoint_bytes(tmp_path) == good     # the last good checkpoint is untouched
-    json.dumps(result, allow_nan = False)
-
-
-def test_a_single_non_finite_step_is_skipped_and_counted(tmp_path, monkeypatch):
-    poison_losses_from(monkeypatch, 1, 1)
-    result = train(TrainConfig(**TINY), tmp_path)
-    assert result['finished'] is True
-
-    state = read_checkpoint(tmp_path / 'checkpoint.pt')     # refuses non-finite weights
-    first = state['history'][0]
-    assert first['skipped_steps'] == 1 and first['loss'] is not None and torch.isfinite(torch.tensor(first['loss']))
-    assert all('skipped_steps' not in record for record in state['history'][1:])
-
-
-def test_the_command_exits_non_zero_on_divergence_with_json_lines(tmp_path):
-    out = tmp_path / 'run'
-    args = ['--lr', '1e30', '--train-size', '128', '--eval-size', '8', '--batch-size', '32', '--dim', '16', '--depth', '1',
-            '--heads', '2', '--dim-head', '8', '--num-residual-streams', '1', '--epochs-per-stage', '1', '--final-epochs', '0',
-            '--warmup-steps', '0', '--max-nonfinite-steps', '2', '--out', str(out)]
-    done = subprocess.run([sys.executable, str(ROOT / 'train_toy.py'), *args], capture_output = True, text = True, cwd = tmp_path)
-    assert done.returncode != 0, done.stdout + done.stderr
-    assert 'diverged' in done.stderr and 'Traceback' not in done.stderr
-
-    lines = [line for line in done.stdout.splitlines() if line.startswith('{')]
-    records = [json.loads(line, parse_constant = lambda name: pytest.fail(f'{name} in a log line')) for line in lines]
-    assert records[-1]['finished'] is False and records[-1]['stopped'] == 'diverged'
-    if (out / 'checkpoint.pt').exists():
-        load_trained(out / 'checkpoint.pt')     # whatever was saved holds finite weights
-
-
-def test_non_finite_steps_are_skipped_on_the_device_with_a_fused_optimizer():
-    # the GPU path: fused AdamW skips a flagged step itself, with no host sync; checked here on the CPU's fused AdamW
-    model = torch.nn.Linear(3, 2)
-    try:
-        optimizer = torch.optim.AdamW(model.parameters(), lr = 0.1, fused = True)
-    except (RuntimeError, TypeError):
-        pytest.skip('no fused AdamW on this device')
-    guard = NonFiniteSteps(limit = 3, device = torch.device('cpu'), check_every = 1)
-
-    def step(loss_finite: bool, grad: float):
-        for p in model.parameters():
-            p.grad = torch.full_like(p, grad)
-        guard.apply(model, optimizer, 0.1, 1., torch.tensor(loss_finite))
-
-    before = [p.detach().clone() for p in model.parameters()]
-    step(True, float('nan'))
-    step(False, 1.)
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    assert all(float(s['step']) == 0 for s in optimizer.state.values())
-    step(True, 1.)
-    assert not torch.equal(before[0], model.weight) and guard.in_a_row.item() == 0
-    step(False, 1.)
-    step(False, 1.)
-    from coconut_pytorch.training import Diverged
-    with pytest.raises(Diverged, match = '3 optimizer steps in a row'):
-        step(True, float('inf'))
-
-
-# 2. overwrites, locks, atomic saves
 
 def test_a_new_run_refuses_an_out_dir_that_holds_one(trained):
     good = checkpoint_bytes(trained)
@@ -146,7 +47,7 @@ def test_overwrite_replaces_a_run(tmp_path):
 
 
 def test_a_locked_out_dir_is_refused_and_a_killed_holder_leaves_no_lock(tmp_path):
-    holder = subprocess.Popen([sys.executable, '-c', 'import sys, time; from coconut_pytorch.checkpoints import RunLock; '
+    holder = subprocess.Popen([sys.executable, '-c', 'import sys, time; from coconut_pytorch.training.checkpoints import RunLock; '
                                'lock = RunLock(sys.argv[1]); lock.acquire(); print("held", flush = True); time.sleep(60)', str(tmp_path)],
                               stdout = subprocess.PIPE, text = True)
     try:
@@ -215,7 +116,8 @@ def test_an_interrupted_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ['checkpoint.pt']
 
 
-# 4. loading checkpoints: one checked path
+# loading checkpoints: one checked path
+
 
 def damaged_copies(trained: Path, tmp_path: Path) -> dict[str, Path]:
     source = trained / 'checkpoint.pt'
@@ -296,6 +198,20 @@ def test_a_device_with_an_index_round_trips(tmp_path):
     train(TrainConfig(**{**TINY, 'device': 'cpu:0'}), tmp_path, resume = True)
     model, *_ = load_trained(tmp_path / 'checkpoint.pt', device = 'cpu:0')
     assert model.device.type == 'cpu'
+
+
+# resuming over data that changed
+
+
+def test_resume_refuses_data_files_whose_vocabulary_changed(tmp_path):
+    train_file, eval_file = running_sum_files(tmp_path)
+    config = TrainConfig(**{**SMALL, 'train_file': str(train_file), 'eval_file': str(eval_file), 'time_budget': 0.})
+    train(config, tmp_path / 'run')
+    # the same number of words, one spelled differently: every id after it would silently shift
+    for path in (train_file, eval_file):
+        path.write_text(path.read_text().replace('7', 'x7'))
+    with pytest.raises(ValueError, match = 'vocabulary'):
+        train(config, tmp_path / 'run', resume = True)
 
 
 def test_resume_refuses_training_files_whose_answers_changed(tmp_path):

@@ -5,10 +5,12 @@ import pytest
 import torch
 
 from coconut_pytorch import Coconut
-from coconut_pytorch.curriculum import Batch, Curriculum, collate, encode_at_stage
 from coconut_pytorch.data import Example, WordTokenizer
 from coconut_pytorch.inputs import PAD_ID
-from coconut_pytorch.train_step import TrainStep
+from coconut_pytorch.training.batches import Batch, collate, encode_at_stage
+from coconut_pytorch.training.schedule import Curriculum
+from coconut_pytorch.training.step import TrainStep
+
 
 EXAMPLES = [
     Example(question = 'q1 q2', steps = ['s1 a', 's2 b'], answer = 'ans'),
@@ -16,6 +18,7 @@ EXAMPLES = [
     Example(question = 'q2', steps = ['s2 b'], answer = 'ans'),
     Example(question = 'q1 q3 q3', steps = ['s4 d', 's3 c'], answer = 'ans'),
 ]
+
 TOKENIZER = WordTokenizer.from_texts([text for e in EXAMPLES for text in (e.question, *e.steps, e.answer)])
 
 

@@ -1,0 +1,261 @@
+"""Training runs end to end: every method trains, saves and evaluates; a resumed run continues exactly; a run learns;
+the lr schedule and the thought loss as the loop applies them; a diverging run stops without saving; and the evaluate
+command on runs trained here."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import ROOT, SMALL, TINY, checkpoint_bytes, running_sum_files
+
+from coconut_pytorch.data import Example, WordTokenizer, save_json_examples
+from coconut_pytorch.evaluate import answer_text
+from coconut_pytorch.training import METHODS, TrainConfig, load_trained, train
+from coconut_pytorch.training.checkpoints import read_checkpoint
+from coconut_pytorch.training.step import TrainStep
+
+
+def test_token_stages_default_to_removing_the_longest_examples_language(tmp_path):
+    from coconut_pytorch.data.tasks import get_task
+    from coconut_pytorch.data.tokenizer import target_lengths
+    task = get_task('running_sum', num_digits = 3)
+    longest = max(steps for steps, _ in target_lengths(task.generate(SMALL['train_size'], seed = 0), WordTokenizer(task.vocabulary())))
+    result = train(TrainConfig(method = 'no_thoughts', tokens_per_stage = 4, **SMALL), tmp_path)
+    assert result['final_stage'] == -(-longest // 4) and result['stage'] == result['final_stage'] and result['num_thoughts'] == 0
+
+
+@pytest.mark.parametrize('method', METHODS)
+def test_every_method_trains_saves_and_evaluates(tmp_path, method):
+    result = train(TrainConfig(method = method, **SMALL), tmp_path)
+    assert result['finished'] and result['n'] == 64 and 0. <= result['accuracy'] <= 1.
+    assert (tmp_path / 'training.png').stat().st_size > 0
+
+    model, tokenizer, config, info = load_trained(tmp_path / 'checkpoint.pt')
+    assert config.method == method
+    expected_thoughts = {'coconut': 2, 'coconut_no_curriculum': 2, 'pause': 2, 'pause_as_thought': 2}.get(method, 0)
+    assert info['num_thoughts'] == expected_thoughts
+
+
+@pytest.mark.parametrize('fresh_data, rewarm', [(False, False), (True, False), (False, True)])
+def test_resume_continues_exactly(tmp_path, fresh_data, rewarm):
+    config = TrainConfig(method = 'coconut', fresh_data = fresh_data, rewarm_each_stage = rewarm, **SMALL)
+
+    straight = train(config, tmp_path / 'straight')
+
+    # stop after the first epoch (a zero budget), then resume to the end
+    first = train(TrainConfig(**{**config.__dict__, 'time_budget': 0.}), tmp_path / 'resumed')
+    assert not first['finished'] and first['epoch'] == 0
+    resumed = train(config, tmp_path / 'resumed', resume = True)
+
+    straight_state = torch.load(tmp_path / 'straight' / 'checkpoint.pt', weights_only = True)
+    resumed_state = torch.load(tmp_path / 'resumed' / 'checkpoint.pt', weights_only = True)
+    assert [h['loss'] for h in straight_state['history']] == pytest.approx([h['loss'] for h in resumed_state['history']], rel = 1e-5)
+    for name, tensor in straight_state['model'].items():
+        torch.testing.assert_close(tensor, resumed_state['model'][name], rtol = 1e-5, atol = 1e-6)
+    assert resumed['accuracy'] == straight['accuracy']
+    assert resumed_state['inference'] == straight_state['inference']
+
+    with pytest.raises(ValueError, match = 'differs'):
+        train(TrainConfig(**{**config.__dict__, 'lr': 0.5}), tmp_path / 'resumed', resume = True)
+
+
+def test_training_run_learns(tmp_path):
+    config = TrainConfig(method = 'coconut', task = 'running_sum', task_kwargs = dict(num_digits = 3), train_size = 1000, eval_size = 200,
+                         batch_size = 64, epochs_per_stage = 2, final_epochs = 10, dim = 64, depth = 2, heads = 4, dim_head = 16, lr = 2e-3)
+    result = train(config, tmp_path)
+    assert result['accuracy'] >= 0.9, result
+
+
+def test_train_names_an_out_dir_that_is_a_file_and_a_missing_gpu(tmp_path):
+    a_file = tmp_path / 'taken'
+    a_file.write_text('')
+    with pytest.raises(ValueError, match = 'is a file'):
+        train(TrainConfig(**SMALL), a_file)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match = 'sees no CUDA GPU'):
+            train(TrainConfig(**{**SMALL, 'device': 'cuda'}), tmp_path / 'run')
+        assert not (tmp_path / 'run').exists()
+
+
+def test_rewarm_changes_training_only_after_the_first_stage(tmp_path):
+    histories = {}
+    for rewarm in (False, True):
+        train(TrainConfig(method = 'coconut', rewarm_each_stage = rewarm, **{**SMALL, 'warmup_steps': 50}), tmp_path / str(rewarm))
+        histories[rewarm] = [h['loss'] for h in torch.load(tmp_path / str(rewarm) / 'checkpoint.pt', weights_only = True)['history']]
+    assert histories[True][0] == histories[False][0]     # stage 0: the same optimizer and warmup
+    assert histories[True][1] != histories[False][1]     # stage 1: a fresh optimizer, warmed up again or not
+
+
+def test_a_run_decays_its_lr_over_its_last_epochs(tmp_path, monkeypatch):
+    # the loop hands each optimizer step how much of the run is left: with lr_decay_epochs = 1, every epoch but the
+    # last runs at the full lr, and the last one falls to 0 step by step
+    lrs = []
+    step = torch.optim.AdamW.step
+    # recorded where every update happens, whichever module runs the loop (steps are never skipped here: the loss is finite)
+    monkeypatch.setattr(torch.optim.AdamW, 'step', lambda self, *args, **kwargs: (lrs.append(self.param_groups[0]['lr']), step(self, *args, **kwargs))[1])
+    train(TrainConfig(method = 'coconut', lr_decay_epochs = 1, **{**SMALL, 'warmup_steps': 0}), tmp_path)
+
+    epochs = len(torch.load(tmp_path / 'checkpoint.pt', weights_only = True)['history'])
+    per_epoch = len(lrs) // epochs
+    assert epochs > 1 and per_epoch > 1 and len(lrs) == epochs * per_epoch
+    assert lrs[:-per_epoch] == pytest.approx([TrainConfig.lr] * (epochs - 1) * per_epoch)
+    assert lrs[-per_epoch:] == pytest.approx([TrainConfig.lr * (per_epoch - k) / per_epoch for k in range(1, per_epoch + 1)])
+
+
+def test_thought_loss_is_trained_and_logged(tmp_path):
+    config = TrainConfig(method = 'coconut', thought_loss = 1., **{**SMALL, 'epochs_per_stage': 2, 'final_epochs': 2})
+    result = train(config, tmp_path)
+    history = torch.load(tmp_path / 'checkpoint.pt', weights_only = True)['history']
+    thought_losses = [record['thought_loss'] for record in history]
+    assert thought_losses[0] == 0.      # stage 0 has no thoughts
+    latent = [loss for loss, record in zip(thought_losses, history) if record['stage'] > 0]
+    assert all(loss > 0 for loss in latent) and latent[-1] < latent[0], thought_losses
+    model, _, loaded, _ = load_trained(result['checkpoint'])
+    assert loaded.thought_loss == 1. and model.thought_loss_weight == 1.
+
+    with pytest.raises(ValueError, match = 'thought_loss needs continuous thoughts'):
+        TrainConfig(method = 'pause', thought_loss = 1.)
+    with pytest.raises(ValueError, match = 'thought_loss must be finite and >= 0'):
+        TrainConfig(thought_loss = -1.)
+
+
+# divergence
+
+
+def poison_losses_from(monkeypatch, first_call: int, last_call: int | None = None):
+    """Make the training step's loss (and so every gradient) NaN on calls first_call..last_call (0-based)."""
+    eager, calls = TrainStep.eager, [0]
+
+    def eager_with_nan(self, batch):
+        index = calls[0]
+        calls[0] += 1
+        if index >= first_call and (last_call is None or index <= last_call):
+            original = self.loss_scale
+            self.loss_scale = float('nan')
+            try:
+                stats = eager(self, batch)
+            finally:
+                self.loss_scale = original
+            return stats._replace(loss = stats.loss * float('nan'))
+        return eager(self, batch)
+
+    monkeypatch.setattr(TrainStep, 'eager', eager_with_nan)
+
+
+def test_a_diverging_run_stops_without_saving_and_says_why(tmp_path, monkeypatch):
+    config = TrainConfig(**{**TINY, 'time_budget': 0., 'max_nonfinite_steps': 3})
+    train(config, tmp_path)     # one good epoch
+    good = checkpoint_bytes(tmp_path)
+
+    poison_losses_from(monkeypatch, 0)
+    result = train(TrainConfig(**{**TINY, 'max_nonfinite_steps': 3}), tmp_path, resume = True)
+
+    assert result['finished'] is False and result['stopped'] == 'diverged'
+    assert 'non-finite' in result['reason'] and 'epoch 2' in result['reason'] and result['accuracy'] is None
+    assert checkpoint_bytes(tmp_path) == good     # the last good checkpoint is untouched
+    json.dumps(result, allow_nan = False)
+
+
+def test_a_single_non_finite_step_is_skipped_and_counted(tmp_path, monkeypatch):
+    poison_losses_from(monkeypatch, 1, 1)
+    result = train(TrainConfig(**TINY), tmp_path)
+    assert result['finished'] is True
+
+    state = read_checkpoint(tmp_path / 'checkpoint.pt')     # refuses non-finite weights
+    first = state['history'][0]
+    assert first['skipped_steps'] == 1 and first['loss'] is not None and torch.isfinite(torch.tensor(first['loss']))
+    assert all('skipped_steps' not in record for record in state['history'][1:])
+
+
+def test_the_command_exits_non_zero_on_divergence_with_json_lines(tmp_path):
+    out = tmp_path / 'run'
+    args = ['--lr', '1e30', '--train-size', '128', '--eval-size', '8', '--batch-size', '32', '--dim', '16', '--depth', '1',
+            '--heads', '2', '--dim-head', '8', '--num-residual-streams', '1', '--epochs-per-stage', '1', '--final-epochs', '0',
+            '--warmup-steps', '0', '--max-nonfinite-steps', '2', '--out', str(out)]
+    done = subprocess.run([sys.executable, str(ROOT / 'train_toy.py'), *args], capture_output = True, text = True, cwd = tmp_path)
+    assert done.returncode != 0, done.stdout + done.stderr
+    assert 'diverged' in done.stderr and 'Traceback' not in done.stderr
+
+    lines = [line for line in done.stdout.splitlines() if line.startswith('{')]
+    records = [json.loads(line, parse_constant = lambda name: pytest.fail(f'{name} in a log line')) for line in lines]
+    assert records[-1]['finished'] is False and records[-1]['stopped'] == 'diverged'
+    if (out / 'checkpoint.pt').exists():
+        load_trained(out / 'checkpoint.pt')     # whatever was saved holds finite weights
+
+
+# the evaluate command, on runs trained here
+
+
+def test_answer_text_takes_what_follows_the_last_separator():
+    tokenizer = WordTokenizer(['Tom', 'is', 'a', 'wumpus', '.'])
+    ids = tokenizer.encode('Tom is a wumpus.')
+    generated = ids + [tokenizer.sep_id] + ids + [tokenizer.eos_id] + ids + [-1, -1]
+    assert answer_text(generated, tokenizer) == 'Tom is a wumpus.'
+    assert answer_text(ids, tokenizer) == 'Tom is a wumpus.'
+
+
+def test_evaluate_command_on_files(tmp_path):
+    train(TrainConfig(method = 'coconut', **SMALL), tmp_path)
+    checkpoint = tmp_path / 'checkpoint.pt'
+
+    data = tmp_path / 'data.json'
+    save_json_examples([Example(question = '1 2 3', steps = ['3', '6'], answer = '6'), Example(question = '4 4 4', steps = ['8', '2'], answer = '2')], data)
+
+    unknown = tmp_path / 'unknown.json'
+    save_json_examples([Example(question = '1 2 3', steps = [], answer = '6'), Example(question = 'what is this', steps = [], answer = '6')], unknown)
+    broken = tmp_path / 'broken.json'
+    broken.write_text('[{"question": "1 2"')
+    # a gold answer the vocabulary cannot write would count as wrong whatever the model did: an error instead
+    unwritable = tmp_path / 'unwritable.json'
+    save_json_examples([Example(question = '1 2 3', steps = [], answer = '6'), Example(question = '1 2 3', steps = [], answer = 'six')], unwritable)
+    damaged = tmp_path / 'damaged.pt'
+    torch.save({k: v for k, v in torch.load(checkpoint, weights_only = True).items() if k != 'tokenizer'}, damaged)
+
+    # every command starts at once (each spends seconds importing torch), then each is judged
+    def start(*args, checkpoint = checkpoint):
+        return subprocess.Popen([sys.executable, '-m', 'coconut_pytorch.evaluate', '--checkpoint', str(checkpoint), *args],
+                                stdout = subprocess.PIPE, stderr = subprocess.PIPE, text = True)
+    runs = dict(done = start('--data', str(data), '--device', 'cpu', '--num-thoughts', '0', '--limit', '1'),
+                unknown = start('--data', str(unknown), '--device', 'cpu'),
+                broken = start('--data', str(broken), '--device', 'cpu'),
+                unwritable = start('--data', str(unwritable), '--device', 'cpu'),
+                damaged = start('--data', str(data), checkpoint = damaged),
+                **{flag: start('--data', str(data), '--device', 'cpu', flag, '0') for flag in ('--batch-size', '--max-new-tokens')})
+    finished = {name: (process.communicate(), process.returncode) for name, process in runs.items()}
+    run = lambda name: subprocess.CompletedProcess([], finished[name][1], *finished[name][0])
+
+    done = run('done')
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result['n'] == 1 and result['num_thoughts'] == 0 and set(result) >= {'accuracy', 'n', 'mean_new_tokens', 'seconds'}
+
+    failed = run('unknown')
+    assert failed.returncode != 0 and 'example 1' in failed.stderr and 'what' in failed.stderr
+
+    failed = run('broken')
+    assert failed.returncode != 0 and 'broken.json' in failed.stderr
+
+    failed = run('unwritable')
+    assert failed.returncode != 0 and 'example 1' in failed.stderr and 'six' in failed.stderr
+
+    failed = run('damaged')
+    assert failed.returncode != 0 and 'missing: tokenizer' in failed.stderr
+
+    for flag in ('--batch-size', '--max-new-tokens'):
+        failed = run(flag)
+        assert failed.returncode != 0 and flag in failed.stderr
+
+
+def test_trains_on_files_and_the_evaluate_command_agrees(tmp_path):
+    train_file, eval_file = running_sum_files(tmp_path)
+    config = TrainConfig(**{**SMALL, 'train_file': str(train_file), 'eval_file': str(eval_file)})
+    result = train(config, tmp_path / 'run')
+    assert result['n'] == 40 and result['task'] == str(train_file)
+
+    run = subprocess.run([sys.executable, '-m', 'coconut_pytorch.evaluate', '--checkpoint', str(tmp_path / 'run' / 'checkpoint.pt'),
+                          '--data', str(eval_file)], capture_output = True, text = True)
+    assert run.returncode == 0, run.stderr
+    evaluated = json.loads(run.stdout.strip().splitlines()[-1])
+    assert evaluated['n'] == 40 and evaluated['accuracy'] == result['accuracy'] and evaluated['task'] == result['task'] == str(train_file)
