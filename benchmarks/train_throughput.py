@@ -5,7 +5,7 @@
     python benchmarks/train_throughput.py --device cpu --small  # smoke run
     python benchmarks/train_throughput.py --thought-loss 1 --pad-to-longest   # as the seventh session's ProsQA runs
     python benchmarks/train_throughput.py --task multiplication --task-kwargs '{"num_digits_a":4,"num_digits_b":4}' \
-        --tokens-per-stage 8 --c-thought 8 --max-latent-stage 6 --stages 0,6   # one thought per language token
+        --tokens-per-stage 8 --thoughts-per-step 8 --max-latent-stage 6 --stages 0,6   # one thought per language token
 
 For each stage it lays out one generated set at that stage (as `train` does), then times `--batches` optimizer
 steps (forward, backward, clip, AdamW; bf16 autocast on CUDA) after `--warmup` untimed ones, with
@@ -140,7 +140,7 @@ def main():
     parser.add_argument('--task-kwargs', type = json.loads, default = {'steps': 'frontier'})
     parser.add_argument('--method', default = 'coconut')
     parser.add_argument('--max-latent-stage', type = int, default = 6)
-    parser.add_argument('--c-thought', type = int, default = 1, help = 'continuous thoughts per replaced step (or per token piece)')
+    parser.add_argument('--thoughts-per-step', '--c-thought', type = int, default = 1, help = 'continuous thoughts per replaced step (or per token piece)')
     parser.add_argument('--tokens-per-stage', type = int, default = None, help = 'stages remove this many language tokens, not whole steps')
     parser.add_argument('--stages', default = '0,3,6')
     parser.add_argument('--batches', type = int, default = 30)
@@ -158,7 +158,7 @@ def main():
     batch_size = model_settings['batch_size']
     config = TrainConfig(
         task = args.task, task_kwargs = args.task_kwargs, method = args.method, max_latent_stage = args.max_latent_stage,
-        c_thought = args.c_thought, tokens_per_stage = args.tokens_per_stage,
+        thoughts_per_step = args.thoughts_per_step, tokens_per_stage = args.tokens_per_stage,
         train_size = (args.warmup + args.batches) * batch_size, eval_size = 1, device = args.device, bf16 = cuda, thought_loss = args.thought_loss,
         **model_settings
     )

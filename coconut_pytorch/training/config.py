@@ -17,11 +17,11 @@ from coconut_pytorch.data.tasks.base import check_int
 from coconut_pytorch.training.schedule import ALIGNABLE_METHODS, METHODS, Curriculum
 
 
-def setting(default, help: str, cli: str | None = None, choices: Sequence[str] | None = None):
-    """A `TrainConfig` field with its help text (and its command-line name where that is not the field's own, and
-    its choices): the one place a setting is described, for the docs and for `train_toy.py`'s options
-    (`add_config_arguments`). A callable default (`dict`) is a factory."""
-    metadata = dict(help = help, cli = cli, choices = choices)
+def setting(default, help: str, cli: str | None = None, choices: Sequence[str] | None = None, aliases: Sequence[str] = ()):
+    """A `TrainConfig` field with its help text (and its command-line name where that is not the field's own, other
+    names the option also answers to, and its choices): the one place a setting is described, for the docs and for
+    `train_toy.py`'s options (`add_config_arguments`). A callable default (`dict`) is a factory."""
+    metadata = dict(help = help, cli = cli, choices = choices, aliases = tuple(aliases))
     if callable(default):
         return field(default_factory = default, metadata = metadata)
     return field(default = default, metadata = metadata)
@@ -36,7 +36,7 @@ class TrainConfig:
     method: str = setting('coconut', 'coconut, or a baseline or ablation of the paper', choices = METHODS)
 
     # curriculum
-    c_thought: int = setting(1, 'continuous thoughts per replaced step')
+    thoughts_per_step: int = setting(1, "c: continuous thoughts in place of each replaced step (the paper's c_thought)", aliases = ('c-thought',))
     max_latent_stage: int | None = setting(None, "the last stage (default: the task's largest number of steps)")
     epochs_per_stage: int = setting(2, 'epochs at each stage of the schedule')
     final_epochs: int = setting(6, 'extra epochs at the last stage, after the schedule')
@@ -97,7 +97,7 @@ class TrainConfig:
     def __post_init__(self):
         # every mistake named before any data is generated or any model built
         for name in ('train_size', 'eval_size', 'batch_size', 'grad_accum', 'dim', 'depth', 'heads', 'dim_head',
-                     'num_residual_streams', 'c_thought', 'epochs_per_stage'):
+                     'num_residual_streams', 'thoughts_per_step', 'epochs_per_stage'):
             check_int(name, getattr(self, name), 1)
         for name in ('final_epochs', 'warmup_steps'):
             check_int(name, getattr(self, name), 0)
@@ -159,7 +159,7 @@ class TrainConfig:
             max_latent_stage = -(-longest_language // self.tokens_per_stage)
         return Curriculum(
             method = self.method,
-            thoughts_per_step = self.c_thought,
+            thoughts_per_step = self.thoughts_per_step,
             max_latent_stage = max_latent_stage if max_latent_stage is not None else task_max_steps,
             epochs_per_stage = self.epochs_per_stage,
             pad_latent_to_max = self.pad_latent_to_max,
@@ -172,8 +172,13 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
+        # settings under the names earlier checkpoints saved them by
+        values = {RENAMED.get(key, key): value for key, value in values.items()}
         # a checkpoint saved before exclude_held_out existed trained on unfiltered sets
         return cls(**{'exclude_held_out': False, **{key: value for key, value in values.items() if key in known}})
+
+
+RENAMED = dict(c_thought = 'thoughts_per_step')
 
 
 # how a setting's text on the command line becomes its value, by the field's annotation
@@ -187,12 +192,12 @@ def add_config_arguments(parser: argparse.ArgumentParser):
     for setting_field in fields(TrainConfig):
         meta = setting_field.metadata
         default = setting_field.default_factory() if setting_field.default is MISSING else setting_field.default
-        option = '--' + (meta.get('cli') or setting_field.name.replace('_', '-'))
+        option = ['--' + (meta.get('cli') or setting_field.name.replace('_', '-'))] + ['--' + alias for alias in meta.get('aliases', ())]
         if setting_field.type == 'bool':
-            parser.add_argument(option, dest = setting_field.name, action = 'store_false' if default else 'store_true', help = meta['help'])
+            parser.add_argument(*option, dest = setting_field.name, action = 'store_false' if default else 'store_true', help = meta['help'])
             continue
         kind = OPTION_TYPES[setting_field.type]
-        parser.add_argument(option, dest = setting_field.name, type = kind, default = default, choices = meta.get('choices'),
+        parser.add_argument(*option, dest = setting_field.name, type = kind, default = default, choices = meta.get('choices'),
                             metavar = None if meta.get('choices') else OPTION_METAVARS[kind], help = meta['help'])
 
 

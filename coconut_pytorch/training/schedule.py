@@ -14,6 +14,11 @@ steps and the answer stay in language, with loss. Every method below is the same
     no_cot                  question -> answer
 
 `batches` turns examples into tensors at a stage by these rules.
+
+Names, one per quantity across training: c is `thoughts_per_step` (the paper's `c_thought`); an example's thought count
+is `num_thoughts` (what `Coconut.forward` takes per row as `num_reasoning_steps`, the model being built with one latent
+per reasoning step: its `num_latents_per_step`, the 0.0.32 argument, is another quantity and stays 1 here); an
+example's language steps are `num_language_steps`; a batch runs as many thought passes as its most thoughts.
 """
 
 from __future__ import annotations
@@ -111,32 +116,32 @@ class Curriculum:
     def final_stage(self) -> int:
         return self.num_stages - 1 if self.uses_curriculum else 0
 
-    def layout(self, stage: int, num_steps: int) -> tuple[int, int]:
-        """(language steps removed, thoughts) for an example with `num_steps` steps at `stage`."""
+    def layout(self, stage: int, num_language_steps: int) -> tuple[int, int]:
+        """(language steps removed, thoughts) for an example with `num_language_steps` language steps at `stage`."""
         c, method = self.thoughts_per_step, self.method
 
         if method == 'cot':
             return 0, 0
         if method == 'no_cot':
-            return num_steps, 0
+            return num_language_steps, 0
         if method == 'pause':
-            return num_steps, self.max_latent_stage * c
+            return num_language_steps, self.max_latent_stage * c
         if method == 'coconut_no_curriculum':
-            thoughts = self.max_latent_stage if self.pad_latent_to_max else min(self.max_latent_stage, num_steps)
-            return num_steps, thoughts * c
+            thoughts = self.max_latent_stage if self.pad_latent_to_max else min(self.max_latent_stage, num_language_steps)
+            return num_language_steps, thoughts * c
 
         # curriculum methods; a stage counts thoughts when they come one at a time
         thought_units = stage if self.one_thought_at_a_time else stage * c
-        removed = min(thought_units // c, num_steps)
+        removed = min(thought_units // c, num_language_steps)
 
         if self.pad_latent_to_max:
             thoughts = thought_units
         else:
-            thoughts = min(thought_units, num_steps * c)
+            thoughts = min(thought_units, num_language_steps * c)
 
         if stage == self.final_stage:
             # as in the paper, the last stage drops whatever language steps remain: thoughts, then the answer
-            removed = num_steps
+            removed = num_language_steps
 
         if method == 'no_thoughts':
             thoughts = 0

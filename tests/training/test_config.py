@@ -97,3 +97,13 @@ def test_train_config_names_the_bad_setting(setting, error, message):
 def test_checkpoints_from_before_the_held_out_filter_read_as_unfiltered():
     assert TrainConfig.from_dict(dict(task = 'running_sum')).exclude_held_out is False
     assert TrainConfig.from_dict(dict(task = 'running_sum', exclude_held_out = True)).exclude_held_out is True
+
+
+def test_c_is_thoughts_per_step_and_answers_to_the_papers_name():
+    # the paper's name on the command line, and in checkpoints written before the rename
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    assert config_from_arguments(parser.parse_args(['--c-thought', '3'])).thoughts_per_step == 3
+    assert config_from_arguments(parser.parse_args(['--thoughts-per-step', '2'])).thoughts_per_step == 2
+    assert TrainConfig.from_dict(dict(c_thought = 4)).thoughts_per_step == 4
+    assert TrainConfig(thoughts_per_step = 2).curriculum(task_max_steps = 3).thoughts_per_step == 2
