@@ -6,6 +6,7 @@
     python train_toy.py --method cot                     # or no_cot, pause, coconut_no_curriculum, ...
     python train_toy.py --resume                         # continue the run in --out where it stopped
     python train_toy.py --hf-model path/to/gpt2 --lr 1e-4   # a pretrained transformers model and its tokenizer
+    torchrun --standalone --nproc_per_node 2 train_toy.py --device cuda   # one process per GPU (DDP; --fsdp shards)
 
 The last line printed is one JSON object: accuracy (exact match through generation on held-out examples), n,
 seconds, method, task, and more.
@@ -18,6 +19,7 @@ import sys
 
 from tqdm import tqdm
 
+from coconut_pytorch.distributed import World, join_world, leave_world
 from coconut_pytorch.training import add_config_arguments, config_from_arguments, json_safe, train
 
 
@@ -53,10 +55,16 @@ def main():
     except (ValueError, TypeError) as error:
         sys.exit(f'error: {error}')
     try:
+        # under torchrun: join its process group; every rank trains its part, rank 0 writes and prints
+        join_world(config.device)
+        world = World.current()
         result = train(config, out, resume = resume, progress = tqdm, overwrite = overwrite, allow_changed_data = allow_changed_data)
     except ValueError as error:
         sys.exit(f'error: {error}')
-    print(json.dumps(json_safe(result), allow_nan = False))
+    finally:
+        leave_world()
+    if world.is_main:
+        print(json.dumps(json_safe(result), allow_nan = False))
     if result.get('stopped') == 'diverged':
         sys.exit(f'error: {result["reason"]}')
 

@@ -1,6 +1,7 @@
 """Answer accuracy through generation, as a library function and a command:
 
     python -m coconut_pytorch.evaluate --checkpoint CKPT --data FILE [--device cuda] [--limit N] [--num-thoughts K]
+    torchrun --standalone --nproc_per_node 2 -m coconut_pytorch.evaluate ...     # the examples shared among processes
 
 Reads the paper's JSON format or iCoT's line format, thinks for the checkpoint's number of thoughts (or K), lets the
 model write whatever language steps it was trained to write, and scores the text after the last <sep> against the
@@ -21,6 +22,7 @@ from coconut_pytorch.coconut import Coconut
 from coconut_pytorch.data.example import Example
 from coconut_pytorch.data.loaders import load_examples
 from coconut_pytorch.data.tokenizer import Tokenizer
+from coconut_pytorch.distributed import World, gather_objects, join_world, leave_world, shard_indices
 from coconut_pytorch.training.checkpoints import load_trained
 
 
@@ -124,15 +126,21 @@ def evaluate_examples(
     max_new_tokens: int,
     batch_size: int = 256,
     source: str = 'examples',
-    autocast_dtype: torch.dtype | None = None
+    autocast_dtype: torch.dtype | None = None,
+    world: World = World()
 ) -> dict:
-    """Greedy generation for every example; returns accuracy, n, mean_new_tokens, seconds and the predictions."""
+    """Greedy generation for every example; returns accuracy, n, mean_new_tokens, seconds and the predictions.
+
+    In a process group (`world`), each rank generates for every `world.size`-th example and the answers are gathered:
+    every rank returns what one process would."""
     if len(examples) == 0:
         raise ValueError(f'{source}: no examples to evaluate')
 
     prompts = encode_questions(examples, tokenizer, source)
     start = time.perf_counter()
-    rows = generate_greedy(model, prompts, tokenizer.eos_id, num_thoughts, max_new_tokens, batch_size, autocast_dtype)
+    mine = [prompts[index] for index in shard_indices(len(prompts), world)]
+    rows = generate_greedy(model, mine, tokenizer.eos_id, num_thoughts, max_new_tokens, batch_size, autocast_dtype) if mine else []
+    rows = gather_objects(rows, world)
     seconds = time.perf_counter() - start
 
     predictions = [answer_text(row, tokenizer) for row in rows]
@@ -170,7 +178,9 @@ def main(argv: Sequence[str] | None = None):
         parser.error(f'--max-new-tokens must be >= 1, got {args.max_new_tokens}')
 
     try:
-        model, tokenizer, config, info = load_trained(args.checkpoint, device = args.device)
+        device = join_world(args.device)      # under torchrun: this rank's device, each rank a share of the examples
+        world = World.current()
+        model, tokenizer, config, info = load_trained(args.checkpoint, device = device)
         examples = load_examples(args.data)[:args.limit]
         num_thoughts = args.num_thoughts if args.num_thoughts is not None else info['num_thoughts']
 
@@ -180,14 +190,18 @@ def main(argv: Sequence[str] | None = None):
             max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else info['max_new_tokens'],
             batch_size = args.batch_size,
             source = str(args.data),
-            autocast_dtype = torch.bfloat16 if args.bf16 else None
+            autocast_dtype = torch.bfloat16 if args.bf16 else None,
+            world = world
         )
     except ValueError as error:
         # bad files are the user's to fix: say what and where, without a traceback
         parser.exit(2, f'error: {error}\n')
+    finally:
+        leave_world()
 
     result.pop('predictions')
-    print(json.dumps(dict(**result, num_thoughts = num_thoughts, method = config.method, task = config.task if config.train_file is None else str(config.train_file), data = str(args.data))))
+    if world.is_main:
+        print(json.dumps(dict(**result, num_thoughts = num_thoughts, method = config.method, task = config.task if config.train_file is None else str(config.train_file), data = str(args.data))))
 
 
 if __name__ == '__main__':

@@ -90,6 +90,9 @@ class TrainConfig:
     compile: bool = setting(False, 'torch.compile the native Transformer\'s blocks')
     cuda_graphs: bool = setting(False, "replay each batch shape's training step as a CUDA graph (the step is host-bound "
                                        'on a GPU; train_step.TrainStep)')
+    fsdp: bool = setting(False, 'under torchrun: shard weights, gradients and AdamW state across the processes (FSDP2, per '
+                                'block) instead of copying the model to each (DDP, the default); with --bf16, blocks compute '
+                                'in bfloat16 from float32 weights')
     time_budget: float | None = setting(None, 'seconds; stop after the epoch that crosses it, --resume later')
     max_nonfinite_steps: int = setting(10, 'optimizer steps with a non-finite loss or gradient are skipped; this many in '
                                            'a row stop the run as diverged (its last good checkpoint kept)')
@@ -144,6 +147,8 @@ class TrainConfig:
             raise ValueError('cuda_graphs and compile cannot be combined: choose one')
         if self.cuda_graphs and self.checkpoint:
             raise ValueError('cuda_graphs and checkpoint (activation checkpointing) cannot be combined')
+        if self.fsdp and (self.cuda_graphs or self.compile or self.checkpoint):
+            raise ValueError('fsdp cannot be combined with cuda_graphs, compile or checkpoint (activation checkpointing)')
         if self.hf_model is not None and (self.cuda_graphs or self.compile):
             # both act on the native Transformer (its static cache, its blocks); a transformers model builds a new
             # cache object every call

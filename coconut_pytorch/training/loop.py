@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,6 +22,8 @@ import torch
 from coconut_pytorch.coconut import Coconut
 from coconut_pytorch.data.example import Example
 from coconut_pytorch.data.tokenizer import Tokenizer, max_target_length, target_lengths
+from coconut_pytorch.distributed import (World, all_agree, all_reduce_sum, full_model_state, full_optimizer_state, load_full_optimizer_state,
+                                         rank_device, shard_batch)
 from coconut_pytorch.evaluate import evaluate_examples
 from coconut_pytorch.plotting import plot_history
 from coconut_pytorch.training.batches import Batch, EpochLayout
@@ -65,26 +68,43 @@ def train(
     A run that diverges (`config.max_nonfinite_steps` non-finite steps in a row, or non-finite weights) stops
     without saving: the checkpoint keeps the last good epoch, and the result says `finished: False`,
     `stopped: 'diverged'` and why, with no accuracy.
+
+    In a process group (`torchrun`, `distributed.join_world`), every rank calls `train` alike: each trains on its
+    part of every batch, and only rank 0 takes the lock and writes the checkpoint and the plot; every rank returns
+    the result.
     """
+    world = World.current()
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f'out_dir {out_dir} is a file; the run needs a directory for its checkpoint and plot')
-    device = torch.device(config.device)
+    device = torch.device(rank_device(config.device) if world.distributed else config.device)
     # checked here, not in TrainConfig: a checkpoint trained on a GPU must still load where there is none
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise ValueError(f'device {config.device!r}: this torch build sees no CUDA GPU')
     if resume and overwrite:
         raise ValueError('resume and overwrite cannot be combined: continue the run in out_dir, or replace it')
-    out_dir.mkdir(parents = True, exist_ok = True)
+    if config.fsdp and not world.distributed:
+        raise ValueError('fsdp shards the model across the processes of torchrun; start the run with torchrun --nproc_per_node N')
     checkpoint_path = out_dir / CHECKPOINT_NAME
 
-    with RunLock(out_dir):
-        if resume and not checkpoint_path.is_file():
-            raise ValueError(f'--resume: no checkpoint at {checkpoint_path}')
-        if not resume and not overwrite and checkpoint_path.exists():
-            raise ValueError(f'{out_dir} already holds a run ({checkpoint_path}): continue it with --resume, '
-                             f'replace it with --overwrite, or choose another --out')
-        run = open_run(config, checkpoint_path, device, resume, allow_changed_data)
+    with ExitStack() as stack:
+        # every rank checks the directory before rank 0 writes to it; only rank 0 holds the lock
+        failure = None
+        try:
+            if resume and not checkpoint_path.is_file():
+                raise ValueError(f'--resume: no checkpoint at {checkpoint_path}')
+            if not resume and not overwrite and checkpoint_path.exists():
+                raise ValueError(f'{out_dir} already holds a run ({checkpoint_path}): continue it with --resume, '
+                                 f'replace it with --overwrite, or choose another --out')
+            if world.is_main:
+                out_dir.mkdir(parents = True, exist_ok = True)
+                stack.enter_context(RunLock(out_dir))
+        except ValueError as error:
+            failure = error
+        # a collective, so no rank writes before every rank has checked, and all stop if one refuses
+        if not bool(all_agree(torch.tensor(failure is None, device = device), world)):
+            raise failure if failure is not None else ValueError('another rank of this run refused to start it (its error says why)')
+        run = open_run(config, checkpoint_path, device, resume, allow_changed_data, world)
         return run_epochs(run, progress)
 
 
@@ -106,6 +126,7 @@ class Run:
     total_epochs: int
     digests: dict[str, str]             # the data files' SHA-256, checked on --resume
     longest_target: int                 # the longest training target seen so far, in tokens: the generation budget
+    world: World = World()              # this process among the run's (rank 0 of 1 without torchrun)
     # where the run is (from its checkpoint when resumed)
     start_epoch: int = 0
     history: list[dict] | None = None
@@ -120,38 +141,49 @@ class Run:
         self.saved_epoch = self.history[-1]['epoch'] if self.history else None
 
 
-def open_run(config: TrainConfig, checkpoint_path: Path, device: torch.device, resume: bool, allow_changed_data: bool) -> Run:
-    """Setup: the run's data, curriculum and model with its optimizer, new or resumed from `checkpoint_path`."""
+def open_run(config: TrainConfig, checkpoint_path: Path, device: torch.device, resume: bool, allow_changed_data: bool,
+             world: World = World()) -> Run:
+    """Setup: the run's data, curriculum and model with its optimizer, new or resumed from `checkpoint_path`. Every
+    rank builds the same (the same seed), and lays out the same global batches, of which it takes its part."""
     # a run over a pretrained model resumes from its checkpoint's tokenizer: the model's folder is not needed again
-    loaded = load_run(checkpoint_path, config.device, TRAINING_KEYS) if resume and config.hf_model is not None else None
+    loaded = load_run(checkpoint_path, str(device), TRAINING_KEYS) if resume and config.hf_model is not None else None
     train_set, eval_set, tokenizer, max_steps = load_data(config, loaded.tokenizer if loaded is not None else None)
     curriculum = config.curriculum(max_steps, longest_language = max(steps for steps, _ in target_lengths(train_set, tokenizer)))
     longest_target = max_target_length(train_set, tokenizer)
 
     if resume:
-        loaded = loaded if loaded is not None else load_run(checkpoint_path, config.device, TRAINING_KEYS)
+        loaded = loaded if loaded is not None else load_run(checkpoint_path, str(device), TRAINING_KEYS)
         check_resumable(loaded, config, tokenizer, checkpoint_path, allow_changed_data)
         model, state = loaded.model, loaded.state
-        optimizer = make_optimizer(model, config)
-        optimizer.load_state_dict(state['optimizer'])
         # with fresh data the cap grew with every set seen before the stop
         longest_target = max(longest_target, state['inference']['max_new_tokens'] - INFERENCE_TOKEN_MARGIN)
         where = dict(start_epoch = state['epoch'] + 1, history = state['history'], elapsed = state['elapsed'], step = state['step'],
                      optimizer_start = state.get('optimizer_start', 0), inference = state['inference'])
     else:
         model = build_model(config, len(tokenizer), curriculum).to(device)
-        optimizer = make_optimizer(model, config)
         where = {}
 
     if config.compile:
         model.model.compile_blocks()
 
-    train_step = TrainStep(model, torch.bfloat16 if config.bf16 else None, loss_scale = 1 / config.grad_accum, cuda_graphs = config.cuda_graphs)
+    train_step = TrainStep(model, torch.bfloat16 if config.bf16 else None, loss_scale = 1 / config.grad_accum, cuda_graphs = config.cuda_graphs,
+                           world = world, fsdp = config.fsdp)
+    if config.fsdp:
+        # after the weights are loaded whole, before the optimizer is made over the shards
+        train_step.shard(torch.bfloat16 if config.bf16 else None)
+    optimizer = make_optimizer(model, config)
+    if resume:
+        # an FSDP run's checkpoint keeps the optimizer's state by parameter name (`--fsdp` may not change on resume)
+        if config.fsdp:
+            load_full_optimizer_state(model, optimizer, state['optimizer'])
+        else:
+            optimizer.load_state_dict(state['optimizer'])
     # every method trains as many epochs as the coconut schedule, so baselines get the same budget
     schedule = Curriculum(**{**asdict(curriculum), 'method': 'coconut'})
     layout = EpochLayout(tokenizer, curriculum, config.batch_size, config.seed, with_thought_targets = config.thought_loss > 0)
     return Run(config, checkpoint_path, device, tokenizer, train_set, eval_set, curriculum, model, optimizer, train_step, layout,
-               total_epochs = schedule.total_epochs + config.final_epochs, digests = data_digests(config), longest_target = longest_target, **where)
+               total_epochs = schedule.total_epochs + config.final_epochs, digests = data_digests(config), longest_target = longest_target,
+               world = world, **where)
 
 
 def run_epochs(run: Run, progress: Callable | None) -> dict:
@@ -166,13 +198,17 @@ def run_epochs(run: Run, progress: Callable | None) -> dict:
     try:
         for epoch in range(run.start_epoch, run.total_epochs):
             batches = epoch_batches(run, epoch, fresh_sets)
-            record = train_epoch(run, epoch, batches, nonfinite, progress, run_start)
+            record = train_epoch(run, epoch, batches, nonfinite, progress if run.world.is_main else None, run_start)
             run.history.append(record)
-            if progress:
+            if progress and run.world.is_main:
                 print(json.dumps(record, allow_nan = False), flush = True)
             save_epoch(run, epoch, run.elapsed + time.perf_counter() - run_start)
 
-            if config.time_budget is not None and time.perf_counter() - run_start > config.time_budget and epoch < run.total_epochs - 1:
+            # the ranks' clocks differ: they stop together when any is over the budget
+            over_budget = config.time_budget is not None and time.perf_counter() - run_start > config.time_budget
+            if run.world.distributed:
+                over_budget = not bool(all_agree(torch.tensor(not over_budget, device = run.device), run.world))
+            if over_budget and epoch < run.total_epochs - 1:
                 stopped, reason = 'time_budget', f'the time budget of {config.time_budget:g} s ran out; continue with --resume'
                 break
     except Diverged as error:
@@ -188,8 +224,9 @@ def run_epochs(run: Run, progress: Callable | None) -> dict:
 
 def epoch_batches(run: Run, epoch: int, fresh_sets: FreshSets | None) -> list[Batch]:
     """The epoch's batches, at its stage. Also the epoch's random state: torch's draws in training (a pretrained
-    model's dropout) follow from (seed, epoch), so a resumed run draws what the uninterrupted one did."""
-    torch.manual_seed(run.config.seed * 100_003 + epoch)
+    model's dropout) follow from (seed, epoch, rank), so a resumed run draws what the uninterrupted one did, and
+    ranks draw different dropout masks for their different rows."""
+    torch.manual_seed(run.config.seed * 100_003 + epoch + 1_000_003 * run.world.rank)
     if run.config.fresh_data and epoch > 0:
         # the generators are unlimited: a fixed set of thousands of examples gets memorised instead of solved
         # (a ProsQA cot run fit its 20,000 to 0.99 token accuracy and answered 38% of new ones). The seed
@@ -221,7 +258,15 @@ def train_epoch(run: Run, epoch: int, batches: list[Batch], nonfinite: NonFinite
 
     try:
         for batch_index, batch in enumerate(iterator):
-            stats = run.train_step(batch)
+            steps_now = (batch_index + 1) % config.grad_accum == 0 or batch_index == len(batches) - 1
+            share = None
+            if run.world.distributed:
+                batch, share = shard_batch(batch, run.world)
+            stats = run.train_step(batch, share, sync = steps_now)
+            if share is not None and share.rows == 0:
+                # a rank with no rows of this batch ran its step for the collectives only
+                stats = stats._replace(loss = torch.zeros_like(stats.loss), thought_loss = torch.zeros_like(stats.thought_loss),
+                                       correct = torch.zeros_like(stats.correct), counted = torch.zeros_like(stats.counted))
             finite = torch.isfinite(stats.loss)
             window_finite = window_finite & finite
             # a non-finite batch counts in no average: the curve shows the batches that trained
@@ -231,9 +276,11 @@ def train_epoch(run: Run, epoch: int, batches: list[Batch], nonfinite: NonFinite
             correct += stats.correct
             counted += stats.counted
 
-            if (batch_index + 1) % config.grad_accum == 0 or batch_index == len(batches) - 1:
+            if steps_now:
                 epochs_left = run.total_epochs - epoch - (batch_index + 1) / len(batches)
-                nonfinite.apply(run.model, run.optimizer, learning_rate(config, run.step, run.optimizer_start, epochs_left), config.max_grad_norm, window_finite)
+                # every rank skips a step that any rank's losses make non-finite: the weights stay the same everywhere
+                nonfinite.apply(run.model, run.optimizer, learning_rate(config, run.step, run.optimizer_start, epochs_left), config.max_grad_norm,
+                                all_agree(window_finite, run.world))
                 window_finite = torch.ones((), dtype = torch.bool, device = device)
                 run.step += 1
 
@@ -241,12 +288,14 @@ def train_epoch(run: Run, epoch: int, batches: list[Batch], nonfinite: NonFinite
                 iterator.set_postfix(loss = f'{stats.loss.item():.3f}', stage = stage, acc = f'{(correct / counted.clamp(min = 1)).item():.3f}')
 
         skipped = nonfinite.end_epoch()
-        if not weights_finite(run.model):
+        if not bool(all_agree(weights_finite(run.model), run.world)):
             raise Diverged('the weights became non-finite')
     finally:
         if hasattr(iterator, 'close'):
             iterator.close()
 
+    # over every rank's batches
+    loss_sum, thought_loss_sum, finite_batches, correct, counted = all_reduce_sum([loss_sum, thought_loss_sum, finite_batches, correct, counted], run.world)
     # an epoch of nothing but non-finite batches has no loss (0 / 0 = NaN, written as null)
     record = dict(epoch = epoch, stage = stage, loss = (loss_sum / finite_batches).item(),
                   token_accuracy = (correct / counted.clamp(min = 1)).item(),
@@ -262,13 +311,20 @@ def train_epoch(run: Run, epoch: int, batches: list[Batch], nonfinite: NonFinite
 def save_epoch(run: Run, epoch: int, elapsed: float):
     """The checkpoint at the end of `epoch` (`elapsed`: the run's training seconds so far)."""
     run.inference = inference_info(run.curriculum, run.curriculum.stage_at_epoch(epoch), run.longest_target)
+    run.saved_epoch = epoch
+    if run.config.fsdp:
+        # whole tensors, gathered by every rank onto rank 0: the checkpoint loads anywhere, sharded or not
+        model_state, optimizer_state = full_model_state(run.model), full_optimizer_state(run.model, run.optimizer)
+    else:
+        model_state, optimizer_state = run.model.state_dict(), run.optimizer.state_dict()
+    if not run.world.is_main:
+        return
     save_checkpoint(dict(
         config = asdict(run.config), curriculum = asdict(run.curriculum), tokenizer = run.tokenizer.to_dict(),
-        model = run.model.state_dict(), optimizer = run.optimizer.state_dict(),
+        model = model_state, optimizer = optimizer_state,
         epoch = epoch, step = run.step, optimizer_start = run.optimizer_start, history = run.history, elapsed = elapsed,
         inference = run.inference, data_digests = run.digests, backbone = backbone_config(run.model)
     ), run.checkpoint_path)
-    run.saved_epoch = epoch
 
 
 def finish(run: Run, stopped: str | None, reason: str | None, seconds: float) -> dict:
@@ -281,16 +337,18 @@ def finish(run: Run, stopped: str | None, reason: str | None, seconds: float) ->
                     method = config.method, task = task, epoch = run.saved_epoch,
                     checkpoint = str(run.checkpoint_path) if run.saved_epoch is not None else None)
 
-    plot_history(run.history, run.checkpoint_path.parent / 'training.png', title = f'{config.task} / {config.method}', thought_loss_weight = config.thought_loss)
+    if run.world.is_main:
+        plot_history(run.history, run.checkpoint_path.parent / 'training.png', title = f'{config.task} / {config.method}', thought_loss_weight = config.thought_loss)
 
     # a run stopped by its time budget is still evaluated, at the stage it reached (and says so)
     inference = run.inference
     result = evaluate_examples(
-        run.model, run.tokenizer, run.eval_set,
+        gathered_model(run) if config.fsdp else run.model, run.tokenizer, run.eval_set,
         num_thoughts = inference['num_thoughts'],
         max_new_tokens = inference['max_new_tokens'],
         source = config.eval_file or 'held-out examples',
-        autocast_dtype = torch.bfloat16 if config.bf16 else None
+        autocast_dtype = torch.bfloat16 if config.bf16 else None,
+        world = run.world
     )
 
     return dict(
@@ -308,3 +366,13 @@ def finish(run: Run, stopped: str | None, reason: str | None, seconds: float) ->
         mean_new_tokens = result['mean_new_tokens'],
         checkpoint = str(run.checkpoint_path)
     )
+
+
+def gathered_model(run: Run) -> Coconut:
+    """An unsharded copy of an FSDP2 run's model on each rank, for generation (whose static cache runs the blocks
+    outside the hooks that gather their weights): inference holds the weights alone, a quarter of what training
+    with AdamW holds per parameter."""
+    state = full_model_state(run.model, everywhere = True)
+    model = build_model(run.config, len(run.tokenizer), run.curriculum, backbone_config(run.model)).to(run.device)
+    model.load_state_dict(state)
+    return model

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from coconut_pytorch.coconut import Coconut
+from coconut_pytorch.distributed import local_part
 from coconut_pytorch.training.config import TrainConfig
 
 
@@ -27,7 +28,7 @@ def make_optimizer(model: Coconut, config: TrainConfig) -> torch.optim.Optimizer
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     groups = [dict(params = decay, weight_decay = config.weight_decay), dict(params = no_decay, weight_decay = 0.)]
-    fused = config.device.startswith('cuda')
+    fused = config.device.startswith('cuda') and not config.fsdp     # FSDP2's sharded parameters take the foreach kernels
     return torch.optim.AdamW(groups, lr = config.lr, betas = (0.9, 0.98), fused = fused)
 
 
@@ -41,6 +42,7 @@ def apply_gradients(model: Coconut, optimizer: torch.optim.Optimizer, lr: float,
     for group in optimizer.param_groups:
         group['lr'] = lr
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    norm = norm.full_tensor() if hasattr(norm, 'full_tensor') else norm     # sharded gradients (FSDP2) give a sharded norm
     skip = ~(losses_finite & torch.isfinite(norm)) if losses_finite is not None else None
 
     if skip is None:
@@ -96,6 +98,6 @@ class NonFiniteSteps:
         return skipped
 
 
-def weights_finite(model: Coconut) -> bool:
-    """One host sync for all parameters."""
-    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+def weights_finite(model: Coconut) -> Tensor:
+    """() bool: every weight of this rank (its shards, under FSDP2) is finite; one host sync when read."""
+    return torch.stack([torch.isfinite(local_part(p)).all() for p in model.parameters()]).all()

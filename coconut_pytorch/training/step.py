@@ -9,6 +9,11 @@ costs nothing here because the GPU was idle anyway, and the padding-invariance t
 What a replay leaves behind is exactly what an eager step leaves: gradients added into `.grad` of the parameters
 the step used (the others stay None, so AdamW skips them as it does eagerly), and the batch's loss and
 teacher-forced token counts.
+
+Across processes (`distributed`), each rank steps on its part of the global batch with its `Share` of each loss
+term, and every rank runs the batch's most thought passes. Eagerly the loss is `BatchLoss` under torch's
+DistributedDataParallel (whose all-reduce is skipped on the micro-steps of gradient accumulation that do not step);
+replayed, or under FSDP2, the step averages the gradients itself or leaves it to FSDP.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ from contextlib import nullcontext
 from typing import NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from coconut_pytorch.coconut import Coconut
+from coconut_pytorch.distributed import GradientAverage, Share, World, shard_model, wrap_ddp
 from coconut_pytorch.training.batches import Batch
 from coconut_pytorch.inputs import PAD_ID, as_padded_ids, check_reasoning_steps, left_align
 
@@ -46,6 +52,50 @@ def step_stats(loss: Tensor, breakdown, answer_logits: Tensor, target: Tensor) -
     return StepStats(loss.detach(), *token_counts(answer_logits, target), thought_loss)
 
 
+def shared_objective(loss: Tensor, breakdown, weights: Tensor, thought_loss_weight: float) -> Tensor:
+    """The loss whose gradients, averaged over ranks, are the whole batch's: each term times its `weights` entry
+    (the rank's share of the term's count times the number of ranks: answer, thoughts, rows)."""
+    answer = breakdown.answer_loss
+    thought = breakdown.thought_loss * thought_loss_weight if breakdown.thought_loss is not None else torch.zeros_like(answer)
+    rest = loss - answer - thought      # terms a training run does not add (exactly 0 then)
+    return weights[0] * answer + weights[1] * thought + weights[2] * rest
+
+
+def share_weights(share: Share, device) -> Tensor:
+    return torch.tensor([share.answer, share.thoughts, share.rows], dtype = torch.float64, device = device) * share.size
+
+
+class BatchLoss(nn.Module):
+    """One batch's loss with a set number of thought passes, as a module: what DDP wraps and FSDP2 shards from, and
+    what a CUDA graph records. `forward_aligned` with every mask and per-row count as a tensor, so the work does not
+    depend on the batch's contents; inputs are trusted (`TrainStep` checks them). Returns (the loss to
+    differentiate, the batch's statistics)."""
+
+    def __init__(self, model: Coconut):
+        super().__init__()
+        self.model = model
+
+    def forward(self, prompt: Tensor, target: Tensor, num_thoughts: Tensor, passes: int, thought_targets: Tensor | None = None,
+                weights: Tensor | None = None) -> tuple[Tensor, StepStats]:
+        aligned = left_align(prompt, has_padding = True)
+        loss, (breakdown, _, _, answer_logits, _) = self.model.forward_aligned(
+            aligned, target, passes, num_thoughts, return_intermediates = True, with_prompt_logits = False,
+            thought_targets = thought_targets
+        )
+        objective = loss if weights is None else shared_objective(loss, breakdown, weights.to(loss.dtype), self.model.thought_loss_weight)
+        return objective, step_stats(loss, breakdown, answer_logits, target)
+
+
+def check_batch(model: Coconut, batch: Batch, passes: int):
+    """The checks `forward` makes, on the batch before it runs: a graph or `BatchLoss` reads whatever ids it gets."""
+    num_tokens = model.num_tokens
+    as_padded_ids(batch.prompt, 'prompt', num_tokens)
+    as_padded_ids(batch.target, 'answer', num_tokens, require_tokens = False, require_any_token = True, padding_at_end = True)
+    check_reasoning_steps(batch.num_thoughts, batch.prompt.shape[0], batch.num_thoughts.device)
+    if batch.thought_targets is not None:
+        model.check_thought_targets(batch.thought_targets, batch.prompt.shape[0], passes)
+
+
 def batch_inputs(batch: Batch) -> tuple[Tensor, ...]:
     """The tensors a graph reads: prompt, target, thoughts per row, and the thought targets if the batch has them."""
     return tuple(batch) if batch.thought_targets is not None else tuple(batch[:3])
@@ -53,8 +103,8 @@ def batch_inputs(batch: Batch) -> tuple[Tensor, ...]:
 
 class GraphedShape(NamedTuple):
     graph: torch.cuda.CUDAGraph
-    inputs: tuple[Tensor, ...]              # static prompt (b, P) and target (b, T), -1 padded, row steps (b,) and
-                                            # with thought targets, those (b, S, V)
+    inputs: tuple[Tensor, ...]              # static prompt (b, P) and target (b, T), -1 padded, thoughts per row (b,),
+                                            # with thought targets those (b, S, V), and across ranks the share weights (3,)
     staging: tuple[Tensor, ...]             # the same in pinned host memory, copied in without blocking the host
     copied: torch.cuda.Event                # the last copy out of `staging` has run once this completes
     stats: StepStats                        # static outputs
@@ -73,6 +123,9 @@ class TrainStep:
         prompt_multiple, target_multiple: prompt and answer lengths are padded up to multiples of these, so a
             few graphs cover every batch.
         max_graphs: graphs kept at once (each holds its own activation memory); the least recently used goes.
+        world: the processes of a distributed run (`distributed.World`); each call then gets the rank's `Share`.
+        fsdp: the model's blocks are sharded by FSDP2 (`distributed.shard_model`, on `self.loss`), which reduces
+            the gradients itself.
     """
 
     def __init__(
@@ -83,7 +136,9 @@ class TrainStep:
         cuda_graphs: bool = False,
         prompt_multiple: int = 32,
         target_multiple: int = 16,
-        max_graphs: int = 8
+        max_graphs: int = 8,
+        world: World = World(),
+        fsdp: bool = False
     ):
         if cuda_graphs and model.device.type != 'cuda':
             raise ValueError(f'cuda_graphs needs the model on a CUDA device, got {model.device}')
@@ -99,6 +154,20 @@ class TrainStep:
         self.batch_size: int | None = None
         self.min_lengths = (0, 0)
 
+        self.world, self.fsdp = world, fsdp
+        self.loss = BatchLoss(model)
+        self.ddp = wrap_ddp(self.loss, model.device) if world.distributed and not cuda_graphs and not fsdp else None
+        # without DDP's hooks (graph replays, and the eager steps beside them), gradients are averaged by the step;
+        # under FSDP2, only those of the parameters it leaves whole (`shard`)
+        self.average = GradientAverage(list(model.parameters())) if world.distributed and cuda_graphs else None
+
+    def shard(self, mixed_precision: torch.dtype | None = None):
+        """FSDP2 on the model's blocks and on `self.loss` (`distributed.shard_model`); before the optimizer is made."""
+        if not self.fsdp:
+            raise ValueError('shard() is for a step made with fsdp = True')
+        whole = shard_model(self.loss, self.model, mixed_precision)
+        self.average = GradientAverage(whole) if whole else None
+
     def autocast(self, cache_enabled: bool = True):
         if self.autocast_dtype is None:
             return nullcontext()
@@ -106,13 +175,38 @@ class TrainStep:
         # would read freed memory: casts are recorded in the graph instead
         return torch.autocast(self.model.device.type, dtype = self.autocast_dtype, cache_enabled = cache_enabled)
 
-    def __call__(self, batch: Batch) -> StepStats:
-        """`batch` (on the CPU for CUDA graphs); returns the step's statistics (tensors on the device)."""
+    def __call__(self, batch: Batch, share: Share | None = None, sync: bool = True) -> StepStats:
+        """`batch` (on the CPU for CUDA graphs); returns the step's statistics (tensors on the device).
+
+        Distributed, `batch` is this rank's part of the global batch and `share` its share (`distributed.shard_batch`);
+        `sync=False` on the micro-steps of gradient accumulation that do not step leaves the gradients unreduced."""
+        if self.world.distributed and share is None:
+            raise ValueError('a distributed step needs the rank\'s share of the batch (distributed.shard_batch)')
         if self.batch_size is None:
             self.batch_size = batch.prompt.shape[0]
         if not self.cuda_graphs or batch.prompt.shape[0] != self.batch_size or batch.prompt.device.type != 'cpu':
-            return self.eager(batch.to(self.model.device))
-        return self.replay(batch)
+            stats = self.eager(batch.to(self.model.device)) if share is None else self.eager_shared(batch, share, sync)
+        else:
+            stats = self.replay(batch, share)
+        if sync and self.average is not None:
+            self.average(self.world)
+        return stats
+
+    def eager_shared(self, batch: Batch, share: Share, sync: bool) -> StepStats:
+        """A rank's eager step: the batch's most thought passes, its share of each loss term; the gradients reduced
+        by DDP (or FSDP2) only when `sync`."""
+        check_batch(self.model, batch, share.passes)
+        batch = batch.to(self.model.device)
+        module = self.ddp if self.ddp is not None else self.loss
+        if self.fsdp:
+            self.loss.set_requires_gradient_sync(sync)
+        no_sync = self.ddp.no_sync() if self.ddp is not None and not sync else nullcontext()
+        with no_sync:
+            with self.autocast():
+                objective, stats = module(batch.prompt, batch.target, batch.num_thoughts, share.passes, batch.thought_targets,
+                                          share_weights(share, self.model.device))
+            (objective * self.loss_scale).backward()
+        return stats
 
     def eager(self, batch: Batch) -> StepStats:
         with self.autocast():
@@ -131,23 +225,19 @@ class TrainStep:
         and more shapes than `max_graphs` would be captured again and again)."""
         self.min_lengths = (prompt_length, target_length)
 
-    def shape_key(self, batch: Batch) -> tuple[int, int, int, bool]:
-        """(thoughts, padded prompt length, padded answer length, with thought targets) of the graph that runs `batch`."""
-        num_steps = int(batch.num_thoughts.max())
+    def shape_key(self, batch: Batch, share: Share | None = None) -> tuple[int, int, int, bool]:
+        """(thought passes, padded prompt length, padded answer length, with thought targets) of the graph that runs
+        `batch` (a rank's part of a batch runs the whole batch's passes: `share.passes`)."""
+        passes = share.passes if share is not None else int(batch.num_thoughts.max())
         prompt_length = max(batch.prompt.shape[1], self.min_lengths[0])
         target_length = max(batch.target.shape[1], self.min_lengths[1])
-        return num_steps, round_up(prompt_length, self.prompt_multiple), round_up(target_length, self.target_multiple), batch.thought_targets is not None
+        return passes, round_up(prompt_length, self.prompt_multiple), round_up(target_length, self.target_multiple), batch.thought_targets is not None
 
-    def replay(self, batch: Batch) -> StepStats:
-        # the checks `forward` makes, here on the CPU copy: a graph reads whatever ids it is given
-        num_tokens = self.model.num_tokens
-        as_padded_ids(batch.prompt, 'prompt', num_tokens)
-        as_padded_ids(batch.target, 'answer', num_tokens, require_tokens = False, require_any_token = True, padding_at_end = True)
-        check_reasoning_steps(batch.num_thoughts, batch.prompt.shape[0], 'cpu')
-        if batch.thought_targets is not None:
-            self.model.check_thought_targets(batch.thought_targets, batch.prompt.shape[0], int(batch.num_thoughts.max()))
+    def replay(self, batch: Batch, share: Share | None = None) -> StepStats:
+        # checked here on the CPU copy: a graph reads whatever ids it is given
+        key = self.shape_key(batch, share) + (share is not None,)     # a rank's graph also reads its share weights
+        check_batch(self.model, batch, key[0])
 
-        key = self.shape_key(batch)
         if key not in self.graphs:
             self.graphs[key] = self.capture(*key)
             while len(self.graphs) > self.max_graphs:
@@ -159,7 +249,8 @@ class TrainStep:
         # pageable memory synchronizes with the stream first (CUDA's documented behaviour). The buffers are this
         # shape's, reused once the copy out of them before the previous replay has run.
         shape.copied.synchronize()
-        for staged, given in zip(shape.staging, batch_inputs(batch)):
+        given_inputs = batch_inputs(batch) + ((share_weights(share, 'cpu'),) if share is not None else ())
+        for staged, given in zip(shape.staging, given_inputs):
             if given.ndim == 2:
                 staged.fill_(PAD_ID)
                 staged[:, :given.shape[1]].copy_(given)
@@ -179,28 +270,26 @@ class TrainStep:
 
         return StepStats(*(t.clone() for t in shape.stats))
 
-    def graphed_body(self, prompt: Tensor, target: Tensor, row_steps: Tensor, num_steps: int, thought_targets: Tensor | None = None) -> StepStats:
-        """The step on static buffers: `forward_aligned` with every mask and per-row count as a tensor, so the
-        recorded work does not depend on the batch's contents."""
-        aligned = left_align(prompt, has_padding = True)
+    def graphed_body(self, prompt: Tensor, target: Tensor, num_thoughts: Tensor, passes: int, thought_targets: Tensor | None = None,
+                     weights: Tensor | None = None) -> StepStats:
+        """The step on static buffers (`BatchLoss`, with autocast's weight casts recorded in the graph)."""
         with self.autocast(cache_enabled = False):
-            loss, (breakdown, _, _, answer_logits, _) = self.model.forward_aligned(
-                aligned, target, num_steps, row_steps, return_intermediates = True, with_prompt_logits = False,
-                thought_targets = thought_targets
-            )
-        (loss * self.loss_scale).backward()
-        return step_stats(loss, breakdown, answer_logits, target)
+            objective, stats = self.loss(prompt, target, num_thoughts, passes, thought_targets, weights)
+        (objective * self.loss_scale).backward()
+        return stats
 
-    def capture(self, num_steps: int, prompt_length: int, target_length: int, with_thought_targets: bool = False) -> GraphedShape:
+    def capture(self, passes: int, prompt_length: int, target_length: int, with_thought_targets: bool = False,
+                with_weights: bool = False) -> GraphedShape:
         device, batch = self.model.device, self.batch_size
         prompt = torch.full((batch, prompt_length), PAD_ID, dtype = torch.long, device = device)
         target = torch.full((batch, target_length), PAD_ID, dtype = torch.long, device = device)
         prompt[:, 0] = 0    # a real token per row and in the answer, so the warm-up's loss is finite
         target[:, 0] = 0
-        row_steps = torch.full((batch,), num_steps, dtype = torch.long, device = device)
-        inputs = (prompt, target, row_steps)
-        if with_thought_targets:
-            inputs += (torch.zeros((batch, num_steps, self.model.num_tokens), dtype = torch.bool, device = device),)
+        num_thoughts = torch.full((batch,), passes, dtype = torch.long, device = device)
+        inputs = (prompt, target, num_thoughts)
+        inputs += (torch.zeros((batch, passes, self.model.num_tokens), dtype = torch.bool, device = device),) if with_thought_targets else (None,)
+        if with_weights:
+            inputs += (torch.ones(3, dtype = torch.float64, device = device),)
 
         params = [p for p in self.model.parameters() if p.requires_grad]
         kept = [p.grad for p in params]     # gradients accumulated so far are set aside, not disturbed
@@ -215,18 +304,19 @@ class TrainStep:
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(2):
-                self.graphed_body(*inputs[:3], num_steps, *inputs[3:])
+                self.graphed_body(*inputs[:3], passes, *inputs[3:])
                 clear()
         torch.cuda.current_stream(device).wait_stream(side)
 
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            stats = self.graphed_body(*inputs[:3], num_steps, *inputs[3:])
+            stats = self.graphed_body(*inputs[:3], passes, *inputs[3:])
 
         grads = [(p, p.grad) for p in params if p.grad is not None]
         for p, grad in zip(params, kept):
             p.grad = grad
 
+        inputs = tuple(t for t in inputs if t is not None)
         staging = tuple(torch.empty(t.shape, dtype = t.dtype, pin_memory = True) for t in inputs)
         copied = torch.cuda.Event()
         copied.record()
