@@ -142,7 +142,11 @@ def main(out: Path):
     whole = loop.train(TrainConfig(**RUN), out / 'whole')
     stopped = loop.train(TrainConfig(**RUN, time_budget = 0.), out / 'resumed')
     resumed = loop.train(TrainConfig(**RUN), out / 'resumed', resume = True)
-    results['runs'] = dict(whole = whole, stopped = stopped, resumed = resumed, writes = writes)
+    results['runs'] = dict(whole = whole, stopped = stopped, resumed = resumed, writes = list(writes))
+    # methods whose runs leave parameters unused on every rank (no thoughts at all, or pause embeddings instead)
+    results['methods'] = {method: loop.train(TrainConfig(**{**RUN, 'final_epochs': 0}, method = method), out / method)['finished']
+                          for method in ('pause', 'no_cot', 'pause_as_thought')}
+    results['all_writes'] = writes
 
     (out / f'rank{world.rank}.json').write_text(json.dumps(results))
     leave_world()

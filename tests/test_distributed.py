@@ -62,7 +62,8 @@ def test_runs_cross_stages_resume_exactly_and_only_rank_0_writes(ranks):
         assert runs['whole']['finished'] and runs['whole']['stage'] == runs['whole']['final_stage'] > 0
         assert runs['stopped']['stopped'] == 'time_budget' and runs['resumed']['finished']
         assert runs['resumed']['accuracy'] == runs['whole']['accuracy'] == results[0]['runs']['whole']['accuracy']
-    assert results[1]['runs']['writes'] == []
+    assert all(result['methods'] == dict(pause = True, no_cot = True, pause_as_thought = True) for result in results)
+    assert results[1]['runs']['writes'] == results[1]['all_writes'] == []
     assert results[0]['runs']['writes'].count('plot_history') == 3 and results[0]['runs']['writes'].count('save_checkpoint') >= 4
     assert sorted(p.name for p in (out / 'whole').iterdir()) == ['checkpoint.pt', 'training.png']     # no lock left
     whole, resumed = (torch.load(out / name / 'checkpoint.pt', weights_only = True) for name in ('whole', 'resumed'))
