@@ -19,6 +19,12 @@ setup(
         'tqdm',
         'matplotlib',
     ],
+    entry_points = {
+        'console_scripts': [
+            'coconut-train = coconut_pytorch.training.command:main',
+            'coconut-eval = coconut_pytorch.evaluate:main',
+        ],
+    },
     extras_require = {
         'test': ['pytest'],
         'hf': ['transformers>=4.56'],     # Hugging Face causal LMs as backbones (coconut_pytorch.hf, which says why 4.56)
