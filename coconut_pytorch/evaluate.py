@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -64,10 +64,12 @@ def generate_greedy(
     num_thoughts: int,
     max_new_tokens: int,
     batch_size: int = 256,
-    autocast_dtype: torch.dtype | None = None
+    autocast_dtype: torch.dtype | None = None,
+    progress: Callable | None = None
 ) -> list[list[int]]:
     """Each prompt's greedily generated ids after `num_thoughts` thoughts, up to and including `eos_id` (or
-    `max_new_tokens` ids), in the order of `prompts`; batched, shortest prompts together."""
+    `max_new_tokens` ids), in the order of `prompts`; batched, shortest prompts together. `progress(iterable, **kwargs)`
+    (e.g. tqdm) wraps the batches."""
     device = model.device
     was_training = model.training
     model.eval()
@@ -75,7 +77,8 @@ def generate_greedy(
     order = sorted(range(len(prompts)), key = lambda index: len(prompts[index]))
     rows = [None] * len(prompts)
     try:
-        for offset in range(0, len(order), batch_size):
+        offsets = range(0, len(order), batch_size)
+        for offset in (progress(offsets, desc = 'held-out answers', unit = 'batch', leave = False) if progress else offsets):
             indices = order[offset:offset + batch_size]
             batch = [prompts[index].to(device) for index in indices]
             with torch.autocast(device.type, dtype = autocast_dtype, enabled = autocast_dtype is not None):
@@ -127,7 +130,8 @@ def evaluate_examples(
     batch_size: int = 256,
     source: str = 'examples',
     autocast_dtype: torch.dtype | None = None,
-    world: World = World()
+    world: World = World(),
+    progress: Callable | None = None
 ) -> dict:
     """Greedy generation for every example; returns accuracy, n, mean_new_tokens, seconds and the predictions.
 
@@ -139,7 +143,7 @@ def evaluate_examples(
     prompts = encode_questions(examples, tokenizer, source)
     start = time.perf_counter()
     mine = [prompts[index] for index in shard_indices(len(prompts), world)]
-    rows = generate_greedy(model, mine, tokenizer.eos_id, num_thoughts, max_new_tokens, batch_size, autocast_dtype) if mine else []
+    rows = generate_greedy(model, mine, tokenizer.eos_id, num_thoughts, max_new_tokens, batch_size, autocast_dtype, progress) if mine else []
     rows = gather_objects(rows, world)
     seconds = time.perf_counter() - start
 

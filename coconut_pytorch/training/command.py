@@ -4,25 +4,32 @@
     python train_toy.py --task prosqa --device cuda --bf16 --cuda-graphs   # graph-replayed steps: several times faster
     python train_toy.py --train-file prosqa_train.json --eval-file prosqa_valid.json   # the paper's data files
     python train_toy.py --method cot                     # or no_cot, pause, coconut_no_curriculum, ...
-    python train_toy.py --resume                         # continue the run in --out where it stopped
+    python train_toy.py --resume                         # continue the latest run of this task and method
+    python train_toy.py --method coconut --init-from runs/running_sum-cot-.../checkpoint.pt   # from a CoT run's weights
     python train_toy.py --hf-model path/to/gpt2 --lr 1e-4   # a pretrained transformers model and its tokenizer
     torchrun --standalone --nproc_per_node 2 train_toy.py --device cuda   # one process per GPU (DDP; --fsdp shards)
 
-The last line printed is one JSON object: accuracy (exact match through generation on held-out examples), n,
-seconds, method, task, and more.
+Each run gets its own folder (runs/TASK-METHOD-TIME unless --out names one) holding checkpoint.pt, config.json,
+metrics.jsonl (a line per epoch), training.png and a stage{k}.pt snapshot per curriculum stage. Each epoch prints
+one JSON line, and the last line printed is one JSON object: accuracy (exact match through generation on held-out
+examples), n, seconds, method, task, and more. Messages for people go to stderr. Ctrl-C stops at once; the
+checkpoint keeps the last finished epoch and the command to continue is printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import sys
+import time
+from pathlib import Path
 
 from tqdm import tqdm
 
 from coconut_pytorch.distributed import World, join_world, leave_world
-from coconut_pytorch.training.config import add_config_arguments, config_from_arguments
+from coconut_pytorch.training.config import TrainConfig, add_config_arguments, config_from_arguments
 from coconut_pytorch.training.loop import json_safe, train
 
 
@@ -35,11 +42,36 @@ def parse_args():
     # every training setting, with its help, from TrainConfig's fields: nothing is written twice
     add_config_arguments(parser)
     arg = parser.add_argument
-    arg('--out', default = 'runs/toy', help = 'the run directory: checkpoint, plot, lock')
-    arg('--resume', action = 'store_true', help = 'continue the run in --out where it stopped (the same arguments)')
+    arg('--out', default = None, help = "the run's folder (default: a new runs/TASK-METHOD-TIME; with --resume, the latest one of the task and method)")
+    arg('--resume', action = 'store_true', help = 'continue the run in --out where it stopped (the same arguments; more --final-epochs extend a finished run)')
     arg('--overwrite', action = 'store_true', help = 'replace the run already in --out (without it, a new run refuses to)')
     arg('--allow-changed-data', action = 'store_true', help = 'with --resume: continue although --train-file or --eval-file changed since the checkpoint')
     return parser.parse_args()
+
+
+def tell(text: str):
+    """A message for the person at the terminal: stderr, so that stdout holds only JSON lines."""
+    print(text, file = sys.stderr, flush = True)
+
+
+def new_run_folder(config: TrainConfig) -> Path:
+    """runs/TASK-METHOD-TIME: every run its own folder, so that no run replaces another's."""
+    name = Path(config.train_file).stem if config.train_file is not None else config.task
+    folder = Path('runs') / f"{name}-{config.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for suffix in range(2, 1000):
+        if not folder.exists():
+            break
+        folder = folder.with_name(f'{folder.name.rsplit("~", 1)[0]}~{suffix}')    # two runs started in one second
+    return folder
+
+
+def latest_run(config: TrainConfig) -> Path:
+    """The most recent run folder of the task and method holding a checkpoint (for --resume without --out)."""
+    name = Path(config.train_file).stem if config.train_file is not None else config.task
+    runs = sorted(path for path in Path('runs').glob(f'{name}-{config.method}-*') if (path / 'checkpoint.pt').is_file())
+    if not runs:
+        raise ValueError(f'--resume: no run of {name} / {config.method} with a checkpoint under runs/; name the run with --out')
+    return runs[-1]
 
 
 def exit_on_sigterm(signum, frame):
@@ -55,19 +87,35 @@ def main():
     # a bad setting or data file is the user's to fix: say what and where, without a traceback
     try:
         config = config_from_arguments(args)
+        out = Path(out) if out is not None else latest_run(config) if resume else new_run_folder(config)
     except (ValueError, TypeError) as error:
         sys.exit(f'error: {error}')
+    world = World()
     try:
         # under torchrun: join its process group; every rank trains its part, rank 0 writes and prints
         join_world(config.device)
         world = World.current()
-        result = train(config, out, resume = resume, progress = tqdm, overwrite = overwrite, allow_changed_data = allow_changed_data)
+        if world.is_main:
+            tell(f'run folder: {out}')
+        result = train(config, out, resume = resume, progress = tqdm, overwrite = overwrite, allow_changed_data = allow_changed_data,
+                       say = tell if world.is_main else None)
     except ValueError as error:
         sys.exit(f'error: {error}')
+    except KeyboardInterrupt:
+        # Ctrl-C: every finished epoch is saved already; say so, and how to go on, instead of a traceback
+        if world.is_main:
+            kept = f'{out / "checkpoint.pt"} keeps the last finished epoch' if (out / 'checkpoint.pt').is_file() else 'no epoch had finished, so nothing was saved'
+            again = [arg for arg in sys.argv[1:] if arg not in ('--resume', '--overwrite')]
+            if '--out' not in again and not any(arg.startswith('--out=') for arg in again):
+                again += ['--out', str(out)]
+            tell(f'interrupted: {kept}; continue with:\n  python train_toy.py {shlex.join(again + ["--resume"])}')
+        sys.exit(130)
     finally:
         leave_world()
     if world.is_main:
         print(json.dumps(json_safe(result), allow_nan = False))
+        if 'plot' in result:
+            tell(f"plot: {result['plot']}   metrics: {result['metrics']}")
     if result.get('stopped') == 'diverged':
         sys.exit(f'error: {result["reason"]}')
 

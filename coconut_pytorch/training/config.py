@@ -93,6 +93,10 @@ class TrainConfig:
     fsdp: bool = setting(False, 'under torchrun: shard weights, gradients and AdamW state across the processes (FSDP2, per '
                                 'block) instead of copying the model to each (DDP, the default); with --bf16, blocks compute '
                                 'in bfloat16 from float32 weights')
+    init_from: str | None = setting(None, "start from another run's weights (its checkpoint.pt: the same model shape and "
+                                          'vocabulary), e.g. Coconut from a CoT run, as the paper does')
+    eval_every: int = setting(0, 'also measure held-out accuracy every N epochs, into the log and the plot (0: only at the end)')
+    tensorboard: bool = setting(False, "also log each epoch to TensorBoard, in the run's folder (pip install tensorboard)")
     time_budget: float | None = setting(None, 'seconds; stop after the epoch that crosses it, --resume later')
     max_nonfinite_steps: int = setting(10, 'optimizer steps with a non-finite loss or gradient are skipped; this many in '
                                            'a row stop the run as diverged (its last good checkpoint kept)')
@@ -105,6 +109,7 @@ class TrainConfig:
         for name in ('final_epochs', 'warmup_steps'):
             check_int(name, getattr(self, name), 0)
         check_int('max_nonfinite_steps', self.max_nonfinite_steps, 1)
+        check_int('eval_every', self.eval_every, 0)
         if self.max_latent_stage is not None:
             check_int('max_latent_stage', self.max_latent_stage, 0)
         if self.tokens_per_stage is not None:
@@ -132,7 +137,7 @@ class TrainConfig:
             raise ValueError(f'task must be one of {sorted(TASKS)}, got {self.task!r}')
         if not isinstance(self.task_kwargs, dict):
             raise TypeError(f'task_kwargs must be a dict, got {type(self.task_kwargs).__name__}')
-        for name in ('train_file', 'eval_file', 'hf_model'):
+        for name in ('train_file', 'eval_file', 'hf_model', 'init_from'):
             value = getattr(self, name)
             if value is not None and not isinstance(value, (str, os.PathLike)):
                 raise TypeError(f'{name} must be a path, got {type(value).__name__}')
@@ -215,4 +220,6 @@ def config_from_arguments(arguments: argparse.Namespace | dict) -> TrainConfig:
 # settings that change how a run is executed, not what it learns: a resumed run may differ in them
 # (`hf_model` only names where a run's first weights came from: a resumed run takes them, and the tokenizer, from its
 # checkpoint, so the folder may have moved or gone)
-RESUME_MAY_CHANGE = ('time_budget', 'device', 'cuda_graphs', 'compile', 'max_nonfinite_steps', 'download', 'hf_model')
+RESUME_MAY_CHANGE = ('time_budget', 'device', 'cuda_graphs', 'compile', 'max_nonfinite_steps', 'download', 'hf_model',
+                     # a resumed run's weights are its checkpoint's; more final epochs extend a finished run; records
+                     'init_from', 'final_epochs', 'eval_every', 'tensorboard')

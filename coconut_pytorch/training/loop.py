@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,12 +28,13 @@ from coconut_pytorch.evaluate import evaluate_examples
 from coconut_pytorch.plotting import plot_history
 from coconut_pytorch.training.batches import Batch, EpochLayout
 from coconut_pytorch.training.checkpoints import (CHECKPOINT_NAME, INFERENCE_TOKEN_MARGIN, TRAINING_KEYS, RunLock, check_resumable,
-                                                  data_digests, inference_info, load_run, save_checkpoint)
+                                                  data_digests, first_line, inference_info, load_run, save_checkpoint)
 from coconut_pytorch.training.config import TrainConfig
 from coconut_pytorch.training.datasets import held_out_questions, load_data
 from coconut_pytorch.training.fresh_sets import FreshSets
 from coconut_pytorch.training.model import backbone_config, build_model
 from coconut_pytorch.training.optim import Diverged, NonFiniteSteps, learning_rate, make_optimizer, weights_finite
+from coconut_pytorch.training.records import METRICS_NAME, RunRecords
 from coconut_pytorch.training.schedule import Curriculum
 from coconut_pytorch.training.step import TrainStep
 
@@ -56,11 +57,15 @@ def train(
     resume: bool = False,
     progress: Callable | None = None,
     overwrite: bool = False,
-    allow_changed_data: bool = False
+    allow_changed_data: bool = False,
+    say: Callable[[str], None] | None = None
 ) -> dict:
     """Train, evaluate on held-out generated examples, save checkpoint and plot; returns the results.
 
-    `progress(iterable, **kwargs)` wraps the batch loop (e.g. tqdm); it gets `set_postfix` calls if it has them.
+    `progress(iterable, **kwargs)` wraps the batch loop and the final evaluation (e.g. tqdm); it gets `set_postfix`
+    calls if it has them. `say(text)` gets a line for the user at the moments that matter (resuming from epoch N,
+    starting from another run's weights). Beside the checkpoint, the run's folder gets `config.json`, `metrics.jsonl`
+    (one line per epoch), `training.png` and a `stage{k}.pt` snapshot at the end of each stage (`records`).
     A new run into an `out_dir` that holds a checkpoint is refused unless `resume` (continue it) or `overwrite`
     (replace it); two runs never share an `out_dir` at once (a lock). `allow_changed_data` lets `resume` continue
     over data files that changed since the checkpoint.
@@ -105,6 +110,13 @@ def train(
         if not bool(all_agree(torch.tensor(failure is None, device = device), world)):
             raise failure if failure is not None else ValueError('another rank of this run refused to start it (its error says why)')
         run = open_run(config, checkpoint_path, device, resume, allow_changed_data, world)
+        if say is not None and world.is_main:
+            if resume:
+                say(f'resuming {out_dir} at epoch {run.start_epoch} of 0-{run.total_epochs - 1} (epoch {run.saved_epoch} was the last saved)')
+            elif config.init_from is not None:
+                say(f'starting from the weights of {config.init_from}')
+        if world.is_main:
+            run.records = stack.enter_context(closing(RunRecords(out_dir, config, run.history if resume else None)))
         return run_epochs(run, progress)
 
 
@@ -134,11 +146,11 @@ class Run:
     step: int = 0                       # optimizer steps so far
     optimizer_start: int = 0            # the step the current optimizer was made at
     inference: dict | None = None       # how the model saved last is run (`checkpoints.inference_info`)
-    saved_epoch: int | None = None
+    saved_epoch: int | None = None      # the epoch the checkpoint holds
+    records: RunRecords | None = None   # config.json, metrics.jsonl, stage snapshots (rank 0 only)
 
     def __post_init__(self):
         self.history = self.history if self.history is not None else []
-        self.saved_epoch = self.history[-1]['epoch'] if self.history else None
 
 
 def open_run(config: TrainConfig, checkpoint_path: Path, device: torch.device, resume: bool, allow_changed_data: bool,
@@ -158,9 +170,11 @@ def open_run(config: TrainConfig, checkpoint_path: Path, device: torch.device, r
         # with fresh data the cap grew with every set seen before the stop
         longest_target = max(longest_target, state['inference']['max_new_tokens'] - INFERENCE_TOKEN_MARGIN)
         where = dict(start_epoch = state['epoch'] + 1, history = state['history'], elapsed = state['elapsed'], step = state['step'],
-                     optimizer_start = state.get('optimizer_start', 0), inference = state['inference'])
+                     optimizer_start = state.get('optimizer_start', 0), inference = state['inference'], saved_epoch = state['epoch'])
     else:
         model = build_model(config, len(tokenizer), curriculum).to(device)
+        if config.init_from is not None:
+            start_from(model, tokenizer, config.init_from, device)
         where = {}
 
     if config.compile:
@@ -199,10 +213,19 @@ def run_epochs(run: Run, progress: Callable | None) -> dict:
         for epoch in range(run.start_epoch, run.total_epochs):
             batches = epoch_batches(run, epoch, fresh_sets)
             record = train_epoch(run, epoch, batches, nonfinite, progress if run.world.is_main else None, run_start)
+            stage = record['stage']
+            if config.eval_every and (epoch + 1) % config.eval_every == 0 and epoch < run.total_epochs - 1:
+                # the model as it stands, thinking as its stage trained it to (the end of the run is evaluated anyway)
+                inference = inference_info(run.curriculum, stage, run.longest_target)
+                record['eval_accuracy'] = round(held_out(run, inference)['accuracy'], 5)
             run.history.append(record)
             if progress and run.world.is_main:
                 print(json.dumps(record, allow_nan = False), flush = True)
             save_epoch(run, epoch, run.elapsed + time.perf_counter() - run_start)
+            if run.records is not None:
+                run.records.epoch(record)
+                if epoch < run.total_epochs - 1 and run.curriculum.stage_at_epoch(epoch + 1) != stage:
+                    run.records.keep_stage(run.checkpoint_path, stage)
 
             # the ranks' clocks differ: they stop together when any is over the budget
             over_budget = config.time_budget is not None and time.perf_counter() - run_start > config.time_budget
@@ -219,7 +242,7 @@ def run_epochs(run: Run, progress: Callable | None) -> dict:
         if fresh_sets is not None:
             fresh_sets.close()
 
-    return finish(run, stopped, reason, run.elapsed + time.perf_counter() - run_start)
+    return finish(run, stopped, reason, run.elapsed + time.perf_counter() - run_start, progress if run.world.is_main else None)
 
 
 def epoch_batches(run: Run, epoch: int, fresh_sets: FreshSets | None) -> list[Batch]:
@@ -246,7 +269,8 @@ def train_epoch(run: Run, epoch: int, batches: list[Batch], nonfinite: NonFinite
         run.optimizer_start = run.step
 
     run.train_step.pad_to(max(b.prompt.shape[1] for b in batches), max(b.target.shape[1] for b in batches))
-    iterator = progress(batches, desc = f'epoch {epoch + 1}/{run.total_epochs} stage {stage}', leave = False) if progress else batches
+    # numbered as the logs number them: epochs 0 to total - 1
+    iterator = progress(batches, desc = f'epoch {epoch} of 0-{run.total_epochs - 1}, stage {stage}', leave = False) if progress else batches
 
     run.model.train()
     loss_sum = torch.zeros((), device = device)
@@ -297,12 +321,12 @@ def train_epoch(run: Run, epoch: int, batches: list[Batch], nonfinite: NonFinite
     # over every rank's batches
     loss_sum, thought_loss_sum, finite_batches, correct, counted = all_reduce_sum([loss_sum, thought_loss_sum, finite_batches, correct, counted], run.world)
     # an epoch of nothing but non-finite batches has no loss (0 / 0 = NaN, written as null)
-    record = dict(epoch = epoch, stage = stage, loss = (loss_sum / finite_batches).item(),
-                  token_accuracy = (correct / counted.clamp(min = 1)).item(),
+    record = dict(epoch = epoch, stage = stage, loss = round((loss_sum / finite_batches).item(), 5),
+                  token_accuracy = round((correct / counted.clamp(min = 1)).item(), 5),
                   seconds = round(run.elapsed + time.perf_counter() - run_start, 2))     # training time at the epoch's end
     if config.thought_loss > 0:
         # `loss` includes it, weighted; alone it tells whether the thoughts hold what they replaced
-        record['thought_loss'] = (thought_loss_sum / finite_batches).item()
+        record['thought_loss'] = round((thought_loss_sum / finite_batches).item(), 5)
     if skipped:
         record['skipped_steps'] = skipped
     return json_safe(record)
@@ -327,8 +351,8 @@ def save_epoch(run: Run, epoch: int, elapsed: float):
     ), run.checkpoint_path)
 
 
-def finish(run: Run, stopped: str | None, reason: str | None, seconds: float) -> dict:
-    """The run's result: after the plot and the held-out evaluation, or for a diverged run, why it stopped."""
+def finish(run: Run, stopped: str | None, reason: str | None, seconds: float, progress: Callable | None = None) -> dict:
+    """The run's result: after the held-out evaluation and the plot, or for a diverged run, why it stopped."""
     config = run.config
     task = config.task if config.train_file is None else str(config.train_file)
 
@@ -337,19 +361,13 @@ def finish(run: Run, stopped: str | None, reason: str | None, seconds: float) ->
                     method = config.method, task = task, epoch = run.saved_epoch,
                     checkpoint = str(run.checkpoint_path) if run.saved_epoch is not None else None)
 
-    if run.world.is_main:
-        plot_history(run.history, run.checkpoint_path.parent / 'training.png', title = f'{config.task} / {config.method}', thought_loss_weight = config.thought_loss)
-
     # a run stopped by its time budget is still evaluated, at the stage it reached (and says so)
     inference = run.inference
-    result = evaluate_examples(
-        gathered_model(run) if config.fsdp else run.model, run.tokenizer, run.eval_set,
-        num_thoughts = inference['num_thoughts'],
-        max_new_tokens = inference['max_new_tokens'],
-        source = config.eval_file or 'held-out examples',
-        autocast_dtype = torch.bfloat16 if config.bf16 else None,
-        world = run.world
-    )
+    result = held_out(run, inference, progress)
+    plot = run.checkpoint_path.parent / 'training.png'
+    if run.world.is_main:
+        plot_history(run.history, plot, title = f'{config.task} / {config.method}', thought_loss_weight = config.thought_loss,
+                     final_accuracy = (run.saved_epoch, result['accuracy']))
 
     return dict(
         finished = stopped is None,
@@ -364,8 +382,36 @@ def finish(run: Run, stopped: str | None, reason: str | None, seconds: float) ->
         final_stage = inference['final_stage'],
         epoch = run.saved_epoch,
         mean_new_tokens = result['mean_new_tokens'],
-        checkpoint = str(run.checkpoint_path)
+        checkpoint = str(run.checkpoint_path),
+        plot = str(plot),
+        metrics = str(run.checkpoint_path.parent / METRICS_NAME)
     )
+
+
+def held_out(run: Run, inference: dict, progress: Callable | None = None) -> dict:
+    """`evaluate_examples` on the run's held-out set, thinking and writing as `inference` says (`inference_info`)."""
+    config = run.config
+    return evaluate_examples(
+        gathered_model(run) if config.fsdp else run.model, run.tokenizer, run.eval_set,
+        num_thoughts = inference['num_thoughts'],
+        max_new_tokens = inference['max_new_tokens'],
+        source = config.eval_file or 'held-out examples',
+        autocast_dtype = torch.bfloat16 if config.bf16 else None,
+        world = run.world,
+        progress = progress
+    )
+
+
+def start_from(model: Coconut, tokenizer: Tokenizer, path: str, device: torch.device):
+    """A new run's first weights from another run's checkpoint (`init_from`): the same model shape, and ids that mean
+    the same words; the optimizer, the schedule and the data start afresh."""
+    source = load_run(path, str(device))
+    if source.tokenizer.to_dict() != tokenizer.to_dict():
+        raise ValueError(f'init_from {path}: its vocabulary is not the one this run\'s data gives, so its ids would mean other words')
+    try:
+        model.load_state_dict(source.model.state_dict())
+    except RuntimeError as error:
+        raise ValueError(f'init_from {path}: its weights do not fit this run\'s model ({first_line(error)})') from None
 
 
 def gathered_model(run: Run) -> Coconut:
