@@ -5,6 +5,7 @@
     python train_toy.py --train-file prosqa_train.json --eval-file prosqa_valid.json   # the paper's data files
     python train_toy.py --method cot                     # or no_cot, pause, coconut_no_curriculum, ...
     python train_toy.py --resume                         # continue the run in --out where it stopped
+    python train_toy.py --config recipes/prosqa.yaml --out runs/prosqa   # a recipe's settings; options override them
     python train_toy.py --hf-model path/to/gpt2 --lr 1e-4   # a pretrained transformers model and its tokenizer
     torchrun --standalone --nproc_per_node 2 train_toy.py --device cuda   # one process per GPU (DDP; --fsdp shards)
 
@@ -18,11 +19,13 @@ import argparse
 import json
 import signal
 import sys
+from typing import Sequence
 
 from tqdm import tqdm
 
 from coconut_pytorch.distributed import World, join_world, leave_world
-from coconut_pytorch.training.config import add_config_arguments, config_from_arguments
+from coconut_pytorch.helpers import check_device
+from coconut_pytorch.training.config import add_config_arguments, config_file_values, config_from_arguments, task_settings_text
 from coconut_pytorch.training.loop import json_safe, train
 
 
@@ -30,16 +33,34 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     """The module docstring as written, and every option's default."""
 
 
-def parse_args():
-    parser = argparse.ArgumentParser(prog = 'train_toy.py', description = __doc__, formatter_class = HelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    """The command's options: every `TrainConfig` setting, --config, and where the run goes; its help ends with
+    each task's settings."""
+    parser = argparse.ArgumentParser(prog = 'train_toy.py', description = __doc__, formatter_class = HelpFormatter, epilog = task_settings_text())
     # every training setting, with its help, from TrainConfig's fields: nothing is written twice
     add_config_arguments(parser)
     arg = parser.add_argument
+    arg('--config', metavar = 'FILE', help = 'a YAML recipe (recipes/*.yaml) mapping settings to values: they replace the '
+                                             'defaults, and options given here override them')
     arg('--out', default = 'runs/toy', help = 'the run directory: checkpoint, plot, lock')
     arg('--resume', action = 'store_true', help = 'continue the run in --out where it stopped (the same arguments)')
     arg('--overwrite', action = 'store_true', help = 'replace the run already in --out (without it, a new run refuses to)')
     arg('--allow-changed-data', action = 'store_true', help = 'with --resume: continue although --train-file or --eval-file changed since the checkpoint')
-    return parser.parse_args()
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line (`argv`, default `sys.argv[1:]`), over the defaults of its --config file if it names one.
+    A file that cannot be used is a one-line error (exit status 1), before anything is created."""
+    parser = build_parser()
+    # parsed twice: the first finds the file, whose values become the defaults the second reads the options over
+    config_file = parser.parse_args(argv).config
+    if config_file is not None:
+        try:
+            parser.set_defaults(**config_file_values(config_file))
+        except ValueError as error:
+            sys.exit(f'error: {error}')
+    return parser.parse_args(argv)
 
 
 def exit_on_sigterm(signum, frame):
@@ -48,13 +69,16 @@ def exit_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)
 
 
-def main():
+def main(argv: Sequence[str] | None = None):
+    """Train with the options of `argv` (default `sys.argv[1:]`) and print the result as one JSON line."""
     signal.signal(signal.SIGTERM, exit_on_sigterm)
-    args = vars(parse_args())
+    args = vars(parse_args(argv))
     out, resume, overwrite, allow_changed_data = args.pop('out'), args.pop('resume'), args.pop('overwrite'), args.pop('allow_changed_data')
-    # a bad setting or data file is the user's to fix: say what and where, without a traceback
+    args.pop('config')
+    # a bad setting or data file is the user's to fix: say what and where, without a traceback, before --out exists
     try:
         config = config_from_arguments(args)
+        check_device(config.device)
     except (ValueError, TypeError) as error:
         sys.exit(f'error: {error}')
     try:
