@@ -18,6 +18,7 @@ setup(
         'hyper-connections>=0.4.11',  # the version this package is tested with; its API moves fast
         'tqdm',
         'matplotlib',
+        'pyyaml',     # --config recipes (recipes/*.yaml)
     ],
     entry_points = {
         'console_scripts': [

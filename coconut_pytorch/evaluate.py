@@ -1,6 +1,6 @@
 """Answer accuracy through generation, as a library function and a command:
 
-    python -m coconut_pytorch.evaluate --checkpoint CKPT --data FILE [--device cuda] [--limit N] [--num-thoughts K]
+    python -m coconut_pytorch.evaluate --checkpoint CKPT --data FILE [--device auto] [--limit N] [--num-thoughts K]
     torchrun --standalone --nproc_per_node 2 -m coconut_pytorch.evaluate ...     # the examples shared among processes
 
 Reads the paper's JSON format or iCoT's line format, thinks for the checkpoint's number of thoughts (or K), lets the
@@ -23,6 +23,7 @@ from coconut_pytorch.data.example import Example
 from coconut_pytorch.data.loaders import load_examples
 from coconut_pytorch.data.tokenizer import Tokenizer
 from coconut_pytorch.distributed import World, gather_objects, join_world, leave_world, shard_indices
+from coconut_pytorch.helpers import check_device, resolve_device
 from coconut_pytorch.training.checkpoints import load_trained
 
 
@@ -161,10 +162,11 @@ def evaluate_examples(
 
 
 def main(argv: Sequence[str] | None = None):
+    """Evaluate a checkpoint on a data file with the options of `argv` (default `sys.argv[1:]`); print one JSON line."""
     parser = argparse.ArgumentParser(description = 'Answer accuracy of a trained checkpoint on a data file.')
     parser.add_argument('--checkpoint', required = True, help = 'checkpoint.pt written by train_toy.py')
     parser.add_argument('--data', required = True, help = "the paper's JSON format or iCoT's line format")
-    parser.add_argument('--device', default = 'cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--device', default = 'auto', help = 'auto (cuda when torch sees a GPU, else cpu), cpu, cuda, cuda:1, ...')
     parser.add_argument('--limit', type = int, default = None, help = 'evaluate the first N examples only')
     parser.add_argument('--num-thoughts', type = int, default = None, help = "continuous thoughts (default: the checkpoint's final stage; 0 = language reasoning)")
     parser.add_argument('--batch-size', type = int, default = 256)
@@ -181,8 +183,14 @@ def main(argv: Sequence[str] | None = None):
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         parser.error(f'--max-new-tokens must be >= 1, got {args.max_new_tokens}')
 
+    # a device this machine lacks is named before the checkpoint is read (torch's own error there is a traceback)
     try:
-        device = join_world(args.device)      # under torchrun: this rank's device, each rank a share of the examples
+        check_device(args.device, '--device')
+    except (ValueError, TypeError) as error:
+        parser.exit(2, f'error: {error}\n')
+
+    try:
+        device = join_world(resolve_device(args.device))      # under torchrun: this rank's device, each rank a share of the examples
         world = World.current()
         model, tokenizer, config, info = load_trained(args.checkpoint, device = device)
         examples = load_examples(args.data)[:args.limit]

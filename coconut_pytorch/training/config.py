@@ -6,14 +6,19 @@ It is saved in every checkpoint and checked again on `--resume` (`RESUME_MAY_CHA
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
 from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
 from typing import Sequence
+
+import yaml
 
 from coconut_pytorch.data.tasks import TASKS
 from coconut_pytorch.data.tasks.base import check_int
+from coconut_pytorch.helpers import parse_device, resolve_device
 from coconut_pytorch.training.schedule import ALIGNABLE_METHODS, METHODS, Curriculum
 
 
@@ -85,7 +90,7 @@ class TrainConfig:
 
     # run
     seed: int = setting(0, 'seeds the data, the model and the shuffles')
-    device: str = setting('cpu', 'cpu, cuda, cuda:1, ...')
+    device: str = setting('auto', 'auto (cuda when torch sees a GPU, else cpu), cpu, cuda, cuda:1, ...')
     bf16: bool = setting(False, 'bfloat16 autocast')
     compile: bool = setting(False, 'torch.compile the native Transformer\'s blocks')
     cuda_graphs: bool = setting(False, "replay each batch shape's training step as a CUDA graph (the step is host-bound "
@@ -137,6 +142,15 @@ class TrainConfig:
             raise ValueError(f'task must be one of {sorted(TASKS)}, got {self.task!r}')
         if not isinstance(self.task_kwargs, dict):
             raise TypeError(f'task_kwargs must be a dict, got {type(self.task_kwargs).__name__}')
+        accepted = task_settings(self.task)
+        for key in self.task_kwargs:
+            if key not in accepted:
+                # named here, not by the task's constructor: that runs only after the run directory is made
+                raise ValueError(f"task_kwargs: {self.task} has no setting {key!r}; it accepts: {', '.join(accepted) or 'none'}")
+        # the resolved device is the one saved in the checkpoint; whether this machine has it is the commands' and
+        # train's to check (helpers.check_device): a checkpoint trained on a GPU must still read where there is none
+        self.device = resolve_device(self.device)
+        parse_device(self.device)
         for name in ('train_file', 'eval_file', 'hf_model', 'init_from'):
             value = getattr(self, name)
             if value is not None and not isinstance(value, (str, os.PathLike)):
@@ -191,6 +205,24 @@ class TrainConfig:
 RENAMED = dict(c_thought = 'thoughts_per_step')
 
 
+def task_settings(task: str) -> dict:
+    """The keyword settings `task`'s constructor takes (its `task_kwargs`), each with its default (`inspect.
+    Parameter.empty` where it has none), in the constructor's order."""
+    parameters = inspect.signature(TASKS[task]).parameters.values()
+    return {parameter.name: parameter.default for parameter in parameters
+            if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)}
+
+
+def task_settings_text() -> str:
+    """Every task's settings with their defaults, one task a line (the training command's help ends with it)."""
+    lines = []
+    for task in sorted(TASKS):
+        settings = task_settings(task)
+        listed = ', '.join(name if value is inspect.Parameter.empty else f'{name}={value!r}' for name, value in settings.items())
+        lines.append(f'  {task}: {listed or "(no settings)"}')
+    return 'task settings (--task-kwargs \'{"name": value}\'), with their defaults:\n' + '\n'.join(lines)
+
+
 # how a setting's text on the command line becomes its value, by the field's annotation
 OPTION_TYPES = {'int': int, 'int | None': int, 'float': float, 'float | None': float, 'str': str, 'str | None': str, 'dict': json.loads}
 OPTION_METAVARS = {int: 'N', float: 'X', str: 'TEXT', json.loads: 'JSON'}
@@ -198,17 +230,78 @@ OPTION_METAVARS = {int: 'N', float: 'X', str: 'TEXT', json.loads: 'JSON'}
 
 def add_config_arguments(parser: argparse.ArgumentParser):
     """An option for every `TrainConfig` setting, from the field's default, annotation and help: `--name value`, or
-    for a switch `--name` (off by default) or `--no-name` (on by default)."""
+    for a switch both `--name` and `--no-name` (a --config file may have turned on what the command line turns off)."""
     for setting_field in fields(TrainConfig):
         meta = setting_field.metadata
         default = setting_field.default_factory() if setting_field.default is MISSING else setting_field.default
         option = ['--' + (meta.get('cli') or setting_field.name.replace('_', '-'))] + ['--' + alias for alias in meta.get('aliases', ())]
         if setting_field.type == 'bool':
-            parser.add_argument(*option, dest = setting_field.name, action = 'store_false' if default else 'store_true', help = meta['help'])
+            # named by what it turns on; argparse adds the --no- form
+            positive = (meta.get('cli') or setting_field.name.replace('_', '-')).removeprefix('no-')
+            parser.add_argument('--' + positive, dest = setting_field.name, action = argparse.BooleanOptionalAction, default = default, help = meta['help'])
             continue
         kind = OPTION_TYPES[setting_field.type]
         parser.add_argument(*option, dest = setting_field.name, type = kind, default = default, choices = meta.get('choices'),
                             metavar = None if meta.get('choices') else OPTION_METAVARS[kind], help = meta['help'])
+
+
+def config_file_spellings() -> dict[str, str]:
+    """Each key a --config file may use, with the `TrainConfig` field it sets: the field's name, underscored or
+    dashed, and its command-line names (`checkpoint-activations`, `c-thought`) except the `no-` switches, whose
+    value would read backwards."""
+    spellings = {}
+    for setting_field in fields(TrainConfig):
+        names = [setting_field.name, setting_field.metadata.get('cli') or setting_field.name, *setting_field.metadata.get('aliases', ())]
+        for name in names:
+            if not name.startswith('no-'):
+                spellings[name] = spellings[name.replace('-', '_')] = spellings[name.replace('_', '-')] = setting_field.name
+    return spellings
+
+
+def config_file_values(path: str | os.PathLike) -> dict:
+    """The settings of a YAML recipe (`train_toy.py --config FILE`): a mapping of `TrainConfig` settings to values,
+    returned by field name. An unknown key, one setting given twice, or a value of the wrong kind is a one-line
+    ValueError naming the file and the key; the ranges and combinations are `TrainConfig`'s to check."""
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ValueError(f'--config {path}: cannot be read as YAML: {" ".join(str(error).split())}') from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError(f'--config {path}: expected a mapping of settings to values, got {type(values).__name__}')
+    spellings = config_file_spellings()
+    types = {setting_field.name: setting_field.type for setting_field in fields(TrainConfig)}
+    settings = {}
+    for key, value in values.items():
+        name = spellings.get(str(key))
+        if name is None:
+            bare = str(key)[3:]
+            hint = f' (write {spellings[bare]}: false)' if str(key)[:3] in ('no-', 'no_') and bare in spellings else ''
+            raise ValueError(f'--config {path}: unknown setting {key!r}{hint}; the settings are: {", ".join(types)}')
+        if name in settings:
+            raise ValueError(f'--config {path}: {key!r} sets {name}, which the file already set')
+        settings[name] = config_file_value(path, key, value, types[name])
+    return settings
+
+
+def config_file_value(path: Path, key: str, value, annotation: str):
+    """`value` as the kind of setting its annotation names, or a ValueError naming the file and the key."""
+    kind = annotation.removesuffix(' | None')
+    if value is None and annotation.endswith(' | None'):
+        return None
+    if kind == 'float' and isinstance(value, str):
+        # PyYAML reads YAML 1.1, where 1e-3 (no dot) is text, not a number
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    expected = dict(int = (int,), float = (int, float), str = (str,), bool = (bool,), dict = (dict,))[kind]
+    if (isinstance(value, bool) and kind != 'bool') or not isinstance(value, expected):
+        wanted = dict(int = 'an integer', float = 'a number', str = 'text', bool = 'true or false', dict = 'a mapping')[kind]
+        raise ValueError(f'--config {path}: {key} must be {wanted}, got {value!r}')
+    return float(value) if kind == 'float' else value
 
 
 def config_from_arguments(arguments: argparse.Namespace | dict) -> TrainConfig:

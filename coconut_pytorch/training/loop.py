@@ -25,6 +25,7 @@ from coconut_pytorch.data.tokenizer import Tokenizer, max_target_length, target_
 from coconut_pytorch.distributed import (World, all_agree, all_reduce_sum, full_model_state, full_optimizer_state, load_full_optimizer_state,
                                          rank_device, shard_batch)
 from coconut_pytorch.evaluate import evaluate_examples
+from coconut_pytorch.helpers import check_device
 from coconut_pytorch.plotting import plot_history
 from coconut_pytorch.training.batches import Batch, EpochLayout
 from coconut_pytorch.training.checkpoints import (CHECKPOINT_NAME, INFERENCE_TOKEN_MARGIN, TRAINING_KEYS, RunLock, check_resumable,
@@ -82,10 +83,8 @@ def train(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f'out_dir {out_dir} is a file; the run needs a directory for its checkpoint and plot')
-    device = torch.device(rank_device(config.device) if world.distributed else config.device)
     # checked here, not in TrainConfig: a checkpoint trained on a GPU must still load where there is none
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f'device {config.device!r}: this torch build sees no CUDA GPU')
+    device = check_device(rank_device(config.device) if world.distributed else config.device)
     if resume and overwrite:
         raise ValueError('resume and overwrite cannot be combined: continue the run in out_dir, or replace it')
     if config.fsdp and not world.distributed:

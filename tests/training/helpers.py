@@ -14,10 +14,11 @@ TOKENIZER = WordTokenizer.from_texts([EXAMPLE.question, *EXAMPLE.steps, EXAMPLE.
 
 SEP, EOS = '<sep>', '<eos>'
 
-SMALL = dict(task = 'running_sum', task_kwargs = dict(num_digits = 3), train_size = 512, eval_size = 64, batch_size = 64,
+# on the CPU wherever the tests run (the device's default, auto, would take a GPU): the tests' figures are the CPU's
+SMALL = dict(task = 'running_sum', task_kwargs = dict(num_digits = 3), device = 'cpu', train_size = 512, eval_size = 64, batch_size = 64,
              epochs_per_stage = 1, final_epochs = 1, dim = 32, depth = 1, heads = 2, dim_head = 16, warmup_steps = 5)
 
-TINY = dict(task = 'running_sum', task_kwargs = dict(num_digits = 3), train_size = 128, eval_size = 8, batch_size = 32,
+TINY = dict(task = 'running_sum', task_kwargs = dict(num_digits = 3), device = 'cpu', train_size = 128, eval_size = 8, batch_size = 32,
             epochs_per_stage = 1, final_epochs = 0, dim = 16, depth = 1, heads = 2, dim_head = 8, num_residual_streams = 1,
             warmup_steps = 0)
 

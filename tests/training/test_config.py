@@ -7,9 +7,13 @@ import sys
 from dataclasses import MISSING, fields
 
 import pytest
+import torch
 from helpers import ROOT
 
+from coconut_pytorch.data.tasks import TASKS
+from coconut_pytorch.helpers import check_device
 from coconut_pytorch.training import TrainConfig, add_config_arguments, config_from_arguments
+from coconut_pytorch.training.config import task_settings
 
 
 def parse(*argv: str) -> TrainConfig:
@@ -85,7 +89,12 @@ def test_the_help_shows_every_setting_with_its_text_and_default():
     (dict(task_kwargs = '{}'), TypeError, 'task_kwargs must be a dict'),
     (dict(train_file = 3), TypeError, 'train_file must be a path'),
     (dict(train_file = 'x.json', fresh_data = True), ValueError, 'cannot be used with train_file'),
-    (dict(cuda_graphs = True), ValueError, 'cuda_graphs needs a CUDA device'),
+    (dict(cuda_graphs = True, device = 'cpu'), ValueError, 'cuda_graphs needs a CUDA device'),
+    (dict(task_kwargs = {'digits': 3}), ValueError, "task_kwargs: running_sum has no setting 'digits'; it accepts: num_digits, modulus$"),
+    (dict(task = 'prosqa', task_kwargs = {'num_digits': 3}), ValueError, "task_kwargs: prosqa has no setting 'num_digits'; it accepts: steps$"),
+    (dict(device = 'gpu'), ValueError, "device must be auto, cpu, cuda or cuda:N"),
+    (dict(device = 'cuda:x'), ValueError, "device must be auto, cpu, cuda or cuda:N"),
+    (dict(device = 0), TypeError, "device must be a str"),
     (dict(cuda_graphs = True, compile = True, device = 'cuda'), ValueError, 'cannot be combined'),
     (dict(cuda_graphs = True, checkpoint = True, device = 'cuda'), ValueError, 'cannot be combined'),
 ])
@@ -107,3 +116,38 @@ def test_c_is_thoughts_per_step_and_answers_to_the_papers_name():
     assert config_from_arguments(parser.parse_args(['--thoughts-per-step', '2'])).thoughts_per_step == 2
     assert TrainConfig.from_dict(dict(c_thought = 4)).thoughts_per_step == 4
     assert TrainConfig(thoughts_per_step = 2).curriculum(task_max_steps = 3).thoughts_per_step == 2
+
+
+def test_every_task_setting_is_accepted_and_only_those():
+    for task in TASKS:
+        settings = task_settings(task)
+        assert settings, task
+        # every setting the task takes may be given (with its own default: the task accepts it)
+        assert TrainConfig(task = task, task_kwargs = dict(settings)).task_kwargs == settings
+        with pytest.raises(ValueError, match = f"^task_kwargs: {task} has no setting 'colour'; it accepts: {', '.join(settings)}$"):
+            TrainConfig(task = task, task_kwargs = dict(colour = 1))
+
+
+def test_the_device_defaults_to_auto_resolved_for_this_machine():
+    # the resolved name is the one saved in checkpoints
+    expected = 'cuda' if torch.cuda.is_available() else 'cpu'
+    assert TrainConfig().device == expected and parse().device == expected
+    assert TrainConfig(device = 'auto').device == expected
+    assert TrainConfig(device = 'cpu:0').device == 'cpu:0'
+    # a GPU's name is kept where there is none: a checkpoint trained on one must still read
+    assert TrainConfig.from_dict(dict(device = 'cuda:1')).device == 'cuda:1'
+
+
+def test_auto_is_cuda_where_torch_sees_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    assert TrainConfig().device == 'cuda' and TrainConfig(device = 'cpu').device == 'cpu'
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason = 'this machine has the CUDA GPU the check refuses')
+def test_check_device_refuses_what_this_machine_lacks():
+    assert check_device('auto') == torch.device('cpu') and check_device('cpu:0') == torch.device('cpu:0')
+    for device in ('cuda', 'cuda:5'):
+        with pytest.raises(ValueError, match = 'this torch build sees no CUDA GPU'):
+            check_device(device)
+    with pytest.raises(ValueError, match = 'device must be auto, cpu, cuda'):
+        check_device('gpu')
