@@ -13,8 +13,9 @@ import torch
 from helpers import ROOT, TINY
 
 from coconut_pytorch.data.tasks import TASKS
+from coconut_pytorch.helpers import check_device
 from coconut_pytorch.training import TrainConfig, config_from_arguments, train
-from coconut_pytorch.training.command import parse_args
+from coconut_pytorch.training.command import build_parser, parse_args
 
 RECIPES = ROOT / 'recipes'
 
@@ -39,9 +40,14 @@ def config(*argv: str) -> TrainConfig:
     return config_from_arguments(parse_args(list(argv)))
 
 
-def run_command(*argv: str, module: str | None = None) -> subprocess.CompletedProcess:
+def start_command(*argv: str, module: str | None = None) -> subprocess.Popen:
     command = [sys.executable, '-m', module] if module else [sys.executable, str(ROOT / 'train_toy.py')]
-    return subprocess.run(command + list(argv), capture_output = True, text = True, cwd = ROOT, timeout = 300)
+    return subprocess.Popen(command + list(argv), stdout = subprocess.PIPE, stderr = subprocess.PIPE, text = True, cwd = ROOT)
+
+
+def finish(process: subprocess.Popen) -> subprocess.CompletedProcess:
+    stdout, stderr = process.communicate(timeout = 300)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str):
@@ -118,16 +124,8 @@ def test_a_bad_recipe_is_named_with_its_key(tmp_path, text, message):
     assert message in str(exit_info.value.code) and '\n' not in str(exit_info.value.code)
 
 
-def test_a_bad_recipe_stops_the_command_before_the_run_directory_exists(tmp_path):
-    recipe = tmp_path / 'bad.yaml'
-    recipe.write_text('depht: 3\n')
-    out = tmp_path / 'run'
-    assert_one_line_error(run_command('--config', str(recipe), '--out', str(out)), str(recipe), "'depht'")
-    assert not out.exists()
-
-
 def test_the_help_lists_every_task_with_its_settings_and_defaults():
-    text = subprocess.run([sys.executable, str(ROOT / 'train_toy.py'), '--help'], capture_output = True, text = True, check = True, cwd = ROOT).stdout
+    text = build_parser().format_help()
     epilog = text[text.index('task settings'):]
     for task, task_class in TASKS.items():
         line = next(line for line in epilog.splitlines() if line.strip().startswith(f'{task}:'))
@@ -137,11 +135,15 @@ def test_the_help_lists_every_task_with_its_settings_and_defaults():
     assert '--config FILE' in text
 
 
-def test_an_unknown_task_setting_stops_the_command_before_the_run_directory_exists(tmp_path):
-    out = tmp_path / 'run'
-    result = run_command('--task-kwargs', '{"digits": 3}', '--out', str(out))
-    assert_one_line_error(result, "task_kwargs: running_sum has no setting 'digits'; it accepts: num_digits, modulus")
-    assert not out.exists()
+def test_a_bad_recipe_or_task_setting_stops_the_command_before_the_run_directory_exists(tmp_path):
+    recipe = tmp_path / 'bad.yaml'
+    recipe.write_text('depht: 3\n')
+    # both commands start at once (each spends seconds importing torch), then each is judged
+    runs = dict(recipe = start_command('--config', str(recipe), '--out', str(tmp_path / 'recipe')),
+                task = start_command('--task-kwargs', '{"digits": 3}', '--out', str(tmp_path / 'task')))
+    assert_one_line_error(finish(runs['recipe']), str(recipe), "'depht'")
+    assert_one_line_error(finish(runs['task']), "task_kwargs: running_sum has no setting 'digits'; it accepts: num_digits, modulus")
+    assert not (tmp_path / 'recipe').exists() and not (tmp_path / 'task').exists()
 
 
 @pytest.fixture(scope = 'module')
@@ -151,17 +153,23 @@ def trained_checkpoint(tmp_path_factory) -> Path:
     return out / 'checkpoint.pt'
 
 
-@pytest.mark.parametrize('device, message', [
-    pytest.param('cuda', 'sees no CUDA GPU', marks = pytest.mark.skipif(torch.cuda.is_available(), reason = 'this machine has CUDA')),
-    pytest.param('cuda:5', 'sees no CUDA GPU', marks = pytest.mark.skipif(torch.cuda.is_available(), reason = 'this machine has CUDA')),
-    ('gpu', 'must be auto, cpu, cuda or cuda:N'),
-])
-def test_a_device_this_machine_lacks_is_one_line_from_both_commands(tmp_path, trained_checkpoint, device, message):
-    out = tmp_path / 'run'
-    assert_one_line_error(run_command('--device', device, '--out', str(out)), repr(device), message)
-    assert not out.exists()
-    # evaluation: refused before the checkpoint is read (torch's own refusal there is a traceback)
+DEVICES = dict(gpu = 'must be auto, cpu, cuda or cuda:N', **({} if torch.cuda.is_available() else {'cuda': 'sees no CUDA GPU', 'cuda:5': 'sees no CUDA GPU'}))
+
+
+def test_a_device_this_machine_lacks_is_one_line_from_both_commands(tmp_path, trained_checkpoint):
+    for device, message in DEVICES.items():
+        with pytest.raises(ValueError, match = message):
+            check_device(device)
     data = tmp_path / 'data.json'
     data.write_text('[{"question": "1 2 3", "steps": ["1", "3"], "answer": "6"}]')
-    result = run_command('--checkpoint', str(trained_checkpoint), '--data', str(data), '--device', device, module = 'coconut_pytorch.evaluate')
-    assert_one_line_error(result, '--device', repr(device), message)
+    # the commands (through the same check) start at once, then each is judged: a malformed device, and one missing here
+    missing = 'cuda' if not torch.cuda.is_available() else f'cuda:{torch.cuda.device_count()}'
+    runs = {device: (start_command('--device', device, '--out', str(tmp_path / device)),
+                     start_command('--checkpoint', str(trained_checkpoint), '--data', str(data), '--device', device, module = 'coconut_pytorch.evaluate'))
+            for device in ('gpu', missing)}
+    for device, (training, evaluation) in runs.items():
+        message = DEVICES['gpu'] if device == 'gpu' else 'sees no CUDA GPU' if device == 'cuda' else 'GPU'
+        assert_one_line_error(finish(training), repr(device), message)
+        assert not (tmp_path / device).exists()
+        # evaluation: refused before the checkpoint is read (torch's own refusal there is a traceback)
+        assert_one_line_error(finish(evaluation), '--device', repr(device), message)
