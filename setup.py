@@ -24,6 +24,8 @@ setup(
         'console_scripts': [
             'coconut-train = coconut_pytorch.training.command:main',
             'coconut-eval = coconut_pytorch.evaluate:main',
+            'coconut-sample = coconut_pytorch.sample:main',
+            'coconut-export = coconut_pytorch.export:main',
         ],
     },
     extras_require = {

@@ -1,11 +1,13 @@
 """Answer accuracy through generation, as a library function and a command:
 
     python -m coconut_pytorch.evaluate --checkpoint CKPT --data FILE [--device auto] [--limit N] [--num-thoughts K]
+    python -m coconut_pytorch.evaluate --checkpoint CKPT --data FILE --predictions predictions.jsonl   # each answer too
     torchrun --standalone --nproc_per_node 2 -m coconut_pytorch.evaluate ...     # the examples shared among processes
 
 Reads the paper's JSON format or iCoT's line format, thinks for the checkpoint's number of thoughts (or K), lets the
 model write whatever language steps it was trained to write, and scores the text after the last <sep> against the
-gold answer by exact match after whitespace normalisation. Prints one JSON line.
+gold answer by exact match after whitespace normalisation. Prints one JSON line. With --predictions, also writes one
+JSON line per example: question, gold, prediction, correct, and text (everything the model wrote, steps included).
 Generation is batched and runs on the KV cache.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -134,7 +137,8 @@ def evaluate_examples(
     world: World = World(),
     progress: Callable | None = None
 ) -> dict:
-    """Greedy generation for every example; returns accuracy, n, mean_new_tokens, seconds and the predictions.
+    """Greedy generation for every example; returns accuracy, n, mean_new_tokens, seconds, the predictions, the texts
+    they were read from (everything generated, language steps included) and whether each was correct.
 
     In a process group (`world`), each rank generates for every `world.size`-th example and the answers are gathered:
     every rank returns what one process would."""
@@ -149,6 +153,7 @@ def evaluate_examples(
     seconds = time.perf_counter() - start
 
     predictions = [answer_text(row, tokenizer) for row in rows]
+    texts = [tokenizer.decode(row) for row in rows]
     new_tokens = [len(row) for row in rows]
     correct = [tokenizer.normalize(prediction) == tokenizer.normalize(example.answer) for prediction, example in zip(predictions, examples)]
 
@@ -157,8 +162,18 @@ def evaluate_examples(
         n = len(correct),
         mean_new_tokens = sum(new_tokens) / len(new_tokens),
         seconds = seconds,
-        predictions = predictions
+        predictions = predictions,
+        texts = texts,
+        correct = correct
     )
+
+
+def write_predictions(examples: Sequence[Example], result: dict, path: str | Path):
+    """One JSON line per example of `evaluate_examples`' `result`: question, gold, prediction, correct, text."""
+    with open(path, 'w', encoding = 'utf-8') as file:
+        for example, prediction, text, correct in zip(examples, result['predictions'], result['texts'], result['correct']):
+            record = dict(question = example.question, gold = example.answer, prediction = prediction, correct = correct, text = text)
+            file.write(json.dumps(record, ensure_ascii = False) + '\n')
 
 
 def main(argv: Sequence[str] | None = None):
@@ -172,6 +187,7 @@ def main(argv: Sequence[str] | None = None):
     parser.add_argument('--batch-size', type = int, default = 256)
     parser.add_argument('--max-new-tokens', type = int, default = None)
     parser.add_argument('--bf16', action = 'store_true')
+    parser.add_argument('--predictions', default = None, help = 'also write one JSON line per example here: question, gold, prediction, correct, text')
     args = parser.parse_args(argv)
 
     if args.limit is not None and args.limit < 1:
@@ -182,6 +198,13 @@ def main(argv: Sequence[str] | None = None):
         parser.error(f'--batch-size must be >= 1, got {args.batch_size}')
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         parser.error(f'--max-new-tokens must be >= 1, got {args.max_new_tokens}')
+    if args.predictions is not None:
+        # before the model loads and generates: a path that cannot be written would waste the whole evaluation
+        predictions = Path(args.predictions)
+        if predictions.is_dir():
+            parser.error(f'--predictions {predictions} is a directory')
+        if not predictions.parent.is_dir():
+            parser.error(f'--predictions: the directory {predictions.parent} does not exist')
 
     # a device this machine lacks is named before the checkpoint is read (torch's own error there is a traceback)
     try:
@@ -211,7 +234,13 @@ def main(argv: Sequence[str] | None = None):
     finally:
         leave_world()
 
-    result.pop('predictions')
+    if world.is_main and args.predictions is not None:
+        try:
+            write_predictions(examples, result, args.predictions)
+        except OSError as error:
+            parser.exit(2, f'error: --predictions {args.predictions} could not be written: {error}\n')
+    for key in ('predictions', 'texts', 'correct'):
+        result.pop(key)
     if world.is_main:
         print(json.dumps(dict(**result, num_thoughts = num_thoughts, method = config.method, task = config.task if config.train_file is None else str(config.train_file), data = str(args.data))))
 

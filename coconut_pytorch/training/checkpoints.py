@@ -25,7 +25,7 @@ import os
 import tempfile
 from dataclasses import fields
 from pathlib import Path
-from typing import Mapping, NamedTuple
+from typing import Mapping, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -308,11 +308,56 @@ def pid_alive(pid: int) -> bool:
 # loading a run
 
 class LoadedRun(NamedTuple):
+    """A checkpoint's model, tokenizer and settings (`load_run`, `coconut_pytorch.load`), and text in, text out:
+
+        run = coconut_pytorch.load('runs/toy/checkpoint.pt')
+        run.answer(['3 1 4 1'])     # thinks for the checkpoint's own number of thoughts
+    """
+
     model: Coconut              # in eval mode, on the device asked for
     tokenizer: Tokenizer
     config: TrainConfig
     curriculum: Curriculum
     state: dict                 # everything the checkpoint holds, on the CPU
+
+    @property
+    def num_thoughts(self) -> int:
+        """The thoughts the run was trained to think at its last stage: what `answer` uses by default."""
+        return self.state['inference']['num_thoughts']
+
+    @property
+    def max_new_tokens(self) -> int:
+        """The token budget of generation: the run's longest training target and a margin."""
+        return self.state['inference']['max_new_tokens']
+
+    def answer(
+        self,
+        questions: Sequence[str],
+        num_thoughts: int | None = None,
+        max_new_tokens: int | None = None,
+        with_text: bool = False,
+        batch_size: int = 256
+    ) -> list[str] | list[tuple[str, str]]:
+        """Each question's answer by greedy generation (`evaluate.answer_questions`), after the checkpoint's own
+        number of thoughts and within its token budget unless given. With `with_text`, (answer, everything the model
+        wrote) pairs, language steps included."""
+        for name, value, minimum in (('num_thoughts', num_thoughts, 0), ('max_new_tokens', max_new_tokens, 1), ('batch_size', batch_size, 1)):
+            if value is None and name != 'batch_size':
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f'{name} must be an int, got {type(value).__name__}')
+            if value < minimum:
+                raise ValueError(f'{name} must be >= {minimum}, got {value}')
+
+        # here, not at the top: evaluation imports this module
+        from coconut_pytorch.evaluate import answer_questions
+        return answer_questions(
+            self.model, self.tokenizer, questions,
+            num_thoughts = self.num_thoughts if num_thoughts is None else num_thoughts,
+            max_new_tokens = self.max_new_tokens if max_new_tokens is None else max_new_tokens,
+            batch_size = batch_size,
+            with_text = with_text
+        )
 
 
 def load_run(path: str | Path, device: str = 'cpu', keys: tuple[str, ...] = INFERENCE_KEYS) -> LoadedRun:
