@@ -14,3 +14,23 @@ def no_compute(model, monkeypatch):
         raise AssertionError('the transformer ran before the input was rejected')
     monkeypatch.setattr(model.model, 'forward_with_cache', refuse)
     return model
+
+
+@pytest.fixture
+def in_process(capsys):
+    """Run a command's `main(argv)` in this process (no seconds spent importing torch again), as a finished process:
+    its exit status, what it printed, and a `sys.exit('error: ...')` message on stderr where the interpreter puts it."""
+    import subprocess
+
+    def run(main, *argv) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        code, message = 0, ''
+        try:
+            main([str(arg) for arg in argv])
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else 0 if exit.code is None else 1
+            message = exit.code + '\n' if isinstance(exit.code, str) else ''
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(list(argv), code, out.out, out.err + message)
+
+    return run

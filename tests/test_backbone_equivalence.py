@@ -175,10 +175,3 @@ def test_from_hf_reads_a_saved_model_and_never_downloads_unasked(tmp_path):
         Coconut.from_hf('no-such-org/no-such-model-here')
     with pytest.raises(TypeError, match = 'model_or_path'):
         Coconut.from_hf(3)
-
-
-def test_importing_the_package_does_not_import_transformers():
-    import subprocess
-    import sys
-    code = 'import sys, coconut_pytorch, coconut_pytorch.training, coconut_pytorch.evaluate; print("transformers" in sys.modules)'
-    assert subprocess.run([sys.executable, '-c', code], capture_output = True, text = True, check = True).stdout.strip() == 'False'

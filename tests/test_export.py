@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 from coconut_pytorch.data.loaders import load_examples
+from coconut_pytorch.export import main
 from coconut_pytorch.data.tasks import get_task
 from coconut_pytorch.training import TrainConfig
 from coconut_pytorch.training.datasets import load_data
@@ -18,18 +19,18 @@ def fields(examples):
     return [(example.question, example.steps, example.answer) for example in examples]
 
 
-def test_export_writes_a_runs_held_out_set_and_a_seeds_set_in_both_formats(tmp_path):
+def test_export_writes_a_runs_held_out_set_and_a_seeds_set_in_both_formats(tmp_path, in_process):
     sums = dict(num_digits = 4)
-    # every command starts at once (each spends seconds importing torch), then each is judged
-    runs = dict(
-        json = start('--task', 'prosqa', '--held-out', '--seed', 3, '--size', 20, '--out', tmp_path / 'held_out.json'),
-        icot = start('--task', 'prosqa', '--held-out', '--seed', 3, '--size', 20, '--out', tmp_path / 'held_out.txt'),
-        seeded = start('--task', 'running_sum', '--task-kwargs', '{"num_digits": 4}', '--seed', 3, '--size', 7, '--out', tmp_path / 'sums.txt'),
-        unknown = start('--task', 'prosqa_nope', '--seed', 3, '--size', 5, '--out', tmp_path / 'nope.json'),
-        bad_kwargs = start('--task', 'running_sum', '--task-kwargs', '{"digits": 4}', '--seed', 3, '--size', 5, '--out', tmp_path / 'bad.json'),
-        bad_size = start('--task', 'prosqa', '--seed', 3, '--size', 0, '--out', tmp_path / 'zero.json'),
+    # the command as installed, once; its other cases through its main in this process
+    command = start('--task', 'prosqa', '--held-out', '--seed', 3, '--size', 20, '--out', tmp_path / 'held_out.json')
+    finished = dict(
+        icot = in_process(main, '--task', 'prosqa', '--held-out', '--seed', 3, '--size', 20, '--out', tmp_path / 'held_out.txt'),
+        seeded = in_process(main, '--task', 'running_sum', '--task-kwargs', '{"num_digits": 4}', '--seed', 3, '--size', 7, '--out', tmp_path / 'sums.txt'),
+        unknown = in_process(main, '--task', 'prosqa_nope', '--seed', 3, '--size', 5, '--out', tmp_path / 'nope.json'),
+        bad_kwargs = in_process(main, '--task', 'running_sum', '--task-kwargs', '{"digits": 4}', '--seed', 3, '--size', 5, '--out', tmp_path / 'bad.json'),
+        bad_size = in_process(main, '--task', 'prosqa', '--seed', 3, '--size', 0, '--out', tmp_path / 'zero.json'),
     )
-    finished = {name: subprocess.CompletedProcess([], process.wait(), *process.communicate()) for name, process in runs.items()}
+    finished['json'] = subprocess.CompletedProcess([], command.wait(), *command.communicate())
 
     _, held_out, _, _ = load_data(TrainConfig(task = 'prosqa', seed = 3, eval_size = 20, train_size = 16))
     assert len(held_out) == 20

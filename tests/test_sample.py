@@ -16,6 +16,7 @@ import coconut_pytorch
 from coconut_pytorch.data import Example, save_json_examples
 from coconut_pytorch.data.tasks import get_task
 from coconut_pytorch.evaluate import answer_questions, evaluate_examples
+from coconut_pytorch.sample import main
 from coconut_pytorch.training import TrainConfig, load_trained, train
 
 QUESTIONS = [example.question for example in get_task('running_sum', num_digits = 3).generate(8, seed = 123)]
@@ -39,8 +40,10 @@ def with_inference(checkpoint: Path, path: Path, **inference) -> Path:
 
 # coconut_pytorch.load and LoadedRun.answer
 
-def test_importing_the_package_does_not_import_training():
-    code = 'import sys, coconut_pytorch; print(any(name.startswith("coconut_pytorch.training") for name in sys.modules), "transformers" in sys.modules)'
+def test_importing_the_package_does_not_import_training_nor_transformers():
+    # one interpreter for both questions: `import coconut_pytorch` imports no training; training and evaluation no transformers
+    code = ('import sys, coconut_pytorch; print(any(name.startswith("coconut_pytorch.training") for name in sys.modules)); '
+            'import coconut_pytorch.training.loop, coconut_pytorch.evaluate, coconut_pytorch.sample; print("transformers" in sys.modules)')
     done = subprocess.run([sys.executable, '-c', code], capture_output = True, text = True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ['False', 'False']
@@ -101,26 +104,28 @@ def start(*args):
     return subprocess.Popen([sys.executable, '-m', 'coconut_pytorch.sample', *map(str, args)], stdout = subprocess.PIPE, stderr = subprocess.PIPE, text = True)
 
 
-def test_the_sample_command_prints_what_load_answers(checkpoint, tmp_path):
+def test_the_sample_command_prints_what_load_answers(checkpoint, tmp_path, in_process):
     questions = tmp_path / 'questions.txt'
     questions.write_text(f'{QUESTIONS[0]}\n\n  {QUESTIONS[1]}  \n\n{QUESTIONS[2]}\n')
     damaged = tmp_path / 'damaged.pt'
     torch.save({k: v for k, v in torch.load(checkpoint, weights_only = True).items() if k != 'tokenizer'}, damaged)
     (tmp_path / 'empty.txt').write_text('\n  \n')
 
-    # every command starts at once (each spends seconds importing torch), then each is judged
+    # the command as installed, twice; its other cases through its main in this process
     runs = dict(
         plain = start('--checkpoint', checkpoint, '--device', 'cpu', QUESTIONS[0], QUESTIONS[1]),
-        steps = start('--checkpoint', checkpoint, '--show-steps', '--num-thoughts', '0', QUESTIONS[0], QUESTIONS[1]),
         json = start('--checkpoint', checkpoint, '--file', questions, '--json', '--max-new-tokens', '3'),
-        missing = start('--checkpoint', tmp_path / 'missing.pt', QUESTIONS[0]),
-        none = start('--checkpoint', checkpoint, '--file', tmp_path / 'empty.txt'),
-        nothing = start('--checkpoint', checkpoint),
-        empty = start('--checkpoint', checkpoint, QUESTIONS[0], '  '),
-        damaged = start('--checkpoint', damaged, QUESTIONS[0]),
-        unknown = start('--checkpoint', checkpoint, 'what is this'),
     )
-    finished = {name: subprocess.CompletedProcess([], process.wait(), *process.communicate()) for name, process in runs.items()}
+    finished = dict(
+        steps = in_process(main, '--checkpoint', checkpoint, '--show-steps', '--num-thoughts', '0', QUESTIONS[0], QUESTIONS[1]),
+        missing = in_process(main, '--checkpoint', tmp_path / 'missing.pt', QUESTIONS[0]),
+        none = in_process(main, '--checkpoint', checkpoint, '--file', tmp_path / 'empty.txt'),
+        nothing = in_process(main, '--checkpoint', checkpoint),
+        empty = in_process(main, '--checkpoint', checkpoint, QUESTIONS[0], '  '),
+        damaged = in_process(main, '--checkpoint', damaged, QUESTIONS[0]),
+        unknown = in_process(main, '--checkpoint', checkpoint, 'what is this'),
+    )
+    finished.update({name: subprocess.CompletedProcess([], process.wait(), *process.communicate()) for name, process in runs.items()})
 
     run = coconut_pytorch.load(checkpoint, device = 'cpu')
 
@@ -176,7 +181,7 @@ def test_evaluate_writes_one_prediction_per_example(checkpoint, tmp_path):
     assert sum(record['correct'] for record in records) / len(records) == result['accuracy']
 
 
-def test_evaluate_refuses_a_predictions_path_it_cannot_write(checkpoint, tmp_path):
-    done = subprocess.run([sys.executable, '-m', 'coconut_pytorch.evaluate', '--checkpoint', str(checkpoint), '--data', str(tmp_path / 'data.json'),
-                           '--predictions', str(tmp_path / 'no' / 'such' / 'dir.jsonl')], capture_output = True, text = True)
+def test_evaluate_refuses_a_predictions_path_it_cannot_write(checkpoint, tmp_path, in_process):
+    from coconut_pytorch.evaluate import main as evaluate
+    done = in_process(evaluate, '--checkpoint', checkpoint, '--data', tmp_path / 'data.json', '--predictions', tmp_path / 'no' / 'such' / 'dir.jsonl')
     assert done.returncode != 0 and '--predictions' in done.stderr and 'does not exist' in done.stderr and 'Traceback' not in done.stderr
