@@ -23,7 +23,7 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> L
     curriculum and the saved state, on `device` (default: 'cuda' where there is a GPU, else 'cpu'). Its `answer`
     turns questions into answers with the checkpoint's own number of thoughts:
 
-        run = coconut_pytorch.load('runs/toy/checkpoint.pt')
+        run = coconut_pytorch.load('runs/running_sum-coconut-TIME/checkpoint.pt')
         run.answer(['3 1 4 1'])
 
     Raises a one-line ValueError naming the file for a missing or damaged checkpoint."""

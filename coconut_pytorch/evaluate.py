@@ -108,7 +108,7 @@ def answer_questions(
     (the text after the last step separator, up to the end token). With `with_text`, (answer, everything the model
     wrote) pairs, so language steps a model was trained to write can be read too.
 
-        model, tokenizer, config, info = load_trained('runs/toy/checkpoint.pt')
+        model, tokenizer, config, info = load_trained('runs/running_sum-coconut-TIME/checkpoint.pt')
         answer_questions(model, tokenizer, ['3 1 4 1'], num_thoughts = info['num_thoughts'])
     """
     if isinstance(questions, str):

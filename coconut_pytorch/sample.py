@@ -1,6 +1,6 @@
 """Answer questions with a trained checkpoint, from the command line (`coconut-sample`):
 
-    python -m coconut_pytorch.sample --checkpoint runs/toy/checkpoint.pt "3 1 4 1" "2 7 1 8"
+    python -m coconut_pytorch.sample --checkpoint runs/running_sum-coconut-TIME/checkpoint.pt "3 1 4 1" "2 7 1 8"
     python -m coconut_pytorch.sample --checkpoint CKPT --file questions.txt     # one question per line
     python -m coconut_pytorch.sample --checkpoint CKPT --show-steps "3 1 4 1"   # also what the model wrote before it
     python -m coconut_pytorch.sample --checkpoint CKPT --json "3 1 4 1"         # {"question", "answer", "text"} lines

@@ -185,3 +185,15 @@ def test_evaluate_refuses_a_predictions_path_it_cannot_write(checkpoint, tmp_pat
     from coconut_pytorch.evaluate import main as evaluate
     done = in_process(evaluate, '--checkpoint', checkpoint, '--data', tmp_path / 'data.json', '--predictions', tmp_path / 'no' / 'such' / 'dir.jsonl')
     assert done.returncode != 0 and '--predictions' in done.stderr and 'does not exist' in done.stderr and 'Traceback' not in done.stderr
+
+
+def test_the_readme_quick_start_answers_as_written(checkpoint):
+    # the README's Python lines for a trained run, with its path put in place of the example's
+    import re
+    readme = (Path(__file__).resolve().parents[1] / 'README.md').read_text()
+    block = next(block for block in re.findall(r'```py\n(.*?)```', readme, flags = re.DOTALL) if 'coconut_pytorch.load(' in block)
+    assert 'runs/running_sum-coconut-TIME/checkpoint.pt' in block
+    namespace = {}
+    exec(block.replace('runs/running_sum-coconut-TIME/checkpoint.pt', str(checkpoint)), namespace)
+    run = coconut_pytorch.load(checkpoint)
+    assert namespace['answers'] == run.answer(['6 6 0 4', '8 7 6 4']) and len(namespace['answers']) == 2

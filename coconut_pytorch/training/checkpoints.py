@@ -310,7 +310,7 @@ def pid_alive(pid: int) -> bool:
 class LoadedRun(NamedTuple):
     """A checkpoint's model, tokenizer and settings (`load_run`, `coconut_pytorch.load`), and text in, text out:
 
-        run = coconut_pytorch.load('runs/toy/checkpoint.pt')
+        run = coconut_pytorch.load('runs/running_sum-coconut-TIME/checkpoint.pt')
         run.answer(['3 1 4 1'])     # thinks for the checkpoint's own number of thoughts
     """
 
