@@ -63,7 +63,8 @@ def accepts_legacy_positional_order(order: tuple[str, ...]):
 
 class Intermediates(NamedTuple):
     prompt_logits: Tensor | None    # (b, n, V), in the columns of the prompt as given
-    latent_tokens: Tensor           # (b, S * c, D) thoughts in sequence order; (b, H, S * c, D) with hypotheses
+    latent_tokens: Tensor           # (b, S * c, D) thoughts in sequence order; (b, H, S * c, D) with hypotheses; in
+                                    # pause mode the outputs at <bot> and the pauses but the last (nothing fed back)
     answer_logits: Tensor           # (b, m, V) logits predicting each answer token; (b, 1, V) with no answer
     cache: KVCache                  # everything up to the end of what was run
 
@@ -100,7 +101,8 @@ class Coconut(Module):
             `<bot>`; the answer attends to all of them (multi-stream reasoning).
         thought_mode: 'continuous' (Coconut) or 'pause' (the same slots filled by one learned pause embedding,
             with no feedback: the paper's pause-token baseline).
-        thought_loss_weight: weight of the thought alignment loss, added when `forward` gets `thought_targets`.
+        thought_loss_weight: weight of the thought alignment loss, added when `forward` gets `thought_targets`. In
+            pause mode it aligns the outputs at <bot> and at the pauses (a supervised pause control).
         mix_hypotheses: with H > 1, a learned linear map over all H streams' thoughts (the identity at
             initialisation) before they are fed back at every step, so the streams can exchange what they found.
         hypothesis_similarity_loss_weight: with H > 1, weight of a loss that is the mean cosine similarity between
@@ -246,7 +248,10 @@ class Coconut(Module):
 
             mask = join_masks([(m, t.shape[1]) for t, m in segments], batch, device)
             out = run([t for t, _ in segments], mask, cache)
-            return Reasoned(out.cache, [eot], eot_mask, [], out.hiddens[:, :prompt_length], has_thoughts)
+            # the outputs at <bot> and at every pause but the last: where Coconut's thoughts would come from, so
+            # that they can be given the same thought targets (a control: compute and supervision, nothing fed back)
+            outputs = [out.hiddens[:, prompt_length + step * c:prompt_length + (step + 1) * c] for step in range(num_steps)]
+            return Reasoned(out.cache, [eot], eot_mask, outputs, out.hiddens[:, :prompt_length], has_thoughts)
 
         # continuous thoughts: step 1 reads the hidden states at <bot>, each later step those of the step before
 
@@ -403,8 +408,8 @@ class Coconut(Module):
         """Raise if `thought_targets` cannot serve a batch of `batch` rows with `num_steps` steps; moves nothing."""
         if not torch.is_tensor(thought_targets):
             raise TypeError(f'thought_targets must be a tensor of shape (batch, thoughts, num_tokens), got {type(thought_targets).__name__}')
-        if self.thought_mode != 'continuous' or self.num_hypotheses > 1:
-            raise ValueError('thought_targets need continuous thoughts in a single stream (thought_mode = "continuous", num_hypotheses = 1)')
+        if self.num_hypotheses > 1:
+            raise ValueError('thought_targets need thoughts in a single stream (num_hypotheses = 1)')
         expected = (batch, num_steps * self.num_latents_per_step, self.num_tokens)
         if tuple(thought_targets.shape) != expected:
             raise ValueError(f'thought_targets must have shape (batch, steps x latents per step, num_tokens) = {expected}, got {tuple(thought_targets.shape)}')

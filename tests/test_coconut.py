@@ -556,8 +556,7 @@ def test_thought_loss_trains_every_earlier_thought():
     (dict(), [[1.]], TypeError, 'thought_targets must be a tensor'),
     (dict(), torch.zeros(2, 3, NUM_TOKENS), ValueError, 'thought_targets must have shape'),
     (dict(), -torch.ones(2, 2, NUM_TOKENS), ValueError, 'nonnegative'),
-    (dict(thought_mode = 'pause'), torch.zeros(2, 2, NUM_TOKENS), ValueError, 'need continuous thoughts'),
-    (dict(num_hypotheses = 2), torch.zeros(2, 2, NUM_TOKENS), ValueError, 'need continuous thoughts'),
+    (dict(num_hypotheses = 2), torch.zeros(2, 2, NUM_TOKENS), ValueError, 'single stream'),
     (dict(), torch.full((2, 2, NUM_TOKENS), float('nan')), ValueError, 'finite nonnegative'),
 ])
 def test_bad_thought_targets_are_named(kwargs, targets, error, message):
@@ -566,3 +565,26 @@ def test_bad_thought_targets_are_named(kwargs, targets, error, message):
         model(torch.randint(0, NUM_TOKENS, (2, 5)), torch.randint(0, NUM_TOKENS, (2, 3)), thought_targets = targets)
     with pytest.raises(ValueError, match = 'thought_loss_weight'):
         make_model(thought_loss_weight = -1.)
+
+
+def test_the_pause_slots_outputs_take_the_thought_loss_as_computed_by_hand():
+    # the supervised pause control: the outputs at <bot> and at each pause but the last get the targets Coconut's
+    # thoughts would, through the same LM head; computed here from one plain causal pass over the whole sequence
+    model = make_model(thought_mode = 'pause', thought_loss_weight = 0.5)
+    prompt, answer = torch.randint(0, NUM_TOKENS, (2, 5)), torch.randint(0, NUM_TOKENS, (2, 3))
+    targets = torch.zeros(2, 2, NUM_TOKENS)
+    targets[0, 0, [3, 7]] = 1.
+    targets[1, 1, 4] = 2.
+    loss, (breakdown, _, latent_tokens, _, _) = model(prompt, answer, thought_targets = targets, return_intermediates = True)
+
+    pauses = model.pause_embed.expand(2, 2, -1)
+    bot = model.begin_of_thought[0].expand(2, -1, -1)
+    hiddens = model.model.forward_with_cache([prompt, bot, pauses]).hiddens          # prompt, <bot>, pause 1, pause 2
+    outputs = hiddens[:, 5:7]                                                        # at <bot> and pause 1
+    assert torch.allclose(latent_tokens, outputs, atol = 1e-12)
+    log_probs = model.model.to_logits(outputs).log_softmax(dim = -1)
+    wanted = targets / targets.sum(dim = -1, keepdim = True).clamp(min = 1e-12)
+    kl = (torch.special.xlogy(wanted, wanted) - wanted * log_probs).sum(dim = -1)     # (b, 2)
+    by_hand = (kl[0, 0] + kl[1, 1]) / 2                                              # the two slots with a target
+    assert torch.allclose(breakdown.thought_loss, by_hand, atol = 1e-12)
+    assert torch.allclose(loss, breakdown.answer_loss + 0.5 * by_hand, atol = 1e-12)

@@ -65,7 +65,9 @@ def test_runs_cross_stages_resume_exactly_and_only_rank_0_writes(ranks):
     assert all(result['methods'] == dict(pause = True, no_cot = True, pause_as_thought = True) for result in results)
     assert results[1]['runs']['writes'] == results[1]['all_writes'] == []
     assert results[0]['runs']['writes'].count('plot_history') == 3 and results[0]['runs']['writes'].count('save_checkpoint') >= 4
-    assert sorted(p.name for p in (out / 'whole').iterdir()) == ['checkpoint.pt', 'training.png']     # no lock left
+    kept = sorted(p.name for p in (out / 'whole').iterdir())
+    assert kept == sorted(['checkpoint.pt', 'training.png', 'config.json', 'metrics.jsonl'] + [p for p in kept if p.startswith('stage')])
+    assert 'run.lock' not in kept and len(kept) > 4     # no lock left; a snapshot per stage
     whole, resumed = (torch.load(out / name / 'checkpoint.pt', weights_only = True) for name in ('whole', 'resumed'))
     timeless = lambda history: [{key: value for key, value in record.items() if key != 'seconds'} for record in history]
     assert timeless(whole['history']) == timeless(resumed['history'])

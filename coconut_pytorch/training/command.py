@@ -119,8 +119,6 @@ def main(argv: Sequence[str] | None = None):
         # under torchrun: join its process group; every rank trains its part, rank 0 writes and prints
         join_world(config.device)
         world = World.current()
-        if world.is_main:
-            tell(f'run folder: {out}')
         result = train(config, out, resume = resume, progress = tqdm, overwrite = overwrite, allow_changed_data = allow_changed_data,
                        say = tell if world.is_main else None)
     except ValueError as error:

@@ -54,7 +54,8 @@ class TrainConfig:
     removal_smoothing: float | None = setting(None, "with --tokens-per-stage: iCoT's removal smoothing rate lambda (iCoT uses 4)")
     reset_optimizer: bool = setting(True, 'a new optimizer at every stage change, as in the paper', cli = 'no-reset-optimizer')
     thought_loss: float = setting(0., 'weight of a loss aligning each continuous thought with the words of the step it '
-                                      'replaced (Coconut.thought_loss; 0: off, as in the paper)')
+                                      'replaced (Coconut.thought_loss; 0: off, as in the paper); with pause_as_thought or pause, the pause slots\' outputs '
+                                      'get the same targets: a supervised control that feeds nothing back')
 
     # data and optimisation
     train_size: int = setting(8000, 'generated training examples (unused with --train-file)')
@@ -137,7 +138,7 @@ class TrainConfig:
         # how the curriculum settings combine is the Curriculum's to say: build one (stage count not yet known)
         self.curriculum(task_max_steps = 0, longest_language = 0)
         if self.thought_loss > 0 and self.method not in ALIGNABLE_METHODS:
-            raise ValueError(f'thought_loss needs continuous thoughts to align: method must be one of {list(ALIGNABLE_METHODS)}, got {self.method!r}')
+            raise ValueError(f'thought_loss needs thought slots to align: method must be one of {list(ALIGNABLE_METHODS)}, got {self.method!r}')
         if self.task not in TASKS:
             raise ValueError(f'task must be one of {sorted(TASKS)}, got {self.task!r}')
         if not isinstance(self.task_kwargs, dict):

@@ -110,6 +110,7 @@ def train(
             raise failure if failure is not None else ValueError('another rank of this run refused to start it (its error says why)')
         run = open_run(config, checkpoint_path, device, resume, allow_changed_data, world)
         if say is not None and world.is_main:
+            say(f'run folder: {out_dir}')      # once the run has started: a refused one prints only its error
             if resume:
                 say(f'resuming {out_dir} at epoch {run.start_epoch} of 0-{run.total_epochs - 1} (epoch {run.saved_epoch} was the last saved)')
             elif config.init_from is not None:

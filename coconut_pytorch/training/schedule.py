@@ -157,4 +157,6 @@ class Curriculum:
         return removed, 0 if self.method == 'no_thoughts' else thoughts
 
 
-ALIGNABLE_METHODS = ('coconut', 'coconut_no_curriculum')   # methods whose thoughts are fed-back hidden states
+# methods whose thought slots can be aligned with the language they replaced: fed-back hidden states, or (the
+# supervised pause control) the outputs at the pause slots, which feed nothing back
+ALIGNABLE_METHODS = ('coconut', 'coconut_no_curriculum', 'pause_as_thought', 'pause')

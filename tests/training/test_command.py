@@ -15,7 +15,8 @@ from helpers import ROOT, TINY
 from coconut_pytorch.data.tasks import TASKS
 from coconut_pytorch.helpers import check_device
 from coconut_pytorch.training import TrainConfig, config_from_arguments, train
-from coconut_pytorch.training.command import build_parser, parse_args
+from coconut_pytorch.evaluate import main as evaluate
+from coconut_pytorch.training.command import build_parser, main, parse_args
 
 RECIPES = ROOT / 'recipes'
 
@@ -135,14 +136,12 @@ def test_the_help_lists_every_task_with_its_settings_and_defaults():
     assert '--config FILE' in text
 
 
-def test_a_bad_recipe_or_task_setting_stops_the_command_before_the_run_directory_exists(tmp_path):
+def test_a_bad_recipe_or_task_setting_stops_the_command_before_the_run_directory_exists(tmp_path, in_process):
     recipe = tmp_path / 'bad.yaml'
     recipe.write_text('depht: 3\n')
-    # both commands start at once (each spends seconds importing torch), then each is judged
-    runs = dict(recipe = start_command('--config', str(recipe), '--out', str(tmp_path / 'recipe')),
-                task = start_command('--task-kwargs', '{"digits": 3}', '--out', str(tmp_path / 'task')))
-    assert_one_line_error(finish(runs['recipe']), str(recipe), "'depht'")
-    assert_one_line_error(finish(runs['task']), "task_kwargs: running_sum has no setting 'digits'; it accepts: num_digits, modulus")
+    assert_one_line_error(in_process(main, '--config', recipe, '--out', tmp_path / 'recipe'), str(recipe), "'depht'")
+    assert_one_line_error(in_process(main, '--task-kwargs', '{"digits": 3}', '--out', tmp_path / 'task'),
+                          "task_kwargs: running_sum has no setting 'digits'; it accepts: num_digits, modulus")
     assert not (tmp_path / 'recipe').exists() and not (tmp_path / 'task').exists()
 
 
@@ -156,20 +155,19 @@ def trained_checkpoint(tmp_path_factory) -> Path:
 DEVICES = dict(gpu = 'must be auto, cpu, cuda or cuda:N', **({} if torch.cuda.is_available() else {'cuda': 'sees no CUDA GPU', 'cuda:5': 'sees no CUDA GPU'}))
 
 
-def test_a_device_this_machine_lacks_is_one_line_from_both_commands(tmp_path, trained_checkpoint):
+def test_a_device_this_machine_lacks_is_one_line_from_both_commands(tmp_path, trained_checkpoint, in_process):
     for device, message in DEVICES.items():
         with pytest.raises(ValueError, match = message):
             check_device(device)
     data = tmp_path / 'data.json'
     data.write_text('[{"question": "1 2 3", "steps": ["1", "3"], "answer": "6"}]')
-    # the commands (through the same check) start at once, then each is judged: a malformed device, and one missing here
+    # the training command in this process; the evaluation command once as installed (what a person sees), once in-process
     missing = 'cuda' if not torch.cuda.is_available() else f'cuda:{torch.cuda.device_count()}'
-    runs = {device: (start_command('--device', device, '--out', str(tmp_path / device)),
-                     start_command('--checkpoint', str(trained_checkpoint), '--data', str(data), '--device', device, module = 'coconut_pytorch.evaluate'))
-            for device in ('gpu', missing)}
-    for device, (training, evaluation) in runs.items():
+    command = start_command('--checkpoint', str(trained_checkpoint), '--data', str(data), '--device', 'gpu', module = 'coconut_pytorch.evaluate')
+    for device in ('gpu', missing):
         message = DEVICES['gpu'] if device == 'gpu' else 'sees no CUDA GPU' if device == 'cuda' else 'GPU'
-        assert_one_line_error(finish(training), repr(device), message)
+        assert_one_line_error(in_process(main, '--device', device, '--out', tmp_path / device), repr(device), message)
         assert not (tmp_path / device).exists()
         # evaluation: refused before the checkpoint is read (torch's own refusal there is a traceback)
-        assert_one_line_error(finish(evaluation), '--device', repr(device), message)
+        evaluated = finish(command) if device == 'gpu' else in_process(evaluate, '--checkpoint', trained_checkpoint, '--data', data, '--device', device)
+        assert_one_line_error(evaluated, '--device', repr(device), message)

@@ -115,8 +115,9 @@ def test_thought_loss_is_trained_and_logged(tmp_path):
     model, _, loaded, _ = load_trained(result['checkpoint'])
     assert loaded.thought_loss == 1. and model.thought_loss_weight == 1.
 
-    with pytest.raises(ValueError, match = 'thought_loss needs continuous thoughts'):
-        TrainConfig(method = 'pause', thought_loss = 1.)
+    with pytest.raises(ValueError, match = 'thought_loss needs thought slots to align'):
+        TrainConfig(method = 'cot', thought_loss = 1.)
+    TrainConfig(method = 'pause_as_thought', thought_loss = 1.)     # the supervised pause control
     with pytest.raises(ValueError, match = 'thought_loss must be finite and >= 0'):
         TrainConfig(thought_loss = -1.)
 
@@ -196,7 +197,7 @@ def test_answer_text_takes_what_follows_the_last_separator():
     assert answer_text(ids, tokenizer) == 'Tom is a wumpus.'
 
 
-def test_evaluate_command_on_files(tmp_path):
+def test_evaluate_command_on_files(tmp_path, in_process):
     train(TrainConfig(method = 'coconut', **SMALL), tmp_path)
     checkpoint = tmp_path / 'checkpoint.pt'
 
@@ -213,18 +214,18 @@ def test_evaluate_command_on_files(tmp_path):
     damaged = tmp_path / 'damaged.pt'
     torch.save({k: v for k, v in torch.load(checkpoint, weights_only = True).items() if k != 'tokenizer'}, damaged)
 
-    # every command starts at once (each spends seconds importing torch), then each is judged
-    def start(*args, checkpoint = checkpoint):
-        return subprocess.Popen([sys.executable, '-m', 'coconut_pytorch.evaluate', '--checkpoint', str(checkpoint), *args],
-                                stdout = subprocess.PIPE, stderr = subprocess.PIPE, text = True)
-    runs = dict(done = start('--data', str(data), '--device', 'cpu', '--num-thoughts', '0', '--limit', '1'),
-                unknown = start('--data', str(unknown), '--device', 'cpu'),
-                broken = start('--data', str(broken), '--device', 'cpu'),
-                unwritable = start('--data', str(unwritable), '--device', 'cpu'),
-                damaged = start('--data', str(data), checkpoint = damaged),
-                **{flag: start('--data', str(data), '--device', 'cpu', flag, '0') for flag in ('--batch-size', '--max-new-tokens')})
-    finished = {name: (process.communicate(), process.returncode) for name, process in runs.items()}
-    run = lambda name: subprocess.CompletedProcess([], finished[name][1], *finished[name][0])
+    # the command once as installed; its other cases through its main in this process (no torch import each)
+    from coconut_pytorch.evaluate import main as evaluate
+    command = subprocess.Popen([sys.executable, '-m', 'coconut_pytorch.evaluate', '--checkpoint', str(checkpoint), '--data', str(data),
+                                '--device', 'cpu', '--num-thoughts', '0', '--limit', '1'], stdout = subprocess.PIPE, stderr = subprocess.PIPE, text = True)
+    start = lambda *args, checkpoint = checkpoint: in_process(evaluate, '--checkpoint', checkpoint, *args)
+    finished = dict(unknown = start('--data', str(unknown), '--device', 'cpu'),
+                    broken = start('--data', str(broken), '--device', 'cpu'),
+                    unwritable = start('--data', str(unwritable), '--device', 'cpu'),
+                    damaged = start('--data', str(data), checkpoint = damaged),
+                    **{flag: start('--data', str(data), '--device', 'cpu', flag, '0') for flag in ('--batch-size', '--max-new-tokens')})
+    finished['done'] = subprocess.CompletedProcess(command.args, command.wait(), *command.communicate())
+    run = finished.get
 
     done = run('done')
     assert done.returncode == 0, done.stderr

@@ -31,7 +31,7 @@ def test_a_run_folder_holds_its_settings_its_epochs_and_a_snapshot_per_stage(tmp
     snapshot = torch.load(tmp_path / f'stage{stages[0]}.pt', weights_only = True)
     assert snapshot['epoch'] == max(line['epoch'] for line in lines if line['stage'] == stages[0])
     assert result['plot'] == str(tmp_path / 'training.png') and (tmp_path / 'training.png').is_file()
-    assert result['metrics'] == str(tmp_path / 'metrics.jsonl') and messages == []
+    assert result['metrics'] == str(tmp_path / 'metrics.jsonl') and messages == [f'run folder: {tmp_path}']
 
 
 def test_a_finished_run_is_extended_by_more_final_epochs(tmp_path):
@@ -39,7 +39,7 @@ def test_a_finished_run_is_extended_by_more_final_epochs(tmp_path):
     messages = []
     more = train(TrainConfig(**{**TINY, 'final_epochs': 2}), tmp_path, resume = True, say = messages.append)
     assert first['finished'] and more['finished'] and more['epoch'] == first['epoch'] + 2
-    assert messages == [f'resuming {tmp_path} at epoch {first["epoch"] + 1} of 0-{first["epoch"] + 2} (epoch {first["epoch"]} was the last saved)']
+    assert messages == [f'run folder: {tmp_path}', f'resuming {tmp_path} at epoch {first["epoch"] + 1} of 0-{first["epoch"] + 2} (epoch {first["epoch"]} was the last saved)']
     lines = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
     assert [line['epoch'] for line in lines] == list(range(more['epoch'] + 1))
 
@@ -49,7 +49,7 @@ def test_a_run_starts_from_another_runs_weights_and_refuses_ones_that_do_not_fit
     messages = []
     config = TrainConfig(**{**TINY, 'init_from': cot['checkpoint'], 'time_budget': 0., 'lr': 1e-12, 'warmup_steps': 0})
     train(config, tmp_path / 'coconut', say = messages.append)
-    assert messages == [f'starting from the weights of {cot["checkpoint"]}']
+    assert messages == [f'run folder: {tmp_path / "coconut"}', f'starting from the weights of {cot["checkpoint"]}']
     # at a learning rate of 1e-12 one epoch leaves the weights where the CoT run left them
     before, after = (torch.load(path, weights_only = True)['model'] for path in (tmp_path / 'cot' / 'checkpoint.pt', tmp_path / 'coconut' / 'checkpoint.pt'))
     assert all(torch.allclose(before[name], after[name], atol = 1e-6) for name in before)
@@ -62,7 +62,7 @@ def test_a_run_starts_from_another_runs_weights_and_refuses_ones_that_do_not_fit
         train(TrainConfig(**{**TINY, 'task': 'pointer_chase', 'task_kwargs': {}, 'init_from': cot['checkpoint']}), tmp_path / 'other-words')
 
 
-COMMAND = ['--train-size', '128', '--eval-size', '8', '--batch-size', '32', '--epochs-per-stage', '1', '--final-epochs', '6',
+COMMAND = ['--train-size', '128', '--eval-size', '8', '--batch-size', '32', '--epochs-per-stage', '1', '--final-epochs', '2',
            '--dim', '16', '--depth', '1', '--heads', '2', '--dim-head', '8', '--num-residual-streams', '1', '--warmup-steps', '0',
            '--task-kwargs', '{"num_digits": 3}']
 
