@@ -194,6 +194,8 @@ def search_masses(
     if not probs.shape[0] == len(counts) == len(records):
         raise ValueError(f'probs, counts and records must have one entry per example, got {probs.shape[0]}, {len(counts)} and {len(records)}')
     check_count(thoughts_per_layer, 'thoughts_per_layer')
+    if any(count < 0 or count > probs.shape[1] for count in counts):
+        raise ValueError(f'counts must be between 0 and the {probs.shape[1]} thought slots of probs, got {counts}')
 
     per_example = []
     for index, (record, count) in enumerate(zip(records, counts)):

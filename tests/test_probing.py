@@ -225,6 +225,9 @@ def test_masses_split_as_computed_by_hand():
     assert (paired['thoughts'][1]['frontier_on_path'], paired['thoughts'][1]['frontier_other'], paired['thoughts'][1]['other_nodes']) == approx((0., 0., (1. + 0.5) / 2))
     assert paired['thoughts'][2]['frontier_on_path'] == approx(0.) and paired['thoughts'][2]['other_nodes'] == approx(0.6)
 
+    with pytest.raises(ValueError, match = 'counts must be between 0 and the 3 thought slots'):
+        search_masses(probs, torch.tensor([4, 2]), [GRAPH, GRAPH], TOKENIZER)
+
 
 
 def test_the_search_analysis_command_writes_its_numbers_and_figure(prosqa_run, tmp_path, in_process):
