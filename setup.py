@@ -26,6 +26,7 @@ setup(
             'coconut-eval = coconut_pytorch.evaluate:main',
             'coconut-sample = coconut_pytorch.sample:main',
             'coconut-export = coconut_pytorch.export:main',
+            'coconut-search-analysis = coconut_pytorch.search_analysis:main',
         ],
     },
     extras_require = {

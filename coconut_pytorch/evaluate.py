@@ -2,12 +2,15 @@
 
     python -m coconut_pytorch.evaluate --checkpoint CKPT --data FILE [--device auto] [--limit N] [--num-thoughts K]
     python -m coconut_pytorch.evaluate --checkpoint CKPT --data FILE --predictions predictions.jsonl   # each answer too
+    python -m coconut_pytorch.evaluate --checkpoint CKPT --data FILE --show-thoughts 3     # what the thoughts hold
     torchrun --standalone --nproc_per_node 2 -m coconut_pytorch.evaluate ...     # the examples shared among processes
 
 Reads the paper's JSON format or iCoT's line format, thinks for the checkpoint's number of thoughts (or K), lets the
 model write whatever language steps it was trained to write, and scores the text after the last <sep> against the
 gold answer by exact match after whitespace normalisation. Prints one JSON line. With --predictions, also writes one
 JSON line per example: question, gold, prediction, correct, and text (everything the model wrote, steps included).
+With --show-thoughts N, prints to stderr, for the first N examples, each continuous thought's most likely next tokens
+under the model's head, and the answer (`coconut_pytorch.probing`); the JSON line is the same.
 Generation is batched and runs on the KV cache.
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -27,6 +31,7 @@ from coconut_pytorch.data.loaders import load_examples
 from coconut_pytorch.data.tokenizer import Tokenizer
 from coconut_pytorch.distributed import World, gather_objects, join_world, leave_world, shard_indices
 from coconut_pytorch.helpers import check_device, resolve_device
+from coconut_pytorch.probing import show_thoughts
 from coconut_pytorch.training.checkpoints import load_trained
 
 
@@ -188,6 +193,8 @@ def main(argv: Sequence[str] | None = None):
     parser.add_argument('--max-new-tokens', type = int, default = None)
     parser.add_argument('--bf16', action = 'store_true')
     parser.add_argument('--predictions', default = None, help = 'also write one JSON line per example here: question, gold, prediction, correct, text')
+    parser.add_argument('--show-thoughts', type = int, default = 0, metavar = 'N',
+                        help = "print to stderr, for the first N examples, each thought's top next tokens under the model's head, and the answer")
     args = parser.parse_args(argv)
 
     if args.limit is not None and args.limit < 1:
@@ -198,6 +205,8 @@ def main(argv: Sequence[str] | None = None):
         parser.error(f'--batch-size must be >= 1, got {args.batch_size}')
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         parser.error(f'--max-new-tokens must be >= 1, got {args.max_new_tokens}')
+    if args.show_thoughts < 0:
+        parser.error(f'--show-thoughts must be >= 0, got {args.show_thoughts}')
     if args.predictions is not None:
         # before the model loads and generates: a path that cannot be written would waste the whole evaluation
         predictions = Path(args.predictions)
@@ -228,6 +237,12 @@ def main(argv: Sequence[str] | None = None):
             autocast_dtype = torch.bfloat16 if args.bf16 else None,
             world = world
         )
+        if world.is_main and args.show_thoughts > 0:
+            # one process probes: the model is whole on every rank, and the probe needs no other
+            shown = examples[:args.show_thoughts]
+            print(show_thoughts(model, tokenizer, [example.question for example in shown], result['predictions'][:len(shown)],
+                                num_thoughts = num_thoughts, golds = [example.answer for example in shown],
+                                autocast_dtype = torch.bfloat16 if args.bf16 else None), file = sys.stderr, flush = True)
     except ValueError as error:
         # bad files are the user's to fix: say what and where, without a traceback
         parser.exit(2, f'error: {error}\n')

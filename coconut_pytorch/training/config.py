@@ -102,6 +102,8 @@ class TrainConfig:
     init_from: str | None = setting(None, "start from another run's weights (its checkpoint.pt: the same model shape and "
                                           'vocabulary), e.g. Coconut from a CoT run, as the paper does')
     eval_every: int = setting(0, 'also measure held-out accuracy every N epochs, into the log and the plot (0: only at the end)')
+    show_thoughts: int = setting(0, "at each held-out evaluation, print to stderr the first N held-out examples' continuous thoughts "
+                                    "(each one's top next tokens under the model's head) and answers (0: none)")
     tensorboard: bool = setting(False, "also log each epoch to TensorBoard, in the run's folder (pip install tensorboard)")
     time_budget: float | None = setting(None, 'seconds; stop after the epoch that crosses it, --resume later')
     max_nonfinite_steps: int = setting(10, 'optimizer steps with a non-finite loss or gradient are skipped; this many in '
@@ -116,6 +118,7 @@ class TrainConfig:
             check_int(name, getattr(self, name), 0)
         check_int('max_nonfinite_steps', self.max_nonfinite_steps, 1)
         check_int('eval_every', self.eval_every, 0)
+        check_int('show_thoughts', self.show_thoughts, 0)
         if self.max_latent_stage is not None:
             check_int('max_latent_stage', self.max_latent_stage, 0)
         if self.tokens_per_stage is not None:
@@ -316,4 +319,4 @@ def config_from_arguments(arguments: argparse.Namespace | dict) -> TrainConfig:
 # checkpoint, so the folder may have moved or gone)
 RESUME_MAY_CHANGE = ('time_budget', 'device', 'cuda_graphs', 'compile', 'max_nonfinite_steps', 'download', 'hf_model',
                      # a resumed run's weights are its checkpoint's; more final epochs extend a finished run; records
-                     'init_from', 'final_epochs', 'eval_every', 'tensorboard')
+                     'init_from', 'final_epochs', 'eval_every', 'tensorboard', 'show_thoughts')

@@ -27,6 +27,7 @@ from coconut_pytorch.distributed import (World, all_agree, all_reduce_sum, full_
 from coconut_pytorch.evaluate import evaluate_examples
 from coconut_pytorch.helpers import check_device
 from coconut_pytorch.plotting import plot_history
+from coconut_pytorch.probing import show_thoughts
 from coconut_pytorch.training.batches import Batch, EpochLayout
 from coconut_pytorch.training.checkpoints import (CHECKPOINT_NAME, INFERENCE_TOKEN_MARGIN, TRAINING_KEYS, RunLock, check_resumable,
                                                   data_digests, first_line, inference_info, load_run, save_checkpoint)
@@ -117,7 +118,7 @@ def train(
                 say(f'starting from the weights of {config.init_from}')
         if world.is_main:
             run.records = stack.enter_context(closing(RunRecords(out_dir, config, run.history if resume else None)))
-        return run_epochs(run, progress)
+        return run_epochs(run, progress, say if world.is_main else None)
 
 
 @dataclass
@@ -200,8 +201,9 @@ def open_run(config: TrainConfig, checkpoint_path: Path, device: torch.device, r
                world = world, **where)
 
 
-def run_epochs(run: Run, progress: Callable | None) -> dict:
-    """Every epoch from where the run stands, each saved as it ends, then `finish`."""
+def run_epochs(run: Run, progress: Callable | None, say: Callable[[str], None] | None = None) -> dict:
+    """Every epoch from where the run stands, each saved as it ends, then `finish`. `say`: as in `train` (with
+    `config.show_thoughts`, the thoughts at each held-out evaluation)."""
     config = run.config
     nonfinite = NonFiniteSteps(config.max_nonfinite_steps, run.device)
     run_start = time.perf_counter()
@@ -217,7 +219,7 @@ def run_epochs(run: Run, progress: Callable | None) -> dict:
             if config.eval_every and (epoch + 1) % config.eval_every == 0 and epoch < run.total_epochs - 1:
                 # the model as it stands, thinking as its stage trained it to (the end of the run is evaluated anyway)
                 inference = inference_info(run.curriculum, stage, run.longest_target)
-                record['eval_accuracy'] = round(held_out(run, inference)['accuracy'], 5)
+                record['eval_accuracy'] = round(held_out(run, inference, say = say, title = f'after epoch {epoch}')['accuracy'], 5)
             run.history.append(record)
             if progress and run.world.is_main:
                 print(json.dumps(record, allow_nan = False), flush = True)
@@ -242,7 +244,7 @@ def run_epochs(run: Run, progress: Callable | None) -> dict:
         if fresh_sets is not None:
             fresh_sets.close()
 
-    return finish(run, stopped, reason, run.elapsed + time.perf_counter() - run_start, progress if run.world.is_main else None)
+    return finish(run, stopped, reason, run.elapsed + time.perf_counter() - run_start, progress if run.world.is_main else None, say)
 
 
 def epoch_batches(run: Run, epoch: int, fresh_sets: FreshSets | None) -> list[Batch]:
@@ -351,8 +353,10 @@ def save_epoch(run: Run, epoch: int, elapsed: float):
     ), run.checkpoint_path)
 
 
-def finish(run: Run, stopped: str | None, reason: str | None, seconds: float, progress: Callable | None = None) -> dict:
-    """The run's result: after the held-out evaluation and the plot, or for a diverged run, why it stopped."""
+def finish(run: Run, stopped: str | None, reason: str | None, seconds: float, progress: Callable | None = None,
+           say: Callable[[str], None] | None = None) -> dict:
+    """The run's result: after the held-out evaluation and the plot, or for a diverged run, why it stopped.
+    `say`: as in `train`."""
     config = run.config
     task = config.task if config.train_file is None else str(config.train_file)
 
@@ -363,7 +367,7 @@ def finish(run: Run, stopped: str | None, reason: str | None, seconds: float, pr
 
     # a run stopped by its time budget is still evaluated, at the stage it reached (and says so)
     inference = run.inference
-    result = held_out(run, inference, progress)
+    result = held_out(run, inference, progress, say = say, title = f'at the end (epoch {run.saved_epoch})')
     plot = run.checkpoint_path.parent / 'training.png'
     if run.world.is_main:
         plot_history(run.history, plot, title = f'{config.task} / {config.method}', thought_loss_weight = config.thought_loss,
@@ -388,11 +392,14 @@ def finish(run: Run, stopped: str | None, reason: str | None, seconds: float, pr
     )
 
 
-def held_out(run: Run, inference: dict, progress: Callable | None = None) -> dict:
-    """`evaluate_examples` on the run's held-out set, thinking and writing as `inference` says (`inference_info`)."""
+def held_out(run: Run, inference: dict, progress: Callable | None = None, say: Callable[[str], None] | None = None, title: str = '') -> dict:
+    """`evaluate_examples` on the run's held-out set, thinking and writing as `inference` says (`inference_info`).
+    With `config.show_thoughts` N, `say` (rank 0's) then gets the first N examples' thoughts and answers
+    (`probing.show_thoughts`), headed by `title`."""
     config = run.config
-    return evaluate_examples(
-        gathered_model(run) if config.fsdp else run.model, run.tokenizer, run.eval_set,
+    model = gathered_model(run) if config.fsdp else run.model
+    result = evaluate_examples(
+        model, run.tokenizer, run.eval_set,
         num_thoughts = inference['num_thoughts'],
         max_new_tokens = inference['max_new_tokens'],
         source = config.eval_file or 'held-out examples',
@@ -400,6 +407,14 @@ def held_out(run: Run, inference: dict, progress: Callable | None = None) -> dic
         world = run.world,
         progress = progress
     )
+    if config.show_thoughts > 0 and say is not None and run.world.is_main:
+        # rank 0 alone: an FSDP run's copy is whole here, and the probe runs no collective
+        shown = run.eval_set[:config.show_thoughts]
+        block = show_thoughts(model, run.tokenizer, [example.question for example in shown], result['predictions'][:len(shown)],
+                              num_thoughts = inference['num_thoughts'], golds = [example.answer for example in shown],
+                              autocast_dtype = torch.bfloat16 if config.bf16 else None)
+        say(f"thoughts {title} ({inference['num_thoughts']} thoughts, held-out accuracy {result['accuracy']:.3f}):\n{block}")
+    return result
 
 
 def start_from(model: Coconut, tokenizer: Tokenizer, path: str, device: torch.device):
