@@ -26,6 +26,7 @@ setup(
             'coconut-eval = coconut_pytorch.evaluate:main',
             'coconut-sample = coconut_pytorch.sample:main',
             'coconut-export = coconut_pytorch.export:main',
+            'coconut-depth-eval = coconut_pytorch.depth_eval:main',
         ],
     },
     extras_require = {
