@@ -27,6 +27,7 @@ setup(
             'coconut-sample = coconut_pytorch.sample:main',
             'coconut-export = coconut_pytorch.export:main',
             'coconut-search-analysis = coconut_pytorch.search_analysis:main',
+            'coconut-depth-eval = coconut_pytorch.depth_eval:main',
         ],
     },
     extras_require = {

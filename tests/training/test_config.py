@@ -91,7 +91,7 @@ def test_the_help_shows_every_setting_with_its_text_and_default():
     (dict(train_file = 'x.json', fresh_data = True), ValueError, 'cannot be used with train_file'),
     (dict(cuda_graphs = True, device = 'cpu'), ValueError, 'cuda_graphs needs a CUDA device'),
     (dict(task_kwargs = {'digits': 3}), ValueError, "task_kwargs: running_sum has no setting 'digits'; it accepts: num_digits, modulus$"),
-    (dict(task = 'prosqa', task_kwargs = {'num_digits': 3}), ValueError, "task_kwargs: prosqa has no setting 'num_digits'; it accepts: steps$"),
+    (dict(task = 'prosqa', task_kwargs = {'num_digits': 3}), ValueError, "task_kwargs: prosqa has no setting 'num_digits'; it accepts: steps, min_steps, max_steps, num_nodes$"),
     (dict(device = 'gpu'), ValueError, "device must be auto, cpu, cuda or cuda:N"),
     (dict(device = 'cuda:x'), ValueError, "device must be auto, cpu, cuda or cuda:N"),
     (dict(device = 0), TypeError, "device must be a str"),

@@ -27,11 +27,21 @@ continuous thoughts encoding in superposition; a curriculum over these steps sup
 whole frontiers instead of one chosen path (an option of this package, not the paper's setting).
 Where several facts reach a node from the layer above, "frontier" names a random one, which no model can predict;
 `steps="frontier_first"` names the one the question states first, so every token of a step is determined.
+
+Depth and size are settings too (`ProsQATask(min_steps=7, max_steps=8, num_nodes=(24, 36))`), for questions deeper
+than any the paper trains on (its data has 3-6 steps): the generator is the same, and so are the names, so a model
+trained on 3-6 steps reads the deeper questions with its own vocabulary. Depths and node counts the validation split
+never has weigh as the nearest depth it has (a 7- or 8-step proof as often as a 6-step one, its subject's cluster
+shaped like a 6-step one's, shifted one or two levels down) and as an average node count it has (so that a range
+of bigger graphs is drawn uniformly), and where the node range reaches past the split's 17-28 the edge window
+(22-53) widens in proportion. The defaults draw exactly what the generator drew before these settings
+existed.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import statistics
@@ -41,7 +51,7 @@ from importlib import resources
 from typing import Any, Iterable, Mapping, NamedTuple
 
 from coconut_pytorch.data.example import Example
-from coconut_pytorch.data.tasks.base import Task
+from coconut_pytorch.data.tasks.base import Task, check_int
 
 # distributions measured on the validation split (value: how often it occurs there)
 
@@ -58,10 +68,17 @@ CONCEPT_INDEGREE_COUNTS = {1: 2989, 2: 1899, 3: 848, 4: 256, 5: 80, 6: 17, 7: 3}
 PARENT_LEVEL_COUNTS = {1: 520, 0: 1315, -1: 478, -2: 118, -3: 20}
 CROSS_EDGES_COUNTS = {0: 35, 1: 25, 2: 18, 3: 11, 4: 6, 5: 5}  # partner side -> subject side
 PARTNER_CLUSTER_FRACTION = (0.386, 0.12)                      # mean, std of |partner only| / |all concepts|
+PARTNER_FRACTION_BOUNDS = (0.12, 0.72)                        # the draw of that fraction is clipped to these
 EXCLUSIVE_CONCEPT_PROB = 0.27                                 # an extra person gets a concept of its own
 
 MIN_STEPS, MAX_STEPS = min(STEPS_COUNTS), max(STEPS_COUNTS)
+MIN_NODES, MAX_NODES = min(NODES_COUNTS), max(NODES_COUNTS)
 MIN_EDGES, MAX_EDGES = 22, 53
+# a question names two main persons (the subject and the partner); every other node beyond them may be a concept
+MAIN_PERSONS = 2
+# consecutive failed draws after which settings are declared unsatisfiable (the defaults rarely fail one draw; the
+# tightest settings __init__ accepts fail a few dozen)
+MAX_ATTEMPTS = 10_000
 
 _PERSON_FACT = re.compile(r"^([A-Z]\w*) is a (\w+)\.$")
 _CONCEPT_FACT = re.compile(r"^Every (\w+) is a (\w+)\.$")
@@ -76,6 +93,50 @@ def exists(value: Any) -> bool:
 def _weighted(rng: random.Random, counts: Mapping[int, float]) -> int:
     values = list(counts)
     return rng.choices(values, weights=[counts[v] for v in values])[0]
+
+
+def _over_range(counts: Mapping[int, float], low: int, high: int, beyond: str) -> dict[int, float]:
+    """`counts` on `low`..`high`, in increasing order. A value the validation split never has weighs as the nearest
+    one it has (`beyond="nearest"`: its tail goes on flat) or as an average one (`beyond="mean"`: a range wholly
+    outside it is uniform). On the measured range itself this is `counts` (same keys, order and weights: the same
+    draws)."""
+    least, most = min(counts), max(counts)
+    mean = sum(counts.values()) / len(counts)
+    def weight(value: int) -> float:
+        if value in counts:
+            return counts[value]
+        return counts[min(max(value, least), most)] if beyond == "nearest" else mean
+    return {value: weight(value) for value in range(low, high + 1)}
+
+
+def _subject_depth_counts(num_steps: int) -> dict[int, float]:
+    """Deepest node below the subject for a proof of `num_steps`: as measured, or for a length the split never has,
+    the nearest measured one's, shifted by the difference (nothing below the target of a 7- or 8-step proof, as
+    of a 6-step one)."""
+    nearest = min(max(num_steps, MIN_STEPS), MAX_STEPS)
+    shift = num_steps - nearest
+    return {depth + shift: count for depth, count in SUBJECT_DEPTH_COUNTS[nearest].items()}
+
+
+def _edge_window(min_nodes: int, max_nodes: int) -> tuple[int, int]:
+    """The edge counts a graph of `min_nodes`..`max_nodes` nodes may have: the validation split's 22-53, each end
+    scaled in proportion where the node range goes past the split's 17-28 (bigger graphs have more edges: a fixed
+    ceiling would reject nearly all of them)."""
+    low = MIN_EDGES if min_nodes >= MIN_NODES else math.floor(MIN_EDGES * min_nodes / MIN_NODES)
+    high = MAX_EDGES if max_nodes <= MAX_NODES else math.ceil(MAX_EDGES * max_nodes / MAX_NODES)
+    return low, high
+
+
+def _least_nodes(num_steps: int) -> int:
+    """The fewest nodes a graph holding a `num_steps` proof can have: the two main persons, the partner's side at its
+    smallest (12% of the concepts, at least 2) and the subject's at least `num_steps + 1` concepts (the sizes
+    `_try_sample_record` splits the concepts into)."""
+    nodes = num_steps + 1 + 2 + MAIN_PERSONS
+    while True:
+        clustered = nodes - MAIN_PERSONS
+        if clustered - max(round(clustered * PARTNER_FRACTION_BOUNDS[0]), 2) >= num_steps + 1:
+            return nodes
+        nodes += 1
 
 
 @lru_cache(maxsize=1)
@@ -434,25 +495,86 @@ def _frontier_steps(rng: random.Random | None, graph: _Graph, source: int, depth
 class ProsQATask(Task):
     """ProsQA-style examples whose graph statistics match the paper's validation split.
 
-    num_steps_range: (3, 6), mostly 3-4. Names come from the closed vocabulary of the
+    num_steps_range: (3, 6) by default, mostly 3-4. Names come from the closed vocabulary of the
     validation split (17 persons, 38 concepts), shipped as prosqa_vocab.json.
+
+    steps: "proof" (one shortest path), "frontier" or "frontier_first" (breadth-first layers; see the module).
+    min_steps, max_steps: the proof depth range, i.e. the target's shortest distance from the subject (default 3
+        and 6, the paper's). Within it depths keep the split's frequencies; depths it lacks weigh as the nearest
+        one it has, e.g. `min_steps=7, max_steps=8` asks for 7- and 8-hop questions, half of each.
+    num_nodes: the graph size, persons included: an int, or an inclusive (low, high) range (default: the split's
+        17-28, with its frequencies; sizes outside it weigh as an average size in it, e.g. (30, 40) is uniform). At
+        most 40 (the 38 concepts and the two main persons), and the largest must hold the deepest proof (13 nodes
+        for 8 steps), else ValueError naming the setting.
+    The defaults (and the same values given explicitly) draw exactly the examples the generator drew before these
+    settings existed.
     """
 
     name = "prosqa"
     step_styles = ("proof", "frontier", "frontier_first")
 
-    def __init__(self, steps: str = "proof"):
+    def __init__(
+        self,
+        steps: str = "proof",
+        min_steps: int | None = None,
+        max_steps: int | None = None,
+        num_nodes: int | tuple[int, int] | None = None,
+    ):
         if steps not in self.step_styles:
             raise ValueError(f"steps must be one of {self.step_styles}, got {steps!r}")
         self.steps = steps
         self.persons, self.concepts = load_prosqa_vocab()
 
+        self.min_steps = check_int("min_steps", min_steps, 1) if exists(min_steps) else MIN_STEPS
+        self.max_steps = check_int("max_steps", max_steps, 1) if exists(max_steps) else MAX_STEPS
+        if self.max_steps < self.min_steps:
+            raise ValueError(f"max_steps must be >= min_steps ({self.min_steps}), got {self.max_steps}")
+
+        self.num_nodes = self._node_range(num_nodes)
+        low, high = self.num_nodes
+        # every node but the persons is a concept, and the vocabulary names 38: with the two main persons, 40 always
+        # fit (extra persons only leave fewer concepts to name)
+        most = MAIN_PERSONS + len(self.concepts)
+        if high > most:
+            raise ValueError(f"num_nodes must be at most {most} (the vocabulary's {len(self.concepts)} concepts "
+                             f"and the {MAIN_PERSONS} main persons), got {high}")
+        need = _least_nodes(self.max_steps)
+        if high < need:
+            raise ValueError(f"num_nodes: graphs of at most {high} nodes cannot hold a proof of {self.max_steps} steps "
+                             f"(it needs {need}); raise num_nodes or lower max_steps")
+
+        # the distributions each draw uses, fixed once: on the defaults, the measured tables themselves
+        self._steps_counts = _over_range(STEPS_COUNTS, self.min_steps, self.max_steps, beyond="nearest")
+        self._nodes_counts = _over_range(NODES_COUNTS, low, high, beyond="mean")
+        self._edge_window = _edge_window(low, high)
+
+    @staticmethod
+    def _node_range(num_nodes: int | tuple[int, int] | list[int] | None) -> tuple[int, int]:
+        """`num_nodes` as an inclusive (low, high) range; a list is accepted, as JSON task settings give one."""
+        if not exists(num_nodes):
+            return (MIN_NODES, MAX_NODES)
+        if isinstance(num_nodes, (tuple, list)):
+            if len(num_nodes) != 2:
+                raise ValueError(f"num_nodes must be an int or a (low, high) pair, got {num_nodes!r}")
+            low, high = (check_int("num_nodes", value, 1) for value in num_nodes)
+            if high < low:
+                raise ValueError(f"num_nodes must be a (low, high) pair with low <= high, got {num_nodes!r}")
+            return (low, high)
+        value = check_int("num_nodes", num_nodes, 1)
+        return (value, value)
+
     @property
     def num_steps_range(self) -> tuple[int, int]:
-        return (MIN_STEPS, MAX_STEPS)
+        return (self.min_steps, self.max_steps)
 
     def __repr__(self) -> str:
-        return f"ProsQATask(steps={self.steps!r})"
+        # only what differs from the defaults, so the default task reads as it always did
+        settings = [f"steps={self.steps!r}"]
+        if (self.min_steps, self.max_steps) != (MIN_STEPS, MAX_STEPS):
+            settings += [f"min_steps={self.min_steps}", f"max_steps={self.max_steps}"]
+        if self.num_nodes != (MIN_NODES, MAX_NODES):
+            settings.append(f"num_nodes={self.num_nodes}")
+        return f"ProsQATask({', '.join(settings)})"
 
     def vocabulary(self) -> list[str]:
         return [*self.persons, *self.concepts, "Every", "is", "a", "Is", "or", ".", "?"]
@@ -464,21 +586,24 @@ class ProsQATask(Task):
     def sample_record(self, rng: random.Random) -> dict[str, Any]:
         """One example as a valid.json-style record, including its graph
         (idx_to_symbol, edges, root, target, neg_target)."""
-        while True:
+        for _ in range(MAX_ATTEMPTS):
             record = self._try_sample_record(rng)
             if exists(record):
                 return record
+        # the settings passed the checks of __init__ but (nearly) no graph meets them: say so rather than spin
+        raise ValueError(f"{self!r}: no graph met these settings in {MAX_ATTEMPTS} draws; "
+                         f"widen num_nodes or the steps range")
 
     def _try_sample_record(self, rng: random.Random) -> dict[str, Any] | None:
-        num_steps = _weighted(rng, STEPS_COUNTS)
-        num_nodes = _weighted(rng, NODES_COUNTS)
+        num_steps = _weighted(rng, self._steps_counts)
+        num_nodes = _weighted(rng, self._nodes_counts)
         num_extra = _weighted(rng, EXTRA_PERSONS_COUNTS)
         distractor_depth = _weighted(rng, {d: c for d, c in DISTRACTOR_DEPTH_COUNTS.items() if d <= num_steps})
         num_exclusive = sum(rng.random() < EXCLUSIVE_CONCEPT_PROB for _ in range(num_extra))
 
         # split the concepts between the subject's cluster and the partner's
         num_clustered = num_nodes - 2 - num_extra - num_exclusive
-        fraction = min(max(rng.gauss(*PARTNER_CLUSTER_FRACTION), 0.12), 0.72)
+        fraction = min(max(rng.gauss(*PARTNER_CLUSTER_FRACTION), PARTNER_FRACTION_BOUNDS[0]), PARTNER_FRACTION_BOUNDS[1])
         num_partner_side = round(num_clustered * fraction)
         num_partner_side = max(num_partner_side, 2, distractor_depth)
         num_subject_side = num_clustered - num_partner_side
@@ -492,7 +617,7 @@ class ProsQATask(Task):
         subject_nodes, target = _grow_cluster(
             rng, graph, subject, num_subject_side,
             goal_depth=num_steps,
-            max_depth=_weighted(rng, SUBJECT_DEPTH_COUNTS[num_steps]),
+            max_depth=_weighted(rng, _subject_depth_counts(num_steps)),
         )
         partner_nodes, distractor = _grow_cluster(
             rng, graph, partner, num_partner_side,
@@ -523,8 +648,9 @@ class ProsQATask(Task):
             for child in rng.sample(shared, min(out_degree, len(shared))):
                 graph.add_edge(person, child)
 
-        # keep the edge count inside the range of the validation split
-        if not MIN_EDGES <= len(graph.edges) <= MAX_EDGES:
+        # keep the edge count inside the range of the validation split (widened for bigger graphs)
+        min_edges, max_edges = self._edge_window
+        if not min_edges <= len(graph.edges) <= max_edges:
             return None
 
         # the invariants the question relies on
