@@ -31,7 +31,7 @@ setup(
         ],
     },
     extras_require = {
-        'test': ['pytest'],
+        'test': ['pytest', 'pytest-xdist'],
         'hf': ['transformers>=4.56'],     # Hugging Face causal LMs as backbones (coconut_pytorch.hf, which says why 4.56)
     },
     classifiers = [

@@ -1,6 +1,14 @@
 """Fixtures shared by the test modules."""
 
+import os
+
 import pytest
+import torch
+
+# with pytest-xdist's workers (pytest.ini), each worker's torch threads take its share of the cores, not all of them
+WORKERS = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+if WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // WORKERS))
 
 
 def pytest_configure(config):

@@ -114,7 +114,7 @@ def thought_targets(staged: Sequence[StagedExample], num_tokens: int) -> Tensor:
     for row, example in enumerate(staged):
         if len(example.thought_words) != example.num_thoughts:
             raise ValueError(f'example {row} has {example.num_thoughts} thoughts but words for {len(example.thought_words)}: '
-                             'thought targets need a method with continuous thoughts (coconut, coconut_no_curriculum)')
+                             f'thought targets need a method with thought slots to align ({", ".join(ALIGNABLE_METHODS)})')
         for slot, slot_words in enumerate(example.thought_words):
             rows += [row] * len(slot_words)
             slots += [slot] * len(slot_words)

@@ -12,7 +12,7 @@ from coconut_pytorch import Coconut
 from coconut_pytorch.data import Example
 from coconut_pytorch.training import TrainConfig
 from coconut_pytorch.training.batches import collate, encode_at_stage, staged_examples
-from coconut_pytorch.training.schedule import METHODS, Curriculum
+from coconut_pytorch.training.schedule import ALIGNABLE_METHODS, METHODS, Curriculum
 
 
 def test_removal_smoothing_removes_a_few_examples_tokens_early():
@@ -110,13 +110,22 @@ def test_with_token_stages_each_thought_is_paired_with_its_tokens():
     assert words_of(one_each) == ['s1', 'a', SEP, 's2', 'b', SEP]
 
 
-@pytest.mark.parametrize('method', [m for m in METHODS if m not in ('coconut', 'coconut_no_curriculum')])
-def test_methods_without_continuous_thoughts_have_no_thought_targets(method):
+@pytest.mark.parametrize('method', [m for m in METHODS if m not in ALIGNABLE_METHODS])
+def test_methods_without_thought_slots_to_align_have_no_thought_targets(method):
     staged = encode_at_stage(EXAMPLE, TOKENIZER, Curriculum(method = method, thoughts_per_step = 1, max_latent_stage = 3), 2)
     assert staged.thought_words == ()
     if staged.num_thoughts > 0:
-        with pytest.raises(ValueError, match = 'thought targets need a method with continuous thoughts'):
+        with pytest.raises(ValueError, match = 'thought targets need a method with'):
             collate([staged], len(TOKENIZER))
+
+
+@pytest.mark.parametrize('method', ['pause_as_thought', 'pause'])
+def test_pause_slots_get_the_words_the_thoughts_would(method):
+    # the supervised pause control: its slots replace the same language as Coconut's thoughts at the same stage
+    curriculum = lambda name: Curriculum(method = name, thoughts_per_step = 1, max_latent_stage = 3)
+    pause = encode_at_stage(EXAMPLE, TOKENIZER, curriculum(method), 2)
+    thoughts = encode_at_stage(EXAMPLE, TOKENIZER, curriculum('coconut' if method == 'pause_as_thought' else 'coconut_no_curriculum'), 2)
+    assert pause.thought_words == thoughts.thought_words and len(pause.thought_words) == pause.num_thoughts > 0
 
 
 def test_collated_thought_targets_mark_the_replaced_words():

@@ -2,6 +2,7 @@
 extended once finished, can start from another run's weights, and the command stops cleanly on Ctrl-C."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -69,8 +70,10 @@ COMMAND = ['--train-size', '128', '--eval-size', '8', '--batch-size', '32', '--e
 
 def test_ctrl_c_keeps_the_last_epoch_says_how_to_continue_and_the_continued_run_equals_an_uninterrupted_one(tmp_path):
     # no --out: the run gets its own folder under runs/, and --resume finds the latest one
+    # the commands use this process's number of threads, so that the in-process run below reduces in the same order
+    environment = {**os.environ, 'OMP_NUM_THREADS': str(torch.get_num_threads())}
     child = subprocess.Popen([sys.executable, str(ROOT / 'train_toy.py'), *COMMAND], cwd = tmp_path, stdout = subprocess.PIPE,
-                             stderr = subprocess.PIPE, text = True)
+                             stderr = subprocess.PIPE, text = True, env = environment)
     for line in child.stdout:
         if line.startswith('{"epoch": 1,'):
             break
@@ -81,7 +84,8 @@ def test_ctrl_c_keeps_the_last_epoch_says_how_to_continue_and_the_continued_run_
     folder, = (tmp_path / 'runs').iterdir()
     assert folder.name.startswith('running_sum-coconut-') and f'run folder: runs/{folder.name}' in stderr
 
-    resumed = subprocess.run([sys.executable, str(ROOT / 'train_toy.py'), *COMMAND, '--resume'], cwd = tmp_path, capture_output = True, text = True)
+    resumed = subprocess.run([sys.executable, str(ROOT / 'train_toy.py'), *COMMAND, '--resume'], cwd = tmp_path, capture_output = True, text = True,
+                             env = environment)
     assert resumed.returncode == 0, resumed.stderr
     assert f'resuming runs/{folder.name} at epoch' in resumed.stderr
     assert json.loads(resumed.stdout.splitlines()[-1])['finished']
