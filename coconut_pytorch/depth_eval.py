@@ -24,6 +24,7 @@ from typing import Sequence
 
 import torch
 
+from coconut_pytorch.helpers import json_object
 from coconut_pytorch.data.example import Example
 from coconut_pytorch.data.tasks import ProsQATask, get_task
 from coconut_pytorch.data.tokenizer import max_target_length
@@ -144,12 +145,7 @@ def main(argv: Sequence[str] | None = None):
     num_thoughts = list(dict.fromkeys(args.num_thoughts)) if args.num_thoughts is not None else None
 
     try:
-        try:
-            task_kwargs = json.loads(args.task_kwargs)
-        except json.JSONDecodeError as error:
-            raise ValueError(f'--task-kwargs is not JSON: {error}') from None
-        if not isinstance(task_kwargs, dict):
-            raise ValueError(f'--task-kwargs must be a JSON object, got {type(task_kwargs).__name__}')
+        task_kwargs = json_object(args.task_kwargs, '--task-kwargs')
         if args.out is not None:
             # before the model loads and generates: a path that cannot be written would waste the whole evaluation
             out = Path(args.out)

@@ -13,11 +13,11 @@ Files written here are read by `coconut-train --train-file/--eval-file` and `coc
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Sequence
 
+from coconut_pytorch.helpers import json_object
 from coconut_pytorch.data.example import Example
 from coconut_pytorch.data.loaders import save_icot_examples, save_json_examples
 from coconut_pytorch.data.tasks import TASKS, get_task
@@ -59,12 +59,7 @@ def main(argv: Sequence[str] | None = None):
     try:
         if args.size < 1:
             raise ValueError(f'--size must be >= 1, got {args.size}')
-        try:
-            task_kwargs = json.loads(args.task_kwargs)
-        except json.JSONDecodeError as error:
-            raise ValueError(f'--task-kwargs is not JSON: {error}') from None
-        if not isinstance(task_kwargs, dict):
-            raise ValueError(f'--task-kwargs must be a JSON object, got {type(task_kwargs).__name__}')
+        task_kwargs = json_object(args.task_kwargs, '--task-kwargs')
         out = Path(args.out)
         if out.is_dir():
             raise ValueError(f'--out {out} is a directory')

@@ -50,3 +50,15 @@ def check_device(device: str, name: str = 'device') -> torch.device:
     if parsed.type == 'mps' and not torch.backends.mps.is_available():
         raise ValueError(f'{name} {device!r}: this machine has no MPS device')
     return parsed
+
+
+def json_object(text: str, name: str) -> dict:
+    """`text` read as a JSON object (a command's --task-kwargs), or a one-line ValueError naming `name`."""
+    import json
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f'{name} is not JSON: {error}') from None
+    if not isinstance(value, dict):
+        raise ValueError(f'{name} must be a JSON object, got {type(value).__name__}')
+    return value

@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import torch
+
+from coconut_pytorch.helpers import check_device, resolve_device
 
 
 def read_questions(path: str | Path) -> list[str]:
@@ -52,11 +53,9 @@ def main(argv: Sequence[str] | None = None):
         parser.error(f'--batch-size must be >= 1, got {args.batch_size}')
     if args.device is not None:
         try:
-            device = torch.device(args.device)
-        except RuntimeError as error:
-            parser.error(f'--device {args.device!r} is not a device: {str(error).strip()}')
-        if device.type == 'cuda' and not torch.cuda.is_available():
-            parser.error(f'--device {args.device}: this machine sees no CUDA GPU')
+            check_device(resolve_device(args.device), '--device')     # the one device rule of every command
+        except (ValueError, TypeError) as error:
+            parser.error(str(error))
 
     try:
         questions = [question.strip() for question in args.questions]
