@@ -281,6 +281,13 @@ def analyze(run, records: Sequence[Mapping[str, Any]], num_thoughts: int, batch_
     return dict(accuracy = answered['accuracy'], num_thoughts = num_thoughts, **analysis)
 
 
+def run_name(checkpoint: str | Path) -> str:
+    """What a figure calls the run of `checkpoint`: its run folder for a run's own `checkpoint.pt`, else the file's
+    name without its suffix (a copy such as `coconut_s0.pt` sits in a folder of several runs)."""
+    path = Path(checkpoint)
+    return path.parent.name if path.stem == 'checkpoint' and path.parent.name else path.stem
+
+
 def main(argv: Sequence[str] | None = None):
     """The command (`coconut-search-analysis`): write DIR/search_analysis.json and .png, print one JSON line."""
     parser = argparse.ArgumentParser(description = __doc__, formatter_class = argparse.RawDescriptionHelpFormatter)
@@ -321,7 +328,7 @@ def main(argv: Sequence[str] | None = None):
     try:
         out.mkdir(parents = True, exist_ok = True)
         (out / RESULT_NAME).write_text(json.dumps(analysis, indent = 1) + '\n', encoding = 'utf-8')
-        plot_search(analysis, out / FIGURE_NAME, title = f"{Path(args.checkpoint).parent.name}: where each thought's probability goes "
+        plot_search(analysis, out / FIGURE_NAME, title = f"{run_name(args.checkpoint)}: where each thought's probability goes "
                                                           f"(n = {analysis['n']}, accuracy {analysis['accuracy']:.3f})")
     except OSError as error:
         sys.exit(f'error: --out {out} could not be written: {error}')

@@ -17,7 +17,7 @@ from coconut_pytorch import Coconut
 from coconut_pytorch.data import WordTokenizer
 from coconut_pytorch.data.tasks.prosqa import ProsQATask
 from coconut_pytorch.probing import ThoughtDistributions, format_thoughts, thought_distributions, thought_probabilities, top_thought_tokens
-from coconut_pytorch.search_analysis import NEVER, search_graph, search_masses
+from coconut_pytorch.search_analysis import NEVER, run_name, search_graph, search_masses
 from coconut_pytorch.training import TrainConfig, train
 from coconut_pytorch.training.config import RESUME_MAY_CHANGE
 
@@ -253,3 +253,9 @@ def test_the_search_analysis_command_writes_its_numbers_and_figure(prosqa_run, t
     assert refused.returncode != 0 and refused.stdout == ''
     assert refused.stderr.startswith('error: ') and 'idx_to_symbol' in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
     assert not (tmp_path / 'none').exists()
+
+
+def test_the_figure_names_the_run_by_its_folder_or_by_the_copied_files_name():
+    assert run_name('runs/prosqa-coconut-1/checkpoint.pt') == 'prosqa-coconut-1'
+    assert run_name('/tmp/i19/coconut_s0.pt') == 'coconut_s0'
+    assert run_name('checkpoint.pt') == 'checkpoint'

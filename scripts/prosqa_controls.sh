@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Issue 19's ProsQA runs: Coconut against the supervised pause control (pause_as_thought with the thought loss) and
+# the unsupervised one (the same without it), each on the README's ProsQA recipe (recipes/prosqa.yaml), all at once
+# on one GPU, and resumable across device commands of limited length:
+#
+#   bash scripts/prosqa_controls.sh train OUT SECONDS [NAME ...]   # train (or --resume) each unfinished run for about SECONDS
+#   bash scripts/prosqa_controls.sh eval OUT [NAME ...]            # valid with 0 thoughts; generated depths 6-8 at 6-8 thoughts
+#   bash scripts/prosqa_controls.sh pack OUT DEST                  # logs, metrics and evaluations as DEST/runs.tar.gz;
+#                                                                  # each run's weights in bf16 (model only) as DEST/NAME.pt
+#
+# VALID (default .devdata/valid.json) is the paper's ProsQA validation split: each run's end-of-command accuracy is
+# on it (--eval-file). Processes sharing a GPU are time-sliced; where `nvidia-cuda-mps-control` exists, `train`
+# starts CUDA MPS for the command (and stops it after), so that the small models' kernels run side by side.
+set -uo pipefail
+mode=${1:?train, eval or pack}; out=${2:?out dir}; shift 2
+valid=${VALID:-.devdata/valid.json}
+export PYTHONUNBUFFERED=1
+
+declare -A arguments=(
+  [coconut_s0]="--method coconut --seed 0"
+  [coconut_s1]="--method coconut --seed 1"
+  [pause_sup_s0]="--method pause_as_thought --seed 0"
+  [pause_sup_s1]="--method pause_as_thought --seed 1"
+  [pause_unsup_s0]="--method pause_as_thought --thought-loss 0 --seed 0"
+)
+all="coconut_s0 coconut_s1 pause_sup_s0 pause_sup_s1 pause_unsup_s0"
+mkdir -p "$out"
+
+finished() { [ -f "$out/$1.log" ] && grep '^{' "$out/$1.log" | tail -1 | grep -q '"finished": true'; }
+
+case $mode in
+train)
+  seconds=${1:?seconds}; shift; names=${*:-$all}
+  mps=0
+  if command -v nvidia-cuda-mps-control > /dev/null; then
+    export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+    mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
+    nvidia-cuda-mps-control -d && mps=1
+  fi
+  echo "MPS: $mps"
+  (command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 20 >> "$out/gpu_use.csv") &
+  smi=$!
+  for name in $names; do
+    if finished "$name"; then echo "$name: finished"; continue; fi
+    resume=(); [ -f "$out/$name/checkpoint.pt" ] && resume=(--resume)
+    echo "$name: python train_toy.py --config recipes/prosqa.yaml ${arguments[$name]} --eval-file $valid --time-budget $seconds --out $out/$name ${resume[*]}"
+    python train_toy.py --config recipes/prosqa.yaml ${arguments[$name]} --eval-file "$valid" --time-budget "$seconds" \
+      --out "$out/$name" "${resume[@]}" >> "$out/$name.log" 2>> "$out/$name.err" &
+  done
+  wait $(jobs -p | grep -v "^$smi$")
+  kill $smi 2> /dev/null
+  [ $mps = 1 ] && echo quit | nvidia-cuda-mps-control
+  for name in $names; do echo "$name: $(grep '^{' "$out/$name.log" | tail -1)"; done
+  ;;
+eval)
+  names=${*:-$all}
+  for name in $names; do
+    ckpt=$out/$name/checkpoint.pt
+    echo "$name, valid with 0 thoughts: $(python -m coconut_pytorch.evaluate --checkpoint "$ckpt" --data "$valid" --num-thoughts 0 | tail -1)" \
+      | tee -a "$out/$name.eval"
+    python -m coconut_pytorch.depth_eval --checkpoint "$ckpt" --depths 6 7 8 --num-thoughts 6 7 8 --size 500 \
+      --out "$out/$name.depth.json" | tee -a "$out/$name.eval"
+  done
+  ;;
+pack)
+  dest=${1:?dest dir}; mkdir -p "$dest"
+  tar -czf "$dest/runs.tar.gz" --exclude='*.pt' --exclude='tensorboard' -C "$out" .
+  for ckpt in "$out"/*/checkpoint.pt; do
+    name=$(basename "$(dirname "$ckpt")")
+    python -c "
+import sys, torch
+state = torch.load(sys.argv[1], weights_only = True)
+state = {key: state[key] for key in ('config', 'model', 'tokenizer', 'curriculum', 'inference', 'history', 'backbone') if key in state}
+state['model'] = {key: value.to(torch.bfloat16) if value.is_floating_point() else value for key, value in state['model'].items()}
+torch.save(state, sys.argv[2])" "$ckpt" "$dest/$name.pt"
+  done
+  ls -la "$dest"
+  ;;
+*) echo "mode: train, eval or pack" >&2; exit 2 ;;
+esac
