@@ -22,6 +22,13 @@ from coconut_pytorch.helpers import parse_device, resolve_device
 from coconut_pytorch.training.schedule import ALIGNABLE_METHODS, METHODS, Curriculum
 
 
+# the methods trained with the thought loss unless told otherwise: from scratch, Coconut's thoughts learned ProsQA,
+# pointer chasing and 5x5 multiplication only with it, and the default CPU task in every seed tried (RESULTS.md); the
+# curriculum ablation gets the same, so that it differs from coconut in the curriculum alone
+THOUGHT_LOSS_BY_DEFAULT = ('coconut', 'coconut_no_curriculum')
+DEFAULT_THOUGHT_LOSS = 1.
+
+
 def setting(default, help: str, cli: str | None = None, choices: Sequence[str] | None = None, aliases: Sequence[str] = ()):
     """A `TrainConfig` field with its help text (and its command-line name where that is not the field's own, other
     names the option also answers to, and its choices): the one place a setting is described, for the docs and for
@@ -53,9 +60,11 @@ class TrainConfig:
                                                  "(with --method no_thoughts: iCoT's stepwise internalization)")
     removal_smoothing: float | None = setting(None, "with --tokens-per-stage: iCoT's removal smoothing rate lambda (iCoT uses 4)")
     reset_optimizer: bool = setting(True, 'a new optimizer at every stage change, as in the paper', cli = 'no-reset-optimizer')
-    thought_loss: float = setting(0., 'weight of a loss aligning each continuous thought with the words of the step it '
-                                      'replaced (Coconut.thought_loss; 0: off, as in the paper); with pause_as_thought or pause, the pause slots\' outputs '
-                                      'get the same targets: a supervised control that feeds nothing back')
+    thought_loss: float | None = setting(None, 'weight of a loss aligning each continuous thought with the words of the step it '
+                                             'replaced (Coconut.thought_loss). Default: 1 with coconut and coconut_no_curriculum, whose '
+                                             'thoughts learn far more reliably with it (RESULTS.md); 0 (off, as in the paper) with the '
+                                             'other methods. With pause_as_thought or pause, the pause slots\' outputs get the same '
+                                             'targets: a supervised control that feeds nothing back')
 
     # data and optimisation
     train_size: int = setting(8000, 'generated training examples (unused with --train-file)')
@@ -110,6 +119,8 @@ class TrainConfig:
                                            'a row stop the run as diverged (its last good checkpoint kept)')
 
     def __post_init__(self):
+        if self.thought_loss is None:
+            self.thought_loss = DEFAULT_THOUGHT_LOSS if self.method in THOUGHT_LOSS_BY_DEFAULT else 0.
         # every mistake named before any data is generated or any model built
         for name in ('train_size', 'eval_size', 'batch_size', 'grad_accum', 'dim', 'depth', 'heads', 'dim_head',
                      'num_residual_streams', 'thoughts_per_step', 'epochs_per_stage'):
@@ -202,8 +213,9 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         # settings under the names earlier checkpoints saved them by
         values = {RENAMED.get(key, key): value for key, value in values.items()}
-        # a checkpoint saved before exclude_held_out existed trained on unfiltered sets
-        return cls(**{'exclude_held_out': False, **{key: value for key, value in values.items() if key in known}})
+        # a checkpoint saved before exclude_held_out existed trained on unfiltered sets, and one saved before the
+        # thought loss existed trained without it
+        return cls(**{'exclude_held_out': False, 'thought_loss': 0., **{key: value for key, value in values.items() if key in known}})
 
 
 RENAMED = dict(c_thought = 'thoughts_per_step')

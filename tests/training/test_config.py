@@ -108,6 +108,21 @@ def test_checkpoints_from_before_the_held_out_filter_read_as_unfiltered():
     assert TrainConfig.from_dict(dict(task = 'running_sum', exclude_held_out = True)).exclude_held_out is True
 
 
+def test_the_thought_loss_is_on_by_default_for_coconut_only_and_off_for_old_checkpoints():
+    # on for the methods whose thoughts are fed back, off (as in the paper) for the baselines, which then still run
+    # without naming it; a weight given is kept, 0 included
+    assert TrainConfig().thought_loss == 1. and parse().thought_loss == 1.
+    assert TrainConfig(method = 'coconut_no_curriculum').thought_loss == 1.
+    for method in ('cot', 'no_cot', 'pause', 'pause_as_thought', 'no_thoughts'):
+        assert TrainConfig(method = method).thought_loss == 0., method
+        assert parse('--method', method).thought_loss == 0., method
+    assert TrainConfig(thought_loss = 0.).thought_loss == 0. and parse('--thought-loss', '0').thought_loss == 0.
+    assert TrainConfig(method = 'pause_as_thought', thought_loss = 0.5).thought_loss == 0.5
+    # a checkpoint from before the thought loss existed trained without it
+    assert TrainConfig.from_dict(dict(task = 'running_sum', method = 'coconut')).thought_loss == 0.
+    assert TrainConfig.from_dict(dict(task = 'running_sum', thought_loss = 1.)).thought_loss == 1.
+
+
 def test_c_is_thoughts_per_step_and_answers_to_the_papers_name():
     # the paper's name on the command line, and in checkpoints written before the rename
     parser = argparse.ArgumentParser()
