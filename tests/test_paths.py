@@ -276,3 +276,87 @@ def test_majority_vote_takes_sampled_paths_only():
         majority_vote(torch.zeros(2, 3, 4, dtype = torch.long))
     with pytest.raises(ValueError, match = 'log_probs'):
         majority_vote(SampledPaths(torch.zeros(2, 3, 4, dtype = torch.long), torch.zeros(2, 4), torch.zeros(2, 3)))
+
+
+# the evaluate command
+
+@pytest.fixture(scope = 'module')
+def checkpoint_and_data(tmp_path_factory):
+    from coconut_pytorch.data import Example, save_json_examples
+    from coconut_pytorch.training import TrainConfig, train
+
+    out = tmp_path_factory.mktemp('trained')
+    # a run that stops at once: the model is what it was made, which is all these tests need
+    train(TrainConfig(task = 'running_sum', task_kwargs = dict(num_digits = 3), device = 'cpu', train_size = 64, eval_size = 4, batch_size = 32,
+                      epochs_per_stage = 1, final_epochs = 0, dim = 16, depth = 1, heads = 2, dim_head = 8, num_residual_streams = 1,
+                      warmup_steps = 0, time_budget = 0.), out)
+    data = out / 'data.json'
+    save_json_examples([Example(question = q, steps = [], answer = a) for q, a in (('1 2 3', '6'), ('4 4 4', '2'), ('3 1', '4'))], data)
+    return out / 'checkpoint.pt', data
+
+
+def test_evaluate_reports_majority_and_best_of_k_as_the_paths_give_them(checkpoint_and_data):
+    from coconut_pytorch.data import Example, load_examples
+    from coconut_pytorch.evaluate import answer_text, encode_questions, evaluate_examples, sample_paths
+    from coconut_pytorch.training.checkpoints import load_trained
+
+    checkpoint, data = checkpoint_and_data
+    model, tokenizer, _, info = load_trained(checkpoint, device = 'cpu')
+    model.double()
+    examples = load_examples(data)
+    prompts = encode_questions(examples, tokenizer)
+    sampled = sample_paths(model, prompts, tokenizer.eos_id, 2, 4, num_samples = 5, temperature = 1.5, batch_size = 10, seed = 3)
+    # gold answers that some paths give (this model is untrained), so that the accuracies are not all 0: the first
+    # example's paths' majority answer, the second's most probable path's, the third's least probable path's
+    answers = [[answer_text(row, tokenizer) for row in paths] for paths, _ in sampled]
+    majority = [texts[vote([tokenizer.normalize(text) for text in texts], log_probs)[0]] for texts, (_, log_probs) in zip(answers, sampled)]
+    golds = [majority[0], answers[1][0], answers[2][-1]]
+    examples = [Example(question = example.question, steps = [], answer = gold or example.answer) for example, gold in zip(examples, golds)]
+
+    result = evaluate_examples(model, tokenizer, examples, num_thoughts = 2, max_new_tokens = 4, batch_size = 10, num_samples = 5, temperature = 1.5, seed = 3)
+    plain = evaluate_examples(model, tokenizer, examples, num_thoughts = 2, max_new_tokens = 4, batch_size = 10)
+    assert {key: result[key] for key in plain if key != 'seconds'} == {key: plain[key] for key in plain if key != 'seconds'}
+    assert result['num_samples'] == 5 and result['temperature'] == 1.5
+
+    # each is the vote (or the first path) of what sample_paths gives, whatever the batching
+    again = sample_paths(model, prompts, tokenizer.eos_id, 2, 4, num_samples = 5, temperature = 1.5, batch_size = 10, seed = 3)
+    assert again == sampled
+    for index, (paths, log_probs) in enumerate(sampled):
+        answers = [answer_text(row, tokenizer) for row in paths]
+        assert log_probs == sorted(log_probs, reverse = True)
+        assert result['best_of_k_predictions'][index] == answers[0]
+        assert result['majority_predictions'][index] == answers[vote([tokenizer.normalize(a) for a in answers], log_probs)[0]]
+
+    normalize = tokenizer.normalize
+    for key in ('majority', 'best_of_k'):
+        expected = sum(normalize(p) == normalize(e.answer) for p, e in zip(result[f'{key}_predictions'], examples)) / len(examples)
+        assert result[f'{key}_accuracy'] == expected
+    assert result['majority_accuracy'] > 0 and result['best_of_k_accuracy'] > 0
+
+    # greedy paths: every path is the greedy answer
+    greedy = evaluate_examples(model, tokenizer, examples, num_thoughts = 2, max_new_tokens = 4, num_samples = 3, temperature = 0.)
+    assert greedy['majority_predictions'] == greedy['best_of_k_predictions'] == greedy['predictions']
+
+
+def test_evaluate_command_num_samples(checkpoint_and_data, in_process, tmp_path):
+    import json
+    from coconut_pytorch.evaluate import main as evaluate
+
+    checkpoint, data = checkpoint_and_data
+    run = lambda *args: in_process(evaluate, '--checkpoint', checkpoint, '--data', data, '--device', 'cpu', *args)
+
+    plain = run()
+    sampled = run('--num-samples', 4, '--predictions', tmp_path / 'predictions.jsonl')
+    assert plain.returncode == 0 and sampled.returncode == 0, sampled.stderr
+    plain, sampled = (json.loads(result.stdout.strip().splitlines()[-1]) for result in (plain, sampled))
+
+    # the same line, with the sampled paths' keys added
+    assert set(sampled) - set(plain) == {'num_samples', 'temperature', 'majority_accuracy', 'best_of_k_accuracy'}
+    assert sampled['accuracy'] == plain['accuracy'] and sampled['num_samples'] == 4 and sampled['temperature'] == 1.
+    records = [json.loads(line) for line in (tmp_path / 'predictions.jsonl').read_text().splitlines()]
+    assert len(records) == 3 and all({'majority', 'best_of_k'} <= set(record) for record in records)
+
+    for args, flag in [(('--num-samples', 0), '--num-samples'), (('--temperature', 0.5), '--temperature'),
+                       (('--num-samples', 2, '--temperature', -1), '--temperature')]:
+        failed = run(*args)
+        assert failed.returncode == 2 and flag in failed.stderr
