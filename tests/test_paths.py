@@ -41,15 +41,16 @@ def padded_prompts():
     return torch.nn.utils.rnn.pad_sequence(prompts, batch_first = True, padding_value = -1)
 
 
-def record_calls(model, monkeypatch) -> list[tuple[int, int, list]]:
-    """Wrap the backbone: every call's (batch size, input length, its inputs), in order."""
+def record_calls(model, monkeypatch) -> list[tuple[int, int, list, torch.Tensor]]:
+    """Wrap the backbone: every call's (batch size, input length, its inputs, the hidden states it gave), in order."""
     calls = []
     forward = model.model.forward_with_cache
 
     def recorded(inputs, **kwargs):
         inputs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
-        calls.append((inputs[0].shape[0], sum(t.shape[1] for t in inputs), inputs))
-        return forward(inputs, **kwargs)
+        out = forward(inputs, **kwargs)
+        calls.append((inputs[0].shape[0], sum(t.shape[1] for t in inputs), inputs, out.hiddens))
+        return out
 
     monkeypatch.setattr(model.model, 'forward_with_cache', recorded)
     return calls
@@ -85,7 +86,7 @@ def test_k_paths_share_one_prefill(model, monkeypatch, thought_noise):
     expected += [(thought_rows, 1)] * (steps - 1)               # the thoughts fed back: on b rows unless noised
     expected += [(b * k, 2)]                                    # the last thought and <eot>, per path
     expected += [(b * k, 1)] * (max_length - 1)                 # each new token but the last, per path
-    assert [(batch, length) for batch, length, _ in calls] == expected
+    assert [(batch, length) for batch, length, *_ in calls] == expected
 
 
 # the paths are generate's, on the prompts repeated
@@ -177,32 +178,53 @@ def test_thought_noise_is_the_generators_gaussian_on_every_fed_back_thought(mode
     calls = record_calls(model, monkeypatch)
 
     plain = model.generate(prompt, 4, temperature = 0., num_samples = k, num_reasoning_steps = steps)
-    fed_back_plain = [inputs[0] for _, _, inputs in calls[1:steps]]          # (b, 1, D): the thoughts, each once per prompt
-    last_plain = calls[steps][2][0][:, :1]                                   # the last thought, repeated to (b k, 1, D)
+    # without noise, the last thought entering <eot> is each prompt's own, alike on all its paths
+    last_plain = calls[steps][2][0][:, :1].view(b, k, -1)
+    assert torch.equal(last_plain, last_plain[:, :1].expand(-1, k, -1))
     calls.clear()
 
     noised = model.generate(prompt, 4, temperature = 0., num_samples = k, num_reasoning_steps = steps, thought_noise = noise_std,
                             generator = torch.Generator().manual_seed(9))
-    fed_back = [inputs[0] for _, _, inputs in calls[1:steps]] + [calls[steps][2][0][:, :1]]
     assert calls[0][0] == b
 
-    # the noise, drawn from the generator in the order the thoughts are fed back, before any token
+    # the noise: drawn from the generator in the order the thoughts are fed back, each path its own, before any token
     generator = torch.Generator().manual_seed(9)
     noises = [torch.randn((b * k, 1, DIM), generator = generator, dtype = torch.float64) * noise_std for _ in range(steps)]
 
-    # the first thought is the same for every path of a prompt: the noise is all that sets them apart
-    torch.testing.assert_close(fed_back[0] - noises[0], fed_back_plain[0].repeat_interleave(k, 0), atol = 1e-12, rtol = 0)
-    # every later thought differs among a prompt's paths, and is its path's own thought plus its own noise
-    for thought, noise in zip(fed_back[1:], noises[1:]):
-        per_prompt = (thought - noise).view(b, k, -1)
+    # every thought fed back (the last one before <eot> too) is the hidden state the step before gave its path, plus
+    # that path's noise; the first comes from <bot>, run once per prompt
+    given = [calls[0][3][:, -1:].repeat_interleave(k, 0)] + [calls[step][3] for step in range(1, steps)]
+    fed_back = [calls[step][2][0] for step in range(1, steps)] + [calls[steps][2][0][:, :1]]
+    for thought, before, noise in zip(fed_back, given, noises):
+        torch.testing.assert_close(thought, before + noise, atol = 1e-12, rtol = 0)
+
+    # so the paths of a prompt think apart: every later thought differs among them
+    for before in given[1:]:
+        per_prompt = before.view(b, k, -1)
         assert (per_prompt[:, 1:] - per_prompt[:, :1]).abs().amax(dim = -1).min() > 1e-6
-    # without noise, the last thought entering <eot> is each prompt's own, alike on all its paths
-    assert torch.equal(last_plain.view(b, k, -1), last_plain.view(b, k, -1)[:, :1].expand(-1, k, -1))
 
     again = model.generate(prompt, 4, temperature = 0., num_samples = k, num_reasoning_steps = steps, thought_noise = noise_std,
                            generator = torch.Generator().manual_seed(9))
     assert torch.equal(noised.tokens, again.tokens) and torch.equal(noised.log_probs, again.log_probs)
     assert not torch.equal(noised.log_probs, plain.log_probs)
+
+
+def test_paths_that_part_before_the_thoughts_think_as_the_shared_ones_do(model, monkeypatch):
+    """Noise far below float64's resolution parts the paths right after <bot> and changes nothing else: thinking on
+    b x k rows (padded prompts, per-row steps) is exact."""
+    prompt, steps, k = padded_prompts(), torch.tensor([3, 0, 2]), 3
+    calls = record_calls(model, monkeypatch)
+    parted = model.generate(prompt, 6, temperature = 1., num_samples = k, num_reasoning_steps = steps, thought_noise = 1e-30,
+                            generator = torch.Generator().manual_seed(8))
+
+    assert [batch for batch, *_ in calls[:3]] == [3, 3 * k, 3 * k]
+    # the noise draws come first from the generator, so the tokens' draws differ: compare with the noise drawn alike
+    generator = torch.Generator().manual_seed(8)
+    for _ in range(int(steps.max())):
+        torch.randn((3 * k, 1, DIM), generator = generator, dtype = torch.float64)
+    expected = model.generate(prompt, 6, temperature = 1., num_samples = k, num_reasoning_steps = steps, generator = generator)
+    assert torch.equal(parted.tokens, expected.tokens)
+    torch.testing.assert_close(parted.log_probs, expected.log_probs, atol = 1e-10, rtol = 0)
 
 
 # the vote
