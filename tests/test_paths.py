@@ -327,7 +327,7 @@ def test_evaluate_reports_majority_and_best_of_k_as_the_paths_give_them(checkpoi
     model.double()
     examples = load_examples(data)
     prompts = encode_questions(examples, tokenizer)
-    sampled = sample_paths(model, prompts, tokenizer.eos_id, 2, 4, num_samples = 5, temperature = 1.5, batch_size = 10, seed = 3)
+    sampled = sample_paths(model, prompts, tokenizer.eos_id, 2, 1, num_samples = 5, temperature = 1., batch_size = 10, seed = 1)
     # gold answers that some paths give (this model is untrained), so that the accuracies are not all 0: the first
     # example's paths' majority answer, the second's most probable path's, the third's least probable path's
     answers = [[answer_text(row, tokenizer) for row in paths] for paths, _ in sampled]
@@ -335,13 +335,13 @@ def test_evaluate_reports_majority_and_best_of_k_as_the_paths_give_them(checkpoi
     golds = [majority[0], answers[1][0], answers[2][-1]]
     examples = [Example(question = example.question, steps = [], answer = gold or example.answer) for example, gold in zip(examples, golds)]
 
-    result = evaluate_examples(model, tokenizer, examples, num_thoughts = 2, max_new_tokens = 4, batch_size = 10, num_samples = 5, temperature = 1.5, seed = 3)
-    plain = evaluate_examples(model, tokenizer, examples, num_thoughts = 2, max_new_tokens = 4, batch_size = 10)
+    result = evaluate_examples(model, tokenizer, examples, num_thoughts = 2, max_new_tokens = 1, batch_size = 10, num_samples = 5, temperature = 1., seed = 1)
+    plain = evaluate_examples(model, tokenizer, examples, num_thoughts = 2, max_new_tokens = 1, batch_size = 10)
     assert {key: result[key] for key in plain if key != 'seconds'} == {key: plain[key] for key in plain if key != 'seconds'}
-    assert result['num_samples'] == 5 and result['temperature'] == 1.5
+    assert result['num_samples'] == 5 and result['temperature'] == 1.
 
     # each is the vote (or the first path) of what sample_paths gives, whatever the batching
-    again = sample_paths(model, prompts, tokenizer.eos_id, 2, 4, num_samples = 5, temperature = 1.5, batch_size = 10, seed = 3)
+    again = sample_paths(model, prompts, tokenizer.eos_id, 2, 1, num_samples = 5, temperature = 1., batch_size = 10, seed = 1)
     assert again == sampled
     for index, (paths, log_probs) in enumerate(sampled):
         answers = [answer_text(row, tokenizer) for row in paths]
@@ -354,6 +354,8 @@ def test_evaluate_reports_majority_and_best_of_k_as_the_paths_give_them(checkpoi
         expected = sum(normalize(p) == normalize(e.answer) for p, e in zip(result[f'{key}_predictions'], examples)) / len(examples)
         assert result[f'{key}_accuracy'] == expected
     assert result['majority_accuracy'] > 0 and result['best_of_k_accuracy'] > 0
+    # one answer each (max_new_tokens 1), so that paths agree, and here the majority is not the most probable path's
+    assert result['majority_predictions'] != result['best_of_k_predictions']
 
     # greedy paths: every path is the greedy answer
     greedy = evaluate_examples(model, tokenizer, examples, num_thoughts = 2, max_new_tokens = 4, num_samples = 3, temperature = 0.)
