@@ -9,13 +9,14 @@ import torch
 
 from coconut_pytorch.coconut import Coconut, Intermediates, LossBreakdown
 from coconut_pytorch.kv_cache import KVCache
+from coconut_pytorch.paths import SampledPaths, majority_vote
 from coconut_pytorch.sampling import min_p_filter, top_k_filter
 from coconut_pytorch.transformer import Transformer
 
 if TYPE_CHECKING:
     from coconut_pytorch.training.checkpoints import LoadedRun
 
-__all__ = ['load', 'Coconut', 'Transformer', 'KVCache', 'Intermediates', 'LossBreakdown', 'min_p_filter', 'top_k_filter']
+__all__ = ['load', 'Coconut', 'Transformer', 'KVCache', 'Intermediates', 'LossBreakdown', 'min_p_filter', 'top_k_filter', 'SampledPaths', 'majority_vote']
 
 
 def load(path: str | os.PathLike, device: str | torch.device | None = None) -> LoadedRun:

@@ -86,6 +86,22 @@ class Reasoned(NamedTuple):
     has_thoughts: Tensor | None     # (b,) bool: which rows think; None when all rows do the same
 
 
+def repeat_paths(reasoned: Reasoned, times: int, hyps: int = 1) -> Reasoned:
+    """Each example's state repeated `times` times, adjacent: b rows -> (b times), and the thoughts' (b H) rows ->
+    (b times H). Nothing is recomputed; the paths then run on from one shared prefix."""
+    rows = lambda t: repeat(t, 'b ... -> (b r) ...', r = times) if exists(t) else None
+    streams = lambda t: repeat(t, '(b h) ... -> (b r h) ...', r = times, h = hyps)
+
+    return Reasoned(
+        cache = reasoned.cache.repeat_batch(times),
+        tail = [rows(t) for t in reasoned.tail],
+        tail_mask = rows(reasoned.tail_mask),
+        thoughts = [streams(t) for t in reasoned.thoughts],
+        prompt_hiddens = rows(reasoned.prompt_hiddens),
+        has_thoughts = rows(reasoned.has_thoughts)
+    )
+
+
 class Coconut(Module):
     """Chain of Continuous Thought around a causal language model: a Transformer of its own, or any backbone.
 
@@ -214,14 +230,38 @@ class Coconut(Module):
     # the latent recurrence, written once for training, evaluation, generation and hypotheses
 
     def reason(self, prompt: Tensor, prompt_mask: Tensor | None, num_steps: int, row_steps: Tensor | None, cache = None,
-               run: Callable[..., BackboneOutput] | None = None) -> Reasoned:
+               run: Callable[..., BackboneOutput] | None = None, num_paths: int = 1, thought_noise: float = 0.,
+               generator: torch.Generator | None = None) -> Reasoned:
         """The prompt, <bot> and the thought steps. `cache`: an empty static cache to run into (generation), else a
         fresh segment cache is built. `run(inputs, mask, cache)` runs each chunk: `self.run` (training and
-        evaluation), or generation's run into its static cache."""
+        evaluation), or generation's run into its static cache.
+
+        `num_paths` k > 1 (generation's path exploration, segment cache only) returns the state of b x k rows, each
+        example's k adjacent, (b k): repeated as late as the rows still agree, so the shared part runs once on b rows.
+        That is after the thoughts, or with `thought_noise` s > 0 right after <bot>: the thought steps then run on
+        the b x k rows, and every fed-back thought (the last one too) gets independent Gaussian noise of absolute
+        standard deviation s (the thoughts' own scale is the backbone's hidden states), drawn from `generator`."""
         run = default(run, self.run)
         batch, prompt_length, c, hyps = *prompt.shape, self.num_latents_per_step, self.num_hypotheses
         device = prompt.device
         has_thoughts = (row_steps > 0) if exists(row_steps) else None
+
+        if num_paths > 1 and exists(cache):
+            raise ValueError('a static cache cannot be repeated into paths; load it from the reasoned segment cache instead')
+        if thought_noise > 0 and (self.thought_mode != 'continuous' or hyps > 1):
+            raise ValueError('thought_noise needs continuous thoughts in a single stream (thought_mode = "continuous", num_hypotheses = 1)')
+
+        # with noise the paths part right after <bot>; without, they part where the answers begin
+        branch_early = thought_noise > 0 and num_steps > 0
+
+        def in_paths(reasoned: Reasoned) -> Reasoned:
+            return repeat_paths(reasoned, num_paths, hyps) if num_paths > 1 and not branch_early else reasoned
+
+        def noised(thoughts: Tensor) -> Tensor:
+            if thought_noise <= 0:
+                return thoughts
+            noise = torch.randn(thoughts.shape, generator = generator, device = thoughts.device, dtype = thoughts.dtype)
+            return thoughts + noise * thought_noise
 
         def used_by(active: Tensor | None, length: int, streams: int = 1) -> Tensor | None:
             # (b streams, length) mask of a slot that only rows with `active` (b,) use; None when every row does
@@ -232,7 +272,7 @@ class Coconut(Module):
 
         if num_steps == 0:
             out = run([prompt], prompt_mask, cache)
-            return Reasoned(out.cache, [], None, [], out.hiddens, has_thoughts)
+            return in_paths(Reasoned(out.cache, [], None, [], out.hiddens, has_thoughts))
 
         eot = repeat(self.end_of_thought, 'd -> b 1 d', b = batch)
         eot_mask = used_by(has_thoughts, 1)
@@ -251,7 +291,7 @@ class Coconut(Module):
             # the outputs at <bot> and at every pause but the last: where Coconut's thoughts would come from, so
             # that they can be given the same thought targets (a control: compute and supervision, nothing fed back)
             outputs = [out.hiddens[:, prompt_length + step * c:prompt_length + (step + 1) * c] for step in range(num_steps)]
-            return Reasoned(out.cache, [eot], eot_mask, outputs, out.hiddens[:, :prompt_length], has_thoughts)
+            return in_paths(Reasoned(out.cache, [eot], eot_mask, outputs, out.hiddens[:, :prompt_length], has_thoughts))
 
         # continuous thoughts: step 1 reads the hidden states at <bot>, each later step those of the step before
 
@@ -272,8 +312,15 @@ class Coconut(Module):
         cache = out.cache
         thoughts = [out.hiddens[:, -c:]]
 
+        if branch_early:
+            # everything so far is shared by the k paths of an example: repeat it, then think on b x k rows
+            branched = repeat_paths(Reasoned(cache, [eot], eot_mask, thoughts, prompt_hiddens, has_thoughts), num_paths, hyps)
+            cache, (eot,), eot_mask, thoughts, prompt_hiddens, has_thoughts = branched
+            row_steps = repeat(row_steps, 'b -> (b k)', k = num_paths) if exists(row_steps) else None
+            batch = batch * num_paths
+
         for step in range(1, num_steps):
-            out = run([self.fed_back(thoughts[-1])], used_by(at_step(step), c, hyps), cache)
+            out = run([noised(self.fed_back(thoughts[-1]))], used_by(at_step(step), c, hyps), cache)
             cache = out.cache
             thoughts.append(out.hiddens)
 
@@ -281,13 +328,13 @@ class Coconut(Module):
 
         if hyps == 1:
             tail_mask = join_masks([(last_mask, c), (eot_mask, 1)], batch, device)
-            return Reasoned(cache, [thoughts[-1], eot], tail_mask, thoughts, prompt_hiddens, has_thoughts)
+            return in_paths(Reasoned(cache, [noised(thoughts[-1]), eot], tail_mask, thoughts, prompt_hiddens, has_thoughts))
 
         # the last thoughts enter their own streams' caches; then the streams fold into one row per example,
         # side by side after the shared prompt (segment 0), so <eot> and the answer attend to every hypothesis
         cache = run([self.fed_back(thoughts[-1])], last_mask, cache).cache
         cache = cache.merge_batch_segments(hyps, from_segment = 1)
-        return Reasoned(cache, [eot], eot_mask, thoughts, prompt_hiddens, has_thoughts)
+        return in_paths(Reasoned(cache, [eot], eot_mask, thoughts, prompt_hiddens, has_thoughts))
 
     def fed_back(self, thoughts: Tensor) -> Tensor:
         """The next input of the H streams' thoughts (b H, c, D): themselves, or mixed across streams."""

@@ -3,6 +3,7 @@
     python -m coconut_pytorch.evaluate --checkpoint CKPT --data FILE [--device auto] [--limit N] [--num-thoughts K]
     python -m coconut_pytorch.evaluate --checkpoint CKPT --data FILE --predictions predictions.jsonl   # each answer too
     python -m coconut_pytorch.evaluate --checkpoint CKPT --data FILE --show-thoughts 3     # what the thoughts hold
+    python -m coconut_pytorch.evaluate --checkpoint CKPT --data FILE --num-samples 8 [--temperature 1.0] [--seed 0]
     torchrun --standalone --nproc_per_node 2 -m coconut_pytorch.evaluate ...     # the examples shared among processes
 
 Reads the paper's JSON format or iCoT's line format, thinks for the checkpoint's number of thoughts (or K), lets the
@@ -11,6 +12,10 @@ gold answer by exact match after whitespace normalisation. Prints one JSON line.
 JSON line per example: question, gold, prediction, correct, and text (everything the model wrote, steps included).
 With --show-thoughts N, prints to stderr, for the first N examples, each continuous thought's most likely next tokens
 under the model's head, and the answer (`coconut_pytorch.probing`); the JSON line is the same.
+With --num-samples K, each question is also answered by K sampled paths from one prefill (`generate(...,
+num_samples = K)`, at --temperature, default 1.0): the JSON line adds majority_accuracy (the answer most paths give,
+`coconut_pytorch.paths.vote` on the normalised answer texts) and best_of_k_accuracy (the answer of the path of highest
+log-probability), beside the greedy accuracy.
 Generation is batched and runs on the KV cache.
 """
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -30,7 +36,8 @@ from coconut_pytorch.data.example import Example
 from coconut_pytorch.data.loaders import load_examples
 from coconut_pytorch.data.tokenizer import Tokenizer
 from coconut_pytorch.distributed import World, gather_objects, join_world, leave_world, shard_indices
-from coconut_pytorch.helpers import check_device, resolve_device
+from coconut_pytorch.helpers import check_device, exists, resolve_device
+from coconut_pytorch.paths import vote
 from coconut_pytorch.probing import show_thoughts
 from coconut_pytorch.training.checkpoints import load_trained
 
@@ -99,6 +106,46 @@ def generate_greedy(
     return rows
 
 
+@torch.no_grad()
+def sample_paths(
+    model: Coconut,
+    prompts: Sequence[torch.Tensor],
+    eos_id: int,
+    num_thoughts: int,
+    max_new_tokens: int,
+    num_samples: int,
+    temperature: float = 1.,
+    batch_size: int = 256,
+    autocast_dtype: torch.dtype | None = None,
+    progress: Callable | None = None,
+    seed: int = 0
+) -> list[tuple[list[list[int]], list[float]]]:
+    """Each prompt's `num_samples` sampled paths (`generate(..., num_samples)`: one prefill per prompt), in the order
+    of `prompts`: (paths' ids, each up to and including `eos_id`; their log-probabilities), most probable first.
+    Batched as `generate_greedy`, `batch_size` paths at a time (at least one prompt's); sampled from a generator
+    seeded with `seed`, so a run repeats on the same device and batches."""
+    device = model.device
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator(device = device).manual_seed(seed)
+    order = sorted(range(len(prompts)), key = lambda index: len(prompts[index]))
+    prompts_per_batch = max(1, batch_size // num_samples)
+    sampled = [None] * len(prompts)
+    try:
+        offsets = range(0, len(order), prompts_per_batch)
+        for offset in (progress(offsets, desc = 'sampled answers', unit = 'batch', leave = False) if progress else offsets):
+            indices = order[offset:offset + prompts_per_batch]
+            batch = [prompts[index].to(device) for index in indices]
+            with torch.autocast(device.type, dtype = autocast_dtype, enabled = autocast_dtype is not None):
+                paths = model.generate(batch, max_length = max_new_tokens, temperature = temperature, eos_token_id = eos_id,
+                                       num_reasoning_steps = num_thoughts, num_samples = num_samples, generator = generator)
+            for index, rows, log_probs in zip(indices, paths.tokens.tolist(), paths.log_probs.tolist()):
+                sampled[index] = ([[token for token in row if token >= 0] for row in rows], log_probs)
+    finally:
+        model.train(was_training)
+    return sampled
+
+
 def answer_questions(
     model: Coconut,
     tokenizer: Tokenizer,
@@ -140,13 +187,21 @@ def evaluate_examples(
     source: str = 'examples',
     autocast_dtype: torch.dtype | None = None,
     world: World = World(),
-    progress: Callable | None = None
+    progress: Callable | None = None,
+    num_samples: int | None = None,
+    temperature: float = 1.,
+    seed: int = 0
 ) -> dict:
     """Greedy generation for every example; returns accuracy, n, mean_new_tokens, seconds, the predictions, the texts
     they were read from (everything generated, language steps included) and whether each was correct.
 
+    With `num_samples` K, also K sampled paths per example (`sample_paths`, at `temperature`, from `seed`), and adds
+    num_samples, temperature, majority_accuracy (the answer text most paths give, ties to the higher summed
+    log-probability: `coconut_pytorch.paths.vote`), best_of_k_accuracy (the answer of the most probable path), and
+    their per-example majority_predictions and best_of_k_predictions.
+
     In a process group (`world`), each rank generates for every `world.size`-th example and the answers are gathered:
-    every rank returns what one process would."""
+    every rank returns what one process would (the sampled paths: with the same seed on each rank)."""
     if len(examples) == 0:
         raise ValueError(f'{source}: no examples to evaluate')
 
@@ -155,14 +210,20 @@ def evaluate_examples(
     mine = [prompts[index] for index in shard_indices(len(prompts), world)]
     rows = generate_greedy(model, mine, tokenizer.eos_id, num_thoughts, max_new_tokens, batch_size, autocast_dtype, progress) if mine else []
     rows = gather_objects(rows, world)
+    sampled = None
+    if exists(num_samples):
+        sampled = sample_paths(model, mine, tokenizer.eos_id, num_thoughts, max_new_tokens, num_samples, temperature, batch_size,
+                               autocast_dtype, progress, seed) if mine else []
+        sampled = gather_objects(sampled, world)
     seconds = time.perf_counter() - start
 
     predictions = [answer_text(row, tokenizer) for row in rows]
     texts = [tokenizer.decode(row) for row in rows]
     new_tokens = [len(row) for row in rows]
-    correct = [tokenizer.normalize(prediction) == tokenizer.normalize(example.answer) for prediction, example in zip(predictions, examples)]
+    is_correct = lambda prediction, example: tokenizer.normalize(prediction) == tokenizer.normalize(example.answer)
+    correct = [is_correct(prediction, example) for prediction, example in zip(predictions, examples)]
 
-    return dict(
+    result = dict(
         accuracy = sum(correct) / len(correct),
         n = len(correct),
         mean_new_tokens = sum(new_tokens) / len(new_tokens),
@@ -171,13 +232,38 @@ def evaluate_examples(
         texts = texts,
         correct = correct
     )
+    if not exists(sampled):
+        return result
+
+    majority_predictions, best_predictions = [], []
+    for paths, log_probs in sampled:
+        answers = [answer_text(row, tokenizer) for row in paths]
+        # paths vote on what they answer, not on how they got there: language steps may differ
+        winner, _ = vote([tokenizer.normalize(answer) for answer in answers], log_probs)
+        majority_predictions.append(answers[winner])
+        best_predictions.append(answers[0])     # the paths come most probable first
+
+    accuracy_of = lambda chosen: sum(is_correct(prediction, example) for prediction, example in zip(chosen, examples)) / len(examples)
+    return dict(
+        **result,
+        num_samples = num_samples,
+        temperature = temperature,
+        majority_accuracy = accuracy_of(majority_predictions),
+        best_of_k_accuracy = accuracy_of(best_predictions),
+        majority_predictions = majority_predictions,
+        best_of_k_predictions = best_predictions
+    )
 
 
 def write_predictions(examples: Sequence[Example], result: dict, path: str | Path):
-    """One JSON line per example of `evaluate_examples`' `result`: question, gold, prediction, correct, text."""
+    """One JSON line per example of `evaluate_examples`' `result`: question, gold, prediction, correct, text; and with
+    sampled paths, the majority and best_of_k predictions."""
+    sampled = 'majority_predictions' in result
     with open(path, 'w', encoding = 'utf-8') as file:
-        for example, prediction, text, correct in zip(examples, result['predictions'], result['texts'], result['correct']):
+        for index, (example, prediction, text, correct) in enumerate(zip(examples, result['predictions'], result['texts'], result['correct'])):
             record = dict(question = example.question, gold = example.answer, prediction = prediction, correct = correct, text = text)
+            if sampled:
+                record.update(majority = result['majority_predictions'][index], best_of_k = result['best_of_k_predictions'][index])
             file.write(json.dumps(record, ensure_ascii = False) + '\n')
 
 
@@ -195,6 +281,10 @@ def main(argv: Sequence[str] | None = None):
     parser.add_argument('--predictions', default = None, help = 'also write one JSON line per example here: question, gold, prediction, correct, text')
     parser.add_argument('--show-thoughts', type = int, default = 0, metavar = 'N',
                         help = "print to stderr, for the first N examples, each thought's top next tokens under the model's head, and the answer")
+    parser.add_argument('--num-samples', type = int, default = None, metavar = 'K',
+                        help = 'also sample K paths per question from one prefill and report majority_accuracy and best_of_k_accuracy')
+    parser.add_argument('--temperature', type = float, default = None, help = 'sampling temperature of the K paths (default 1.0; needs --num-samples)')
+    parser.add_argument('--seed', type = int, default = 0, help = "seed of the K paths' sampling (needs --num-samples)")
     args = parser.parse_args(argv)
 
     if args.limit is not None and args.limit < 1:
@@ -207,6 +297,10 @@ def main(argv: Sequence[str] | None = None):
         parser.error(f'--max-new-tokens must be >= 1, got {args.max_new_tokens}')
     if args.show_thoughts < 0:
         parser.error(f'--show-thoughts must be >= 0, got {args.show_thoughts}')
+    if args.num_samples is not None and args.num_samples < 1:
+        parser.error(f'--num-samples must be >= 1, got {args.num_samples}')
+    if args.temperature is not None and (args.num_samples is None or not math.isfinite(args.temperature) or args.temperature < 0):
+        parser.error(f'--temperature needs --num-samples and must be a finite number >= 0, got {args.temperature}')
     if args.predictions is not None:
         # before the model loads and generates: a path that cannot be written would waste the whole evaluation
         predictions = Path(args.predictions)
@@ -235,7 +329,10 @@ def main(argv: Sequence[str] | None = None):
             batch_size = args.batch_size,
             source = str(args.data),
             autocast_dtype = torch.bfloat16 if args.bf16 else None,
-            world = world
+            world = world,
+            num_samples = args.num_samples,
+            temperature = args.temperature if args.temperature is not None else 1.,
+            seed = args.seed
         )
         if world.is_main and args.show_thoughts > 0:
             # one process probes: the model is whole on every rank, and the probe needs no other
@@ -254,8 +351,8 @@ def main(argv: Sequence[str] | None = None):
             write_predictions(examples, result, args.predictions)
         except OSError as error:
             parser.exit(2, f'error: --predictions {args.predictions} could not be written: {error}\n')
-    for key in ('predictions', 'texts', 'correct'):
-        result.pop(key)
+    for key in ('predictions', 'texts', 'correct', 'majority_predictions', 'best_of_k_predictions'):
+        result.pop(key, None)
     if world.is_main:
         print(json.dumps(dict(**result, num_thoughts = num_thoughts, method = config.method, task = config.task if config.train_file is None else str(config.train_file), data = str(args.data))))
 

@@ -24,6 +24,7 @@ from torch import Tensor
 from coconut_pytorch.backbone import Backbone, BackboneOutput
 from coconut_pytorch.decoding import DecodeGraphs
 from coconut_pytorch.inputs import PAD_ID, check_finite_number, check_positive_int
+from coconut_pytorch.paths import SampledPaths, rank_paths
 from coconut_pytorch.sampling import NoTokenToSampleError, gumbel_sample, min_p_filter, unusable_rows
 from coconut_pytorch.transformer import autocast_dtype
 from coconut_pytorch.helpers import default, exists
@@ -149,8 +150,10 @@ def generate(
     num_reasoning_steps: int | Tensor | None = None,
     generator: torch.Generator | None = None,
     cuda_graph: bool | None = None,
-    compile_steps: bool = False
-) -> Tensor:
+    compile_steps: bool = False,
+    num_samples: int | None = None,
+    thought_noise: float = 0.
+) -> Tensor | SampledPaths:
     """`Coconut.generate`: think, then decode up to `max_length` tokens.
 
     The prompt runs once into a preallocated cache; every thought step, <eot> and each new token then writes
@@ -177,8 +180,23 @@ def generate(
         cuda_graph: replay decoding steps as CUDA graphs; None = on when the model is on a CUDA device.
         compile_steps: `torch.compile` each decoding step before its graph is captured (needs `cuda_graph`):
             fewer, fused kernels per step; the first call of a shape compiles for tens of seconds.
+        num_samples: k, explore k paths per prompt (`coconut_pytorch.paths`). The prompt, <bot> and the thoughts
+            run once for the b prompts; the cache is then repeated to b x k rows (each prompt's k adjacent) and k
+            answers per prompt are decoded with `temperature` and the filter (temperature 0 gives k copies of the
+            greedy answer). Every path draws from `generator` as row i k + j of a batch of the prompts repeated
+            k times (`repeat_interleave(k, 0)`) would, so its tokens are those `generate` gives that batch.
+        thought_noise: s >= 0, with `num_samples` and continuous thoughts in one stream: s > 0 runs the thought
+            steps on the b x k rows (the prompt and <bot> still once on b), adding to every fed-back thought
+            independent Gaussian noise of absolute standard deviation s (in the units of the backbone's hidden
+            states: compare s with their typical norm / sqrt(dim)), drawn from `generator` before any token is,
+            so the k paths differ in latent space too.
 
-    Returns (b, max_length) token ids.
+    Returns (b, max_length) token ids; with `num_samples`, `SampledPaths(tokens (b, k, max_length), log_probs (b, k),
+    sample_index (b, k))`, each prompt's paths sorted by log-probability, highest first (ties in draw order).
+    A path's log-probability is the sum, over its generated tokens up to and including eos (nothing after), of the
+    model's own log-softmax at temperature 1 before any filter: log p(answer | prompt, thoughts), whatever the
+    temperature and filter that sampled it. It is computed in float64 (float32 on MPS, which has no float64),
+    whatever the model's dtype.
     """
     check_positive_int(max_length, 'max_length')
     check_finite_number(temperature, 'temperature')
@@ -190,6 +208,16 @@ def generate(
         raise ValueError(f'eos_token_id must be an int in [0, {model.num_tokens}), got {eos_token_id!r}')
     if exists(generator) and not isinstance(generator, torch.Generator):
         raise TypeError(f'generator must be a torch.Generator, got {type(generator).__name__}')
+    if exists(num_samples):
+        check_positive_int(num_samples, 'num_samples')
+    check_finite_number(thought_noise, 'thought_noise')
+    if thought_noise > 0:
+        if not exists(num_samples):
+            raise ValueError(f'thought_noise = {thought_noise} needs num_samples: the noise sets apart the paths of one prompt')
+        if model.thought_mode != 'continuous':
+            raise ValueError(f'thought_noise needs continuous thoughts; thought_mode is {model.thought_mode!r}, whose pauses feed nothing back to perturb')
+        if model.num_hypotheses > 1:
+            raise ValueError(f'thought_noise needs a single thought stream; the model has num_hypotheses = {model.num_hypotheses}')
     device = model.device
     if cuda_graph and device.type != 'cuda':
         raise ValueError(f'cuda_graph = True needs the model on a CUDA device, it is on {device}')
@@ -204,7 +232,10 @@ def generate(
         raise ValueError('compile_steps = True needs CUDA graphs (cuda_graph not False, the model on a CUDA device): a compiled step is captured once and replayed')
 
     aligned, num_steps, row_steps = model.prepare(prompt, num_reasoning_steps)
-    batch, prompt_length = aligned.ids.shape
+    prompts, prompt_length = aligned.ids.shape
+    # rows decoded: each prompt once, or k times (its paths)
+    num_paths = default(num_samples, 1)
+    batch = prompts * num_paths
 
     model.check_sequence_fits(batch, prompt_length, num_steps, 'max_length', max_length, max_length)
     if temperature > 0:
@@ -214,12 +245,13 @@ def generate(
     cache, graphs = decoder(model, batch, prompt_length + model.thought_columns(num_steps) + max_length, cuda_graph, compile_steps)
     run = StaticRun(model.model, graphs)
 
-    if model.num_hypotheses == 1:
+    if model.num_hypotheses == 1 and not exists(num_samples):
         reasoned = model.reason(aligned.ids, aligned.mask, num_steps, row_steps, cache = cache, run = run)
     else:
-        # hypotheses think as b x H rows on the segment cache, then fold into one row each: the static cache takes
-        # over the folded cache
-        reasoned = model.reason(aligned.ids, aligned.mask, num_steps, row_steps)
+        # hypotheses think as b x H rows on the segment cache, then fold into one row each; paths run what they
+        # share once on b rows there, then are repeated to b x k rows. The static cache takes over the result
+        reasoned = model.reason(aligned.ids, aligned.mask, num_steps, row_steps, num_paths = num_paths,
+                                thought_noise = thought_noise, generator = generator)
         cache.load(reasoned.cache)
         reasoned = reasoned._replace(cache = cache)
 
@@ -234,8 +266,13 @@ def generate(
     unusable_at = torch.full((batch,), -1, dtype = torch.long, device = device)
     model_unusable = torch.zeros(batch, dtype = torch.bool, device = device)
 
+    # each path's log-probability so far (see the docstring): in float64, so that paths compare, and sum, exactly
+    score_dtype = torch.float32 if device.type == 'mps' else torch.float64
+    log_probs = torch.zeros(batch, dtype = score_dtype, device = device)
+
     for index in range(max_length):
         step_logits = logits[:, -1]
+        model_logits = step_logits
         model_bad = bad = unusable_rows(step_logits)
 
         if temperature > 0:
@@ -250,6 +287,10 @@ def generate(
 
         token = gumbel_sample(step_logits, temperature, generator = generator)
         tokens[:, index] = token.masked_fill(done, PAD_ID)
+
+        if exists(num_samples):
+            token_log_prob = model_logits.to(score_dtype).log_softmax(dim = -1).gather(-1, token[:, None])[:, 0]
+            log_probs = log_probs + token_log_prob.masked_fill(done, 0.)
 
         if exists(eos_token_id):
             done = done | (token == eos_token_id)
@@ -268,4 +309,6 @@ def generate(
     if bool((unusable_at >= 0).any()):
         raise no_token_error(unusable_at, model_unusable, filter_fn, temperature)
 
+    if exists(num_samples):
+        return rank_paths(tokens, log_probs, num_paths)
     return tokens
