@@ -118,6 +118,13 @@ def test_options_off_give_exactly_the_plain_model(mix):
     assert plain_grads.keys() == off_grads.keys()
     assert all(torch.equal(plain_grads[name], off_grads[name]) for name in plain_grads)
 
+    # and what is fed back is the hidden state itself, untouched (both models above share this code)
+    model = make_model(num_latents_per_step = 2, align_mse_weight = 0., align_cosine_weight = 0., thought_rms_match = False)
+    fed = record_fed_back(model)
+    thought_mix = torch.zeros((), dtype = torch.float64) if mix == 'tensor' else 0.
+    latents = model(prompt, answer, num_reasoning_steps = steps, thought_targets = targets, thought_mix = thought_mix, return_loss = False).latent_tokens
+    assert len(fed) == 2 and all(torch.equal(inputs, latents[:, 2 * step:2 * step + 2]) for step, inputs in enumerate(fed))
+
 
 # RMS scale matching
 

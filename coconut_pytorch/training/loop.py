@@ -344,7 +344,8 @@ def train_epoch(run: Run, epoch: int, batches: list[Batch], nonfinite: NonFinite
         if getattr(config, name) > 0:
             record[name] = round((align_sums[index] / finite_batches).item(), 5)
     if config.mix_start > 0:
-        record['thought_mix'] = round(thought_mix, 5)
+        # as the steps read it (one sync an epoch)
+        record['thought_mix'] = round(run.train_step.thought_mix.item(), 5)
     # the mean RMS of the thoughts as fed back (absent from epochs without thoughts) beside the embeddings' (every
     # rank counts every batch), to see whether thoughts enter at the scale of the tokens they replace
     thought_rms_sum, thoughts, embedding_rms_sum = scale_sums.tolist()
