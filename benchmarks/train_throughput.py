@@ -47,7 +47,7 @@ def timed_steps(config: TrainConfig, tokenizer, curriculum, staged, cuda_graphs:
     optimizer = make_optimizer(model, config)
     step = TrainStep(model, torch.bfloat16 if config.bf16 else None, cuda_graphs = cuda_graphs)
     chunks = [staged[i:i + config.batch_size] for i in range(0, (warmup + batches) * config.batch_size, config.batch_size)]
-    num_tokens = len(tokenizer) if config.thought_loss > 0 else None
+    num_tokens = len(tokenizer) if config.uses_thought_targets else None
     if pad_to_longest:
         step.pad_to(max(len(s.prompt) for s in staged), max(len(s.target) for s in staged))
 
@@ -115,7 +115,7 @@ def profile_steps(config: TrainConfig, tokenizer, curriculum, staged, steps: int
     model = build_model(config, len(tokenizer), curriculum).to(config.device).train()
     optimizer = make_optimizer(model, config)
     step = TrainStep(model, torch.bfloat16 if config.bf16 else None)
-    num_tokens = len(tokenizer) if config.thought_loss > 0 else None
+    num_tokens = len(tokenizer) if config.uses_thought_targets else None
     batches = [collate(staged[i:i + config.batch_size], num_tokens) for i in range(0, (steps + 2) * config.batch_size, config.batch_size)]
 
     def run(batch):

@@ -19,6 +19,9 @@ Two caches serve two purposes, and a backbone makes both:
   `check_room(n)`, `reset()`, `snapshot()` / `restore(state)` (capture runs a step and puts the cache back), and
   `load(segment_cache)` (to take over what a segment cache holds).
 
+A backbone may also offer `embedding_weight()`, its (V, D) input embedding table, for the latent alignment options
+(`Coconut(thought_rms_match, align_mse_weight, ...)`); without it, Coconut embeds every id to get the table.
+
 A backbone whose decoding step cannot be captured as a CUDA graph (one whose static cache grows instead of being
 preallocated, as `coconut_pytorch.hf`'s does under flash attention) sets `graph_capturable = False` (an attribute or
 a property); generation then runs its steps eagerly. Without the attribute, steps are captured on CUDA.

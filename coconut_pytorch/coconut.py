@@ -74,6 +74,14 @@ class LossBreakdown(NamedTuple):
     begin_thought_loss: Tensor | None
     thought_loss: Tensor | None = None
     hypothesis_similarity_loss: Tensor | None = None
+    align_mse_loss: Tensor | None = None       # `Coconut.align_losses`, with thought targets and a weight > 0
+    align_cosine_loss: Tensor | None = None
+
+
+class ThoughtMix(NamedTuple):
+    """The embedding-mixing schedule's blend of the fed-back thoughts (`Coconut.forward`'s `thought_mix`)."""
+    embeddings: Tensor              # (b, S * c, D) mean input embedding of the words each thought replaced
+    weights: Tensor                 # (b, S * c, 1) w where the thought has a target, else 0
 
 
 class Reasoned(NamedTuple):
@@ -123,6 +131,13 @@ class Coconut(Module):
             initialisation) before they are fed back at every step, so the streams can exchange what they found.
         hypothesis_similarity_loss_weight: with H > 1, weight of a loss that is the mean cosine similarity between
             the H streams' thoughts at the same position: it pushes the hypotheses apart (0: off).
+        align_mse_weight: weight of the latent alignment loss that is the mean squared error (per dimension) between
+            each thought, as fed back, and the mean input embedding of the words it replaced (`align_losses`), added
+            when `forward` gets `thought_targets` (0: off). Needs thought_mode = 'continuous'.
+        align_cosine_weight: the same with 1 - cosine similarity (0: off).
+        thought_rms_match: rescale every fed-back thought so that its root-mean-square over the model dimension is
+            that of the token embedding table times a learned gain (`thought_gain`, from 1): thoughts enter at the
+            scale of the embeddings they stand in for (`fed_back`). Needs thought_mode = 'continuous'.
 
     Positional arguments may also come in coconut-pytorch 0.0.32's order, with the transformer second:
     `Coconut(num_reasoning_steps, transformer, num_latents_per_step, learn_begin_of_thought, begin_thought_loss_weight, checkpoint)`.
@@ -141,7 +156,10 @@ class Coconut(Module):
         thought_mode: str = 'continuous',
         thought_loss_weight: float = 1.,
         mix_hypotheses: bool = False,
-        hypothesis_similarity_loss_weight: float = 0.
+        hypothesis_similarity_loss_weight: float = 0.,
+        align_mse_weight: float = 0.,
+        align_cosine_weight: float = 0.,
+        thought_rms_match: bool = False
     ):
         super().__init__()
 
@@ -183,6 +201,19 @@ class Coconut(Module):
             check_finite_number(weight, name)
         self.thought_loss_weight = thought_loss_weight
         self.hypothesis_similarity_loss_weight = hypothesis_similarity_loss_weight
+
+        for name, weight in (('align_mse_weight', align_mse_weight), ('align_cosine_weight', align_cosine_weight)):
+            check_finite_number(weight, name)
+            if weight > 0 and thought_mode != 'continuous':
+                raise ValueError(f'{name} aligns the thoughts that are fed back: it needs thought_mode = "continuous", got {thought_mode!r}')
+        if thought_rms_match and thought_mode != 'continuous':
+            raise ValueError(f'thought_rms_match rescales the thoughts that are fed back: it needs thought_mode = "continuous", got {thought_mode!r}')
+        self.align_mse_weight = align_mse_weight
+        self.align_cosine_weight = align_cosine_weight
+
+        # the gain exists only with the option, so that the state dicts of models without it are as they were
+        self.thought_rms_match = thought_rms_match
+        self.thought_gain = nn.Parameter(torch.ones(())) if thought_rms_match else None
 
         # streams mix through one linear map over their concatenated thoughts, started at the identity so that a
         # model begins as H independent streams
@@ -230,11 +261,12 @@ class Coconut(Module):
     # the latent recurrence, written once for training, evaluation, generation and hypotheses
 
     def reason(self, prompt: Tensor, prompt_mask: Tensor | None, num_steps: int, row_steps: Tensor | None, cache = None,
-               run: Callable[..., BackboneOutput] | None = None, num_paths: int = 1, thought_noise: float = 0.,
-               generator: torch.Generator | None = None) -> Reasoned:
+               run: Callable[..., BackboneOutput] | None = None, mix: ThoughtMix | None = None, num_paths: int = 1,
+               thought_noise: float = 0., generator: torch.Generator | None = None) -> Reasoned:
         """The prompt, <bot> and the thought steps. `cache`: an empty static cache to run into (generation), else a
         fresh segment cache is built. `run(inputs, mask, cache)` runs each chunk: `self.run` (training and
-        evaluation), or generation's run into its static cache.
+        evaluation), or generation's run into its static cache. `mix`: the embedding-mixing schedule's blend of
+        each fed-back thought (training only: it needs the words each thought replaced).
 
         `num_paths` k > 1 (generation's path exploration, segment cache only) returns the state of b x k rows, each
         example's k adjacent, (b k): repeated as late as the rows still agree, so the shared part runs once on b rows.
@@ -295,6 +327,16 @@ class Coconut(Module):
 
         # continuous thoughts: step 1 reads the hidden states at <bot>, each later step those of the step before
 
+        # the scale thoughts are fed back at (thought_rms_match): once per call, from the embeddings as they are now
+        target_rms = self.embedding_rms() if self.thought_rms_match else None
+
+        def feed(thought: Tensor, step: int) -> Tensor:
+            # the thoughts made at step `step` (0: those read at <bot>), as the next input
+            blend = None
+            if exists(mix):
+                blend = tuple(t[:, step * c:(step + 1) * c] for t in mix)
+            return self.fed_back(thought, target_rms, blend)
+
         bot = repeat(self.begin_of_thought, 'h c d -> (b h) c d', b = batch)
         bot_mask = used_by(has_thoughts, c, hyps)
 
@@ -320,7 +362,7 @@ class Coconut(Module):
             batch = batch * num_paths
 
         for step in range(1, num_steps):
-            out = run([noised(self.fed_back(thoughts[-1]))], used_by(at_step(step), c, hyps), cache)
+            out = run([noised(feed(thoughts[-1], step - 1))], used_by(at_step(step), c, hyps), cache)
             cache = out.cache
             thoughts.append(out.hiddens)
 
@@ -328,20 +370,87 @@ class Coconut(Module):
 
         if hyps == 1:
             tail_mask = join_masks([(last_mask, c), (eot_mask, 1)], batch, device)
-            return in_paths(Reasoned(cache, [noised(thoughts[-1]), eot], tail_mask, thoughts, prompt_hiddens, has_thoughts))
+            return in_paths(Reasoned(cache, [noised(feed(thoughts[-1], num_steps - 1)), eot], tail_mask, thoughts, prompt_hiddens, has_thoughts))
 
         # the last thoughts enter their own streams' caches; then the streams fold into one row per example,
         # side by side after the shared prompt (segment 0), so <eot> and the answer attend to every hypothesis
-        cache = run([self.fed_back(thoughts[-1])], last_mask, cache).cache
+        cache = run([feed(thoughts[-1], num_steps - 1)], last_mask, cache).cache
         cache = cache.merge_batch_segments(hyps, from_segment = 1)
         return in_paths(Reasoned(cache, [eot], eot_mask, thoughts, prompt_hiddens, has_thoughts))
 
-    def fed_back(self, thoughts: Tensor) -> Tensor:
-        """The next input of the H streams' thoughts (b H, c, D): themselves, or mixed across streams."""
-        if not exists(self.hypothesis_mixer):
-            return thoughts
-        mixed = self.hypothesis_mixer(rearrange(thoughts, '(b h) c d -> b c (h d)', h = self.num_hypotheses))
-        return rearrange(mixed, 'b c (h d) -> (b h) c d', h = self.num_hypotheses)
+    def fed_back(self, thoughts: Tensor, target_rms: Tensor | None = None, blend: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """The next input of the H streams' thoughts (b H, c, D): themselves; with `thought_rms_match`, rescaled to
+        `target_rms` (default: `embedding_rms()`) times the learned gain; mixed across streams (`mix_hypotheses`);
+        and with `blend` = (embeddings (b, c, D), weights (b, c, 1)), moved by each weight w toward the mean
+        embedding of the words the thought replaced: (1 - w) * thought + w * embedding, exactly the one or the
+        other at w = 0 or 1 (`torch.lerp`)."""
+        if self.thought_rms_match:
+            thoughts = self.rms_matched(thoughts, default(target_rms, self.embedding_rms()))
+
+        if exists(self.hypothesis_mixer):
+            mixed = self.hypothesis_mixer(rearrange(thoughts, '(b h) c d -> b c (h d)', h = self.num_hypotheses))
+            thoughts = rearrange(mixed, 'b c (h d) -> (b h) c d', h = self.num_hypotheses)
+
+        if exists(blend):
+            embeddings, weights = blend
+            thoughts = torch.lerp(thoughts, embeddings.to(thoughts.dtype), weights.to(thoughts.dtype))
+        return thoughts
+
+    # the thoughts against the token embeddings (latent alignment)
+
+    def embedding_table(self) -> Tensor:
+        """(V, D) the input embedding of every token: the backbone's table where it offers one
+        (`embedding_weight()`), else every id embedded."""
+        if hasattr(self.model, 'embedding_weight'):
+            return self.model.embedding_weight()
+        return self.model.embed(torch.arange(self.num_tokens, device = self.device)[None])[0]
+
+    def embedding_rms(self) -> Tensor:
+        """() the root-mean-square of the token embedding table's rows (over all of its entries: the root of the
+        rows' mean square), detached: the learned gain sets the thoughts' scale, and letting the answer loss
+        resize the whole table to rescale the thoughts would tie the two together."""
+        table = self.embedding_table().detach()
+        table = table.to(torch.promote_types(table.dtype, torch.float32))
+        return table.pow(2).mean().sqrt()
+
+    def rms_matched(self, thoughts: Tensor, target_rms: Tensor) -> Tensor:
+        """`thoughts` (..., D), each rescaled to root-mean-square `target_rms` times `thought_gain` over D."""
+        dtype = torch.promote_types(thoughts.dtype, torch.float32)
+        computed = thoughts.to(dtype)
+        rms = computed.pow(2).mean(dim = -1, keepdim = True).add(torch.finfo(dtype).eps).sqrt()
+        return (computed * (self.thought_gain * target_rms / rms)).to(thoughts.dtype)
+
+    def step_embeddings(self, thought_targets: Tensor, row_steps: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(b, N, D) the mean input embedding of the words each thought replaced, and (b, N) bool whether it has
+        any (N = S * c). `thought_targets` marks a set of words per thought (a word that came twice in the step is
+        marked, and counts, once); real weights give the weighted mean. Slots past a row's own steps have none."""
+        c = self.num_latents_per_step
+        table = self.embedding_table()
+        weights = thought_targets.to(table.dtype)
+
+        if exists(row_steps):
+            slot_step = torch.arange(weights.shape[1], device = weights.device) // c
+            weights = weights * rearrange(slot_step < rearrange(row_steps, 'b -> b 1'), 'b n -> b n 1').to(weights.dtype)
+
+        totals = weights.sum(dim = -1)                                  # (b, N)
+        means = torch.einsum('b n v, v d -> b n d', weights / totals.clamp(min = 1e-12).unsqueeze(-1), table)
+        return means, totals > 0
+
+    def align_losses(self, thoughts: Tensor, step_embeddings: Tensor, has_target: Tensor) -> tuple[Tensor, Tensor]:
+        """Latent alignment of each thought (b, N, D) with the mean embedding of the words it replaced: (mean
+        squared error per dimension, 1 - cosine similarity), each averaged over the thoughts that have a target
+        (`has_target` (b, N)); 0, not NaN, when none has.
+
+        Why: a thought stands in for a language step as the next input, where the model has only ever read token
+        embeddings; pulling it toward the embeddings of the words it replaced keeps it in that input space."""
+        dtype = torch.promote_types(thoughts.dtype, torch.float32)
+        thoughts, step_embeddings = thoughts.to(dtype), step_embeddings.to(dtype)
+        counted = has_target.to(dtype)
+        num_counted = counted.sum().clamp(min = 1)
+
+        squared_error = (thoughts - step_embeddings).pow(2).mean(dim = -1)                 # (b, N)
+        cosine_distance = 1. - F.cosine_similarity(thoughts, step_embeddings, dim = -1)     # (b, N)
+        return (squared_error * counted).sum() / num_counted, (cosine_distance * counted).sum() / num_counted
 
     def finish(self, reasoned: Reasoned, answer_inputs: Tensor | None, answer_mask: Tensor | None,
                run: Callable[..., BackboneOutput] | None = None) -> tuple[Tensor, BackboneOutput | None]:
@@ -412,7 +521,8 @@ class Coconut(Module):
         return_loss: bool = True,
         return_intermediates: bool = False,
         num_reasoning_steps: int | Tensor | None = None,
-        thought_targets: Tensor | None = None
+        thought_targets: Tensor | None = None,
+        thought_mix: float | Tensor = 0.
     ):
         """Loss of the answer given the prompt and the thoughts, or the intermediates.
 
@@ -427,10 +537,14 @@ class Coconut(Module):
                 values larger than the device's free memory) are a ValueError before any compute.
             thought_targets: (b, S * c, V), nonnegative weights (e.g. bool) over the vocabulary per thought, in
                 sequence order: adds the thought alignment loss (`thought_loss`), weighted by `thought_loss_weight`.
-                A thought whose row is all zero, or past its row's steps, has no target.
+                A thought whose row is all zero, or past its row's steps, has no target. With `align_mse_weight` or
+                `align_cosine_weight`, also the latent alignment losses (`align_losses`).
+            thought_mix: w in [0, 1], a number or a 0-dim tensor (the embedding-mixing schedule): each fed-back
+                thought that has a target becomes (1 - w) * thought + w * the mean input embedding of the words it
+                replaced (needs `thought_targets`; 0: off).
 
-        Returns the scalar loss (mean cross-entropy over real answer tokens, plus the weighted <bot> loss and
-        thought alignment loss).
+        Returns the scalar loss (mean cross-entropy over real answer tokens, plus the weighted <bot> loss, thought
+        alignment loss and latent alignment losses).
         """
         aligned, num_steps, row_steps = self.prepare(prompt, num_reasoning_steps)
         batch = aligned.ids.shape[0]
@@ -449,7 +563,30 @@ class Coconut(Module):
             self.check_thought_targets(thought_targets, batch, num_steps)
             thought_targets = thought_targets.to(self.device)
 
-        return self.forward_aligned(aligned, answer, num_steps, row_steps, return_loss = return_loss, return_intermediates = return_intermediates, thought_targets = thought_targets)
+        self.check_thought_mix(thought_mix, exists(thought_targets))
+        if torch.is_tensor(thought_mix):
+            thought_mix = thought_mix.to(self.device)
+
+        return self.forward_aligned(aligned, answer, num_steps, row_steps, return_loss = return_loss, return_intermediates = return_intermediates,
+                                    thought_targets = thought_targets, thought_mix = thought_mix)
+
+    def check_thought_mix(self, thought_mix, with_thought_targets: bool):
+        """Raise unless `thought_mix` is a number or 0-dim real tensor in [0, 1] that can be used here (reads a
+        tensor on the host: a check before compute, not in `forward_aligned`)."""
+        if torch.is_tensor(thought_mix):
+            if thought_mix.ndim != 0 or not thought_mix.is_floating_point():
+                raise TypeError(f'thought_mix must be a number or a 0-dim floating point tensor, got a {thought_mix.dtype} tensor of shape {tuple(thought_mix.shape)}')
+            value = float(thought_mix)
+        else:
+            check_finite_number(thought_mix, 'thought_mix')
+            value = thought_mix
+        if not 0. <= value <= 1.:
+            raise ValueError(f'thought_mix must be in [0, 1], got {value}')
+        if torch.is_tensor(thought_mix) or value != 0:
+            if self.thought_mode != 'continuous':
+                raise ValueError(f'thought_mix blends the thoughts that are fed back: it needs thought_mode = "continuous", got {self.thought_mode!r}')
+            if not with_thought_targets:
+                raise ValueError('thought_mix needs thought_targets: it blends in the embeddings of the words each thought replaced')
 
     def check_thought_targets(self, thought_targets, batch: int, num_steps: int):
         """Raise if `thought_targets` cannot serve a batch of `batch` rows with `num_steps` steps; moves nothing."""
@@ -472,7 +609,8 @@ class Coconut(Module):
         return_loss: bool = True,
         return_intermediates: bool = False,
         with_prompt_logits: bool = True,
-        thought_targets: Tensor | None = None
+        thought_targets: Tensor | None = None,
+        thought_mix: float | Tensor = 0.
     ):
         """`forward` after its checks: a left-aligned prompt, a (b, m) -1 padded answer (or None), the most steps of
         any row and the per-row steps ((b,) or None when all rows take `num_steps`).
@@ -480,10 +618,24 @@ class Coconut(Module):
         Free of host syncs and of shapes that depend on tensor contents, so a training step built on it can be
         captured as a CUDA graph (`train_step`). Inputs are trusted: check them with `forward` first.
         `with_prompt_logits=False` skips the prompt's logits in the intermediates (None there), which training
-        does not need. `thought_targets`: as in `forward`.
+        does not need. `thought_targets`, `thought_mix`: as in `forward` (a tensor `thought_mix` is always blended
+        in, so that a graph captured once serves every value).
         """
         batch = aligned.ids.shape[0]
-        reasoned = self.reason(aligned.ids, aligned.mask, num_steps, row_steps)
+
+        mixing = exists(thought_targets) and (torch.is_tensor(thought_mix) or thought_mix != 0)
+        aligning = exists(thought_targets) and (self.align_mse_weight > 0 or self.align_cosine_weight > 0)
+
+        step_embeddings = has_step_target = mix = None
+        if mixing or aligning:
+            step_embeddings, has_step_target = self.step_embeddings(thought_targets, row_steps)
+        if mixing:
+            # not detached: the blended-in embedding is an input, as the replaced words were when they were language,
+            # and gets the gradients those words would get; no distance between thought and table is minimised
+            # through it, so nothing pulls the table toward the thoughts (the collapse the losses' stop-gradient avoids)
+            mix = ThoughtMix(step_embeddings, rearrange(has_step_target, 'b n -> b n 1').to(step_embeddings.dtype) * thought_mix)
+
+        reasoned = self.reason(aligned.ids, aligned.mask, num_steps, row_steps, mix = mix)
 
         answer_inputs = answer_mask = None
         if exists(answer):
@@ -523,6 +675,15 @@ class Coconut(Module):
             thought_loss = self.thought_loss(latent_tokens, thought_targets, row_steps)
             loss = loss + thought_loss * self.thought_loss_weight
 
+        align_mse_loss = align_cosine_loss = None
+        if aligning:
+            # the thoughts as fed back, before the schedule's blend (which mixes in the target itself), against
+            # targets detached: with gradients into both sides, the embedding table is pulled toward the thoughts
+            # as much as the thoughts toward it, and table and thoughts can collapse together (toward 0 under MSE)
+            thoughts = self.rms_matched(latent_tokens, self.embedding_rms()) if self.thought_rms_match else latent_tokens
+            align_mse_loss, align_cosine_loss = self.align_losses(thoughts, step_embeddings.detach(), has_step_target)
+            loss = loss + align_mse_loss * self.align_mse_weight + align_cosine_loss * self.align_cosine_weight
+
         similarity_loss = None
         if self.num_hypotheses > 1 and self.hypothesis_similarity_loss_weight > 0 and num_steps > 0:
             similarity_loss = self.hypothesis_similarity_loss(latent_tokens, row_steps)
@@ -531,7 +692,7 @@ class Coconut(Module):
         if not return_intermediates:
             return loss
 
-        return loss, (LossBreakdown(answer_loss, begin_thought_loss, thought_loss, similarity_loss), *intermediates)
+        return loss, (LossBreakdown(answer_loss, begin_thought_loss, thought_loss, similarity_loss, align_mse_loss, align_cosine_loss), *intermediates)
 
     def hypothesis_similarity_loss(self, latent_tokens: Tensor, row_steps: Tensor | None) -> Tensor:
         """Mean cosine similarity between every pair of the H streams' thoughts at the same position (b, H, N, D),

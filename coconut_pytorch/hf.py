@@ -331,6 +331,10 @@ class HFBackbone(nn.Module):
         table = self.lm.get_input_embeddings()
         return torch.cat([table(t) if t.dtype in (torch.long, torch.int) else t for t in inputs], dim = -2)
 
+    def embedding_weight(self) -> Tensor:
+        """(V, D) the model's input embedding table (the optional backbone member `Coconut.embedding_table` reads)."""
+        return self.lm.get_input_embeddings().weight
+
     def to_logits(self, hiddens: Tensor) -> Tensor:
         logits = self.lm.get_output_embeddings()(hiddens)
         if exists(self.softcap):

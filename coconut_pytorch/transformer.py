@@ -357,6 +357,10 @@ class Transformer(Module):
         embeds = [self.token_emb(t) if t.dtype in (torch.long, torch.int) else t for t in inputs]
         return torch.cat(embeds, dim = -2)
 
+    def embedding_weight(self) -> Tensor:
+        """(V, D) the token embedding table (the optional backbone member `Coconut.embedding_table` reads)."""
+        return self.token_emb.weight
+
     # the backbone interface (coconut_pytorch.backbone.Backbone): caches and their sizes
 
     def empty_cache(self, batch: int) -> KVCache:

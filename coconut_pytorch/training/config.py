@@ -19,7 +19,7 @@ import yaml
 from coconut_pytorch.data.tasks import TASKS
 from coconut_pytorch.data.tasks.base import check_int
 from coconut_pytorch.helpers import parse_device, resolve_device
-from coconut_pytorch.training.schedule import ALIGNABLE_METHODS, METHODS, Curriculum
+from coconut_pytorch.training.schedule import ALIGNABLE_METHODS, FEEDBACK_METHODS, METHODS, Curriculum
 
 
 # the methods trained with the thought loss unless told otherwise: from scratch, Coconut's thoughts learned ProsQA,
@@ -65,6 +65,15 @@ class TrainConfig:
                                              'thoughts learn far more reliably with it (RESULTS.md); 0 (off, as in the paper) with the '
                                              'other methods. With pause_as_thought or pause, the pause slots\' outputs get the same '
                                              'targets: a supervised control that feeds nothing back')
+    # latent alignment (Coconut.align_losses, thought_rms_match, thought_mix): all off by default
+    align_mse: float = setting(0., 'weight of a loss pulling each fed-back thought toward the mean input embedding of the words '
+                                   'of the step it replaced: mean squared error per dimension, the target detached (0: off)')
+    align_cosine: float = setting(0., 'the same with 1 - cosine similarity: the direction only (0: off)')
+    thought_rms_match: bool = setting(False, 'feed thoughts back at the RMS of the token embedding table times a learned gain '
+                                             '(from 1), in training and generation alike')
+    mix_start: float = setting(0., 'embedding mixing: right after each stage change, feed back (1 - w) x thought + w x the mean '
+                                   'embedding of the replaced words with w = this (0: off; at most 1)')
+    mix_epochs: int = setting(1, 'embedding mixing: epochs over which w goes linearly from --mix-start to 0 after each stage change')
 
     # data and optimisation
     train_size: int = setting(8000, 'generated training examples (unused with --train-file)')
@@ -125,7 +134,7 @@ class TrainConfig:
         for name in ('train_size', 'eval_size', 'batch_size', 'grad_accum', 'dim', 'depth', 'heads', 'dim_head',
                      'num_residual_streams', 'thoughts_per_step', 'epochs_per_stage'):
             check_int(name, getattr(self, name), 1)
-        for name in ('final_epochs', 'warmup_steps'):
+        for name in ('final_epochs', 'warmup_steps', 'mix_epochs'):
             check_int(name, getattr(self, name), 0)
         check_int('max_nonfinite_steps', self.max_nonfinite_steps, 1)
         check_int('eval_every', self.eval_every, 0)
@@ -136,7 +145,8 @@ class TrainConfig:
             check_int('tokens_per_stage', self.tokens_per_stage, 1)
         for name, minimum, inclusive in (('lr', 0., False), ('weight_decay', 0., True), ('max_grad_norm', 0., False), ('lr_decay_epochs', 0., True),
                                          ('uniform_prob', 0., True), ('time_budget', 0., True), ('removal_smoothing', 0., False),
-                                         ('thought_loss', 0., True)):
+                                         ('thought_loss', 0., True), ('align_mse', 0., True), ('align_cosine', 0., True),
+                                         ('mix_start', 0., True)):
             value = getattr(self, name)
             if value is None and name in ('time_budget', 'removal_smoothing'):
                 continue
@@ -153,6 +163,15 @@ class TrainConfig:
         self.curriculum(task_max_steps = 0, longest_language = 0)
         if self.thought_loss > 0 and self.method not in ALIGNABLE_METHODS:
             raise ValueError(f'thought_loss needs thought slots to align: method must be one of {list(ALIGNABLE_METHODS)}, got {self.method!r}')
+        if self.mix_start > 1:
+            raise ValueError(f'mix_start must be at most 1 (a blend weight), got {self.mix_start}')
+        if self.mix_start > 0 and self.mix_epochs == 0:
+            raise ValueError('mix_start needs mix_epochs >= 1: the epochs over which the blend anneals to 0')
+        if not isinstance(self.thought_rms_match, bool):
+            raise TypeError(f'thought_rms_match must be a bool, got {type(self.thought_rms_match).__name__}')
+        for name in ('align_mse', 'align_cosine', 'thought_rms_match', 'mix_start'):
+            if getattr(self, name) and self.method not in FEEDBACK_METHODS:
+                raise ValueError(f'{name} acts on the continuous thoughts that are fed back: method must be one of {list(FEEDBACK_METHODS)}, got {self.method!r}')
         if self.task not in TASKS:
             raise ValueError(f'task must be one of {sorted(TASKS)}, got {self.task!r}')
         if not isinstance(self.task_kwargs, dict):
@@ -187,6 +206,12 @@ class TrainConfig:
             # both act on the native Transformer (its static cache, its blocks); a transformers model builds a new
             # cache object every call
             raise ValueError(f"{'cuda_graphs' if self.cuda_graphs else 'compile'} is for the native Transformer; it cannot be used with hf_model")
+
+    @property
+    def uses_thought_targets(self) -> bool:
+        """Whether batches carry the words each thought replaced: for the thought loss, the alignment losses and
+        the embedding mixing."""
+        return self.thought_loss > 0 or self.align_mse > 0 or self.align_cosine > 0 or self.mix_start > 0
 
     def curriculum(self, task_max_steps: int, longest_language: int | None = None) -> Curriculum:
         """The run's curriculum. Without `max_latent_stage`, the last stage is the one that removes every step of
@@ -332,3 +357,6 @@ def config_from_arguments(arguments: argparse.Namespace | dict) -> TrainConfig:
 RESUME_MAY_CHANGE = ('time_budget', 'device', 'cuda_graphs', 'compile', 'max_nonfinite_steps', 'download', 'hf_model',
                      # a resumed run's weights are its checkpoint's; more final epochs extend a finished run; records
                      'init_from', 'final_epochs', 'eval_every', 'tensorboard', 'show_thoughts')
+# not the latent alignment settings (align_mse, align_cosine, thought_rms_match, mix_start, mix_epochs): they change
+# the objective or the inputs the model learns from, so a resumed run would not be the run its checkpoint began
+# (and thought_rms_match adds a parameter, which the checkpoint's weights and optimizer state would lack)

@@ -37,7 +37,7 @@ from coconut_pytorch.training.fresh_sets import FreshSets
 from coconut_pytorch.training.model import backbone_config, build_model
 from coconut_pytorch.training.optim import Diverged, NonFiniteSteps, learning_rate, make_optimizer, weights_finite
 from coconut_pytorch.training.records import METRICS_NAME, RunRecords
-from coconut_pytorch.training.schedule import Curriculum
+from coconut_pytorch.training.schedule import Curriculum, thought_mix_at_epoch
 from coconut_pytorch.training.step import TrainStep
 
 
@@ -182,7 +182,7 @@ def open_run(config: TrainConfig, checkpoint_path: Path, device: torch.device, r
         model.model.compile_blocks()
 
     train_step = TrainStep(model, torch.bfloat16 if config.bf16 else None, loss_scale = 1 / config.grad_accum, cuda_graphs = config.cuda_graphs,
-                           world = world, fsdp = config.fsdp)
+                           world = world, fsdp = config.fsdp, thought_mix = config.mix_start > 0)
     if config.fsdp:
         # after the weights are loaded whole, before the optimizer is made over the shards
         train_step.shard(torch.bfloat16 if config.bf16 else None)
@@ -195,7 +195,7 @@ def open_run(config: TrainConfig, checkpoint_path: Path, device: torch.device, r
             optimizer.load_state_dict(state['optimizer'])
     # every method trains as many epochs as the coconut schedule, so baselines get the same budget
     schedule = Curriculum(**{**asdict(curriculum), 'method': 'coconut'})
-    layout = EpochLayout(tokenizer, curriculum, config.batch_size, config.seed, with_thought_targets = config.thought_loss > 0)
+    layout = EpochLayout(tokenizer, curriculum, config.batch_size, config.seed, with_thought_targets = config.uses_thought_targets)
     return Run(config, checkpoint_path, device, tokenizer, train_set, eval_set, curriculum, model, optimizer, train_step, layout,
                total_epochs = schedule.total_epochs + config.final_epochs, digests = data_digests(config), longest_target = longest_target,
                world = world, **where)
@@ -271,12 +271,18 @@ def train_epoch(run: Run, epoch: int, batches: list[Batch], nonfinite: NonFinite
         run.optimizer_start = run.step
 
     run.train_step.pad_to(max(b.prompt.shape[1] for b in batches), max(b.target.shape[1] for b in batches))
+    thought_mix = thought_mix_at_epoch(curriculum, epoch, config.mix_start, config.mix_epochs)
+    if config.mix_start > 0:
+        run.train_step.set_thought_mix(thought_mix)
     # numbered as the logs number them: epochs 0 to total - 1
     iterator = progress(batches, desc = f'epoch {epoch} of 0-{run.total_epochs - 1}, stage {stage}', leave = False) if progress else batches
 
     run.model.train()
     loss_sum = torch.zeros((), device = device)
     thought_loss_sum = torch.zeros((), device = device)
+    align_sums = torch.zeros(2, device = device)            # align_mse, align_cosine
+    # the thoughts' scale: summed RMS of every fed-back thought and their count; the embedding table's RMS per batch
+    scale_sums = torch.zeros(3, device = device)
     finite_batches = torch.zeros((), device = device)
     correct = torch.zeros((), device = device)
     counted = torch.zeros((), device = device)
@@ -292,12 +298,16 @@ def train_epoch(run: Run, epoch: int, batches: list[Batch], nonfinite: NonFinite
             if share is not None and share.rows == 0:
                 # a rank with no rows of this batch ran its step for the collectives only
                 stats = stats._replace(loss = torch.zeros_like(stats.loss), thought_loss = torch.zeros_like(stats.thought_loss),
-                                       correct = torch.zeros_like(stats.correct), counted = torch.zeros_like(stats.counted))
+                                       correct = torch.zeros_like(stats.correct), counted = torch.zeros_like(stats.counted),
+                                       align_mse = torch.zeros_like(stats.align_mse), align_cosine = torch.zeros_like(stats.align_cosine),
+                                       thought_rms = torch.zeros_like(stats.thought_rms), thoughts = torch.zeros_like(stats.thoughts))
             finite = torch.isfinite(stats.loss)
             window_finite = window_finite & finite
             # a non-finite batch counts in no average: the curve shows the batches that trained
             loss_sum += torch.where(finite, stats.loss, 0.)
             thought_loss_sum += torch.where(finite, stats.thought_loss, 0.)
+            align_sums += torch.where(finite, torch.stack((stats.align_mse, stats.align_cosine)), 0.)
+            scale_sums += torch.stack((stats.thought_rms, stats.thoughts, stats.embedding_rms)).to(scale_sums.dtype)
             finite_batches += finite
             correct += stats.correct
             counted += stats.counted
@@ -321,7 +331,8 @@ def train_epoch(run: Run, epoch: int, batches: list[Batch], nonfinite: NonFinite
             iterator.close()
 
     # over every rank's batches
-    loss_sum, thought_loss_sum, finite_batches, correct, counted = all_reduce_sum([loss_sum, thought_loss_sum, finite_batches, correct, counted], run.world)
+    loss_sum, thought_loss_sum, align_sums, scale_sums, finite_batches, correct, counted = all_reduce_sum(
+        [loss_sum, thought_loss_sum, align_sums, scale_sums, finite_batches, correct, counted], run.world)
     # an epoch of nothing but non-finite batches has no loss (0 / 0 = NaN, written as null)
     record = dict(epoch = epoch, stage = stage, loss = round((loss_sum / finite_batches).item(), 5),
                   token_accuracy = round((correct / counted.clamp(min = 1)).item(), 5),
@@ -329,6 +340,18 @@ def train_epoch(run: Run, epoch: int, batches: list[Batch], nonfinite: NonFinite
     if config.thought_loss > 0:
         # `loss` includes it, weighted; alone it tells whether the thoughts hold what they replaced
         record['thought_loss'] = round((thought_loss_sum / finite_batches).item(), 5)
+    for index, name in enumerate(('align_mse', 'align_cosine')):
+        if getattr(config, name) > 0:
+            record[name] = round((align_sums[index] / finite_batches).item(), 5)
+    if config.mix_start > 0:
+        # as the steps read it (one sync an epoch)
+        record['thought_mix'] = round(run.train_step.thought_mix.item(), 5)
+    # the mean RMS of the thoughts as fed back (absent from epochs without thoughts) beside the embeddings' (every
+    # rank counts every batch), to see whether thoughts enter at the scale of the tokens they replace
+    thought_rms_sum, thoughts, embedding_rms_sum = scale_sums.tolist()
+    if thoughts > 0:
+        record['thought_rms'] = round(thought_rms_sum / thoughts, 5)
+    record['embedding_rms'] = round(embedding_rms_sum / (len(batches) * run.world.size), 5)
     if skipped:
         record['skipped_steps'] = skipped
     return json_safe(record)

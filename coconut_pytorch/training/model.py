@@ -35,7 +35,10 @@ def build_model(config: TrainConfig, num_tokens: int, curriculum: Curriculum, ba
         transformer = transformer,
         checkpoint = config.checkpoint,
         thought_mode = curriculum.thought_mode,
-        thought_loss_weight = config.thought_loss
+        thought_loss_weight = config.thought_loss,
+        align_mse_weight = config.align_mse,
+        align_cosine_weight = config.align_cosine,
+        thought_rms_match = config.thought_rms_match
     )
 
 

@@ -160,3 +160,18 @@ class Curriculum:
 # methods whose thought slots can be aligned with the language they replaced: fed-back hidden states, or (the
 # supervised pause control) the outputs at the pause slots, which feed nothing back
 ALIGNABLE_METHODS = ('coconut', 'coconut_no_curriculum', 'pause_as_thought', 'pause')
+
+# methods whose thoughts are hidden states fed back as the next input: what the latent alignment options act on
+# (`TrainConfig.align_mse`, `align_cosine`, `thought_rms_match`, `mix_start`)
+FEEDBACK_METHODS = ('coconut', 'coconut_no_curriculum')
+
+
+def thought_mix_at_epoch(curriculum: Curriculum, epoch: int, mix_start: float, mix_epochs: int) -> float:
+    """w of the embedding-mixing schedule (`Coconut.forward`'s `thought_mix`) at `epoch`: `mix_start` at the first
+    epoch of each stage, then linearly down to 0 over `mix_epochs` epochs (0 from the `mix_epochs`-th epoch of the
+    stage on); constant within an epoch."""
+    if mix_start == 0 or mix_epochs == 0:
+        return 0.
+    stage = curriculum.stage_at_epoch(epoch)
+    first = next(e for e in range(epoch + 1) if curriculum.stage_at_epoch(e) == stage)
+    return mix_start * max(0., 1. - (epoch - first) / mix_epochs)

@@ -25,10 +25,13 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from einops import rearrange
+
 from coconut_pytorch.coconut import Coconut
 from coconut_pytorch.distributed import GradientAverage, Share, World, shard_model, wrap_ddp
 from coconut_pytorch.training.batches import Batch
 from coconut_pytorch.inputs import PAD_ID, as_padded_ids, check_reasoning_steps, left_align
+from coconut_pytorch.helpers import default, exists
 
 
 class StepStats(NamedTuple):
@@ -36,6 +39,11 @@ class StepStats(NamedTuple):
     correct: Tensor     # () real answer tokens whose teacher-forced argmax is right
     counted: Tensor     # () real answer tokens
     thought_loss: Tensor    # () the thought alignment loss, detached (0 without thought targets)
+    align_mse: Tensor       # () the latent alignment losses, detached (0 when off)
+    align_cosine: Tensor
+    thought_rms: Tensor     # () the sum over the batch's fed-back thoughts of each one's RMS over the model dimension
+    thoughts: Tensor        # () how many fed-back thoughts that sum counts (0 at stage 0, and in pause mode)
+    embedding_rms: Tensor   # () the RMS of the token embedding table (`Coconut.embedding_rms`)
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -47,16 +55,39 @@ def token_counts(answer_logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]
     return ((answer_logits.argmax(dim = -1) == target) & real).sum(), real.sum()
 
 
-def step_stats(loss: Tensor, breakdown, answer_logits: Tensor, target: Tensor) -> StepStats:
-    thought_loss = breakdown.thought_loss.detach() if breakdown.thought_loss is not None else torch.zeros((), device = loss.device)
-    return StepStats(loss.detach(), *token_counts(answer_logits, target), thought_loss)
+@torch.no_grad()
+def thought_scale(model: Coconut, latent_tokens: Tensor, num_thoughts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(sum of the RMS over D of every fed-back thought within its row's thoughts, their count, the embedding table's
+    RMS), on the device with no host sync. A thought as fed back is the hidden state, rescaled with
+    `thought_rms_match`; before the mixing schedule's blend, which mixes in the target itself. Thoughts (b, N, D)."""
+    embedding_rms = model.embedding_rms()
+    if model.thought_mode != 'continuous' or latent_tokens.shape[1] == 0:
+        zero = torch.zeros((), device = embedding_rms.device)
+        return zero, zero, embedding_rms
+    thoughts = model.rms_matched(latent_tokens, embedding_rms) if model.thought_rms_match else latent_tokens
+    rms = thoughts.to(torch.promote_types(thoughts.dtype, torch.float32)).pow(2).mean(dim = -1).sqrt()     # (b, N)
+    slot_step = torch.arange(rms.shape[1], device = rms.device) // model.num_latents_per_step
+    active = (slot_step < rearrange(num_thoughts, 'b -> b 1')).to(rms.dtype)
+    return (rms * active).sum(), active.sum(), embedding_rms
 
 
-def shared_objective(loss: Tensor, breakdown, weights: Tensor, thought_loss_weight: float) -> Tensor:
+def step_stats(model: Coconut, loss: Tensor, breakdown, latent_tokens: Tensor, answer_logits: Tensor, target: Tensor, num_thoughts: Tensor) -> StepStats:
+    zero = torch.zeros((), device = loss.device)
+    detached = lambda term: term.detach() if term is not None else zero
+    return StepStats(loss.detach(), *token_counts(answer_logits, target), detached(breakdown.thought_loss), detached(breakdown.align_mse_loss),
+                     detached(breakdown.align_cosine_loss), *thought_scale(model, latent_tokens, num_thoughts))
+
+
+def shared_objective(loss: Tensor, breakdown, weights: Tensor, model: Coconut) -> Tensor:
     """The loss whose gradients, averaged over ranks, are the whole batch's: each term times its `weights` entry
-    (the rank's share of the term's count times the number of ranks: answer, thoughts, rows)."""
+    (the rank's share of the term's count times the number of ranks: answer, thoughts, rows). The thought loss and
+    the latent alignment losses are means over the thoughts that have a target: the thoughts' share."""
     answer = breakdown.answer_loss
-    thought = breakdown.thought_loss * thought_loss_weight if breakdown.thought_loss is not None else torch.zeros_like(answer)
+    thought = torch.zeros_like(answer)
+    for term, weight in ((breakdown.thought_loss, model.thought_loss_weight), (breakdown.align_mse_loss, model.align_mse_weight),
+                         (breakdown.align_cosine_loss, model.align_cosine_weight)):
+        if term is not None:
+            thought = thought + term * weight
     rest = loss - answer - thought      # terms a training run does not add (exactly 0 then)
     return weights[0] * answer + weights[1] * thought + weights[2] * rest
 
@@ -76,14 +107,14 @@ class BatchLoss(nn.Module):
         self.model = model
 
     def forward(self, prompt: Tensor, target: Tensor, num_thoughts: Tensor, passes: int, thought_targets: Tensor | None = None,
-                weights: Tensor | None = None) -> tuple[Tensor, StepStats]:
+                weights: Tensor | None = None, thought_mix: Tensor | None = None) -> tuple[Tensor, StepStats]:
         aligned = left_align(prompt, has_padding = True)
-        loss, (breakdown, _, _, answer_logits, _) = self.model.forward_aligned(
+        loss, (breakdown, _, latent_tokens, answer_logits, _) = self.model.forward_aligned(
             aligned, target, passes, num_thoughts, return_intermediates = True, with_prompt_logits = False,
-            thought_targets = thought_targets
+            thought_targets = thought_targets, thought_mix = default(thought_mix, 0.)
         )
-        objective = loss if weights is None else shared_objective(loss, breakdown, weights.to(loss.dtype), self.model.thought_loss_weight)
-        return objective, step_stats(loss, breakdown, answer_logits, target)
+        objective = loss if weights is None else shared_objective(loss, breakdown, weights.to(loss.dtype), self.model)
+        return objective, step_stats(self.model, loss, breakdown, latent_tokens, answer_logits, target, num_thoughts)
 
 
 def check_batch(model: Coconut, batch: Batch, passes: int):
@@ -126,6 +157,9 @@ class TrainStep:
         world: the processes of a distributed run (`distributed.World`); each call then gets the rank's `Share`.
         fsdp: the model's blocks are sharded by FSDP2 (`distributed.shard_model`, on `self.loss`), which reduces
             the gradients itself.
+        thought_mix: the step blends the replaced words' embeddings into the fed-back thoughts with the weight
+            `set_thought_mix` sets (the embedding-mixing schedule): a 0-dim tensor on the device that every step,
+            eager or replayed, reads in place, so one graph serves every value.
     """
 
     def __init__(
@@ -138,7 +172,8 @@ class TrainStep:
         target_multiple: int = 16,
         max_graphs: int = 8,
         world: World = World(),
-        fsdp: bool = False
+        fsdp: bool = False,
+        thought_mix: bool = False
     ):
         if cuda_graphs and model.device.type != 'cuda':
             raise ValueError(f'cuda_graphs needs the model on a CUDA device, got {model.device}')
@@ -155,6 +190,8 @@ class TrainStep:
         self.min_lengths = (0, 0)
 
         self.world, self.fsdp = world, fsdp
+        # in the weights' dtype, so a float64 model blends with the weight it is given
+        self.thought_mix = torch.zeros((), device = model.device, dtype = model.end_of_thought.dtype) if thought_mix else None
         self.loss = BatchLoss(model)
         self.ddp = wrap_ddp(self.loss, model.device) if world.distributed and not cuda_graphs and not fsdp else None
         # without DDP's hooks (graph replays, and the eager steps beside them), gradients are averaged by the step;
@@ -167,6 +204,12 @@ class TrainStep:
             raise ValueError('shard() is for a step made with fsdp = True')
         whole = shard_model(self.loss, self.model, mixed_precision)
         self.average = GradientAverage(whole) if whole else None
+
+    def set_thought_mix(self, weight: float):
+        """The blend weight w of the steps from now on (in place: captured graphs read the same buffer)."""
+        if not exists(self.thought_mix):
+            raise ValueError('set_thought_mix is for a step made with thought_mix = True')
+        self.thought_mix.fill_(weight)
 
     def autocast(self, cache_enabled: bool = True):
         if self.autocast_dtype is None:
@@ -204,18 +247,18 @@ class TrainStep:
         with no_sync:
             with self.autocast():
                 objective, stats = module(batch.prompt, batch.target, batch.num_thoughts, share.passes, batch.thought_targets,
-                                          share_weights(share, self.model.device))
+                                          share_weights(share, self.model.device), self.thought_mix)
             (objective * self.loss_scale).backward()
         return stats
 
     def eager(self, batch: Batch) -> StepStats:
         with self.autocast():
-            loss, (breakdown, _, _, answer_logits, _) = self.model(
+            loss, (breakdown, _, latent_tokens, answer_logits, _) = self.model(
                 batch.prompt, batch.target, num_reasoning_steps = batch.num_thoughts, return_intermediates = True,
-                thought_targets = batch.thought_targets
+                thought_targets = batch.thought_targets, thought_mix = default(self.thought_mix, 0.)
             )
         (loss * self.loss_scale).backward()
-        return step_stats(loss, breakdown, answer_logits, batch.target)
+        return step_stats(self.model, loss, breakdown, latent_tokens, answer_logits, batch.target, batch.num_thoughts)
 
     # CUDA graphs
 
@@ -274,7 +317,7 @@ class TrainStep:
                      weights: Tensor | None = None) -> StepStats:
         """The step on static buffers (`BatchLoss`, with autocast's weight casts recorded in the graph)."""
         with self.autocast(cache_enabled = False):
-            objective, stats = self.loss(prompt, target, num_thoughts, passes, thought_targets, weights)
+            objective, stats = self.loss(prompt, target, num_thoughts, passes, thought_targets, weights, self.thought_mix)
         (objective * self.loss_scale).backward()
         return stats
 

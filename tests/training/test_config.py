@@ -97,6 +97,20 @@ def test_the_help_shows_every_setting_with_its_text_and_default():
     (dict(device = 0), TypeError, "device must be a str"),
     (dict(cuda_graphs = True, compile = True, device = 'cuda'), ValueError, 'cannot be combined'),
     (dict(cuda_graphs = True, checkpoint = True, device = 'cuda'), ValueError, 'cannot be combined'),
+    # the latent alignment options
+    (dict(align_mse = -0.5), ValueError, 'align_mse must be finite and >= 0'),
+    (dict(align_cosine = float('nan')), ValueError, 'align_cosine must be finite and >= 0'),
+    (dict(align_cosine = '1'), TypeError, 'align_cosine must be a number'),
+    (dict(mix_start = float('inf')), ValueError, 'mix_start must be finite and >= 0'),
+    (dict(mix_start = 1.5), ValueError, 'mix_start must be at most 1'),
+    (dict(mix_epochs = -1), ValueError, 'mix_epochs'),
+    (dict(mix_epochs = 1.5), (TypeError, ValueError), 'mix_epochs'),
+    (dict(mix_start = 0.5, mix_epochs = 0), ValueError, 'mix_start needs mix_epochs >= 1'),
+    (dict(thought_rms_match = 1), TypeError, 'thought_rms_match must be a bool'),
+    (dict(method = 'cot', align_mse = 1.), ValueError, r"align_mse acts on the continuous thoughts that are fed back: method must be one of \['coconut', 'coconut_no_curriculum'\], got 'cot'"),
+    (dict(method = 'pause_as_thought', align_cosine = 1.), ValueError, 'align_cosine acts on the continuous thoughts'),
+    (dict(method = 'pause', thought_rms_match = True), ValueError, 'thought_rms_match acts on the continuous thoughts'),
+    (dict(method = 'no_thoughts', mix_start = 0.5), ValueError, 'mix_start acts on the continuous thoughts'),
 ])
 def test_train_config_names_the_bad_setting(setting, error, message):
     with pytest.raises(error, match = message):
@@ -166,3 +180,17 @@ def test_check_device_refuses_what_this_machine_lacks():
             check_device(device)
     with pytest.raises(ValueError, match = 'device must be auto, cpu, cuda'):
         check_device('gpu')
+
+
+def test_the_alignment_options_are_off_by_default_and_need_thought_targets_when_on():
+    config = TrainConfig()
+    assert (config.align_mse, config.align_cosine, config.thought_rms_match, config.mix_start) == (0., 0., False, 0.)
+    # the thought loss, on by default for coconut, needs them anyway: without it, nothing does
+    assert config.uses_thought_targets and not TrainConfig(thought_loss = 0.).uses_thought_targets
+    for setting in (dict(align_mse = 0.1), dict(align_cosine = 0.1), dict(mix_start = 0.1), dict(thought_loss = 0.1)):
+        assert TrainConfig(**{'thought_loss': 0., **setting}).uses_thought_targets, setting
+    # the RMS match needs no targets; the alignment works for the method without a curriculum too
+    assert not TrainConfig(thought_rms_match = True, thought_loss = 0.).uses_thought_targets
+    TrainConfig(method = 'coconut_no_curriculum', align_mse = 1., align_cosine = 1., thought_rms_match = True, mix_start = 1.)
+    # checkpoints from before the options read them as off
+    assert TrainConfig.from_dict(dict(task = 'running_sum')).uses_thought_targets is False

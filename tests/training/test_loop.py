@@ -126,6 +126,40 @@ def test_thought_loss_is_trained_and_logged(tmp_path):
         TrainConfig(thought_loss = -1.)
 
 
+def test_the_latent_alignment_options_train_and_are_logged(tmp_path):
+    config = TrainConfig(method = 'coconut', align_mse = 0.5, align_cosine = 0.25, thought_rms_match = True, mix_start = 0.5, mix_epochs = 2,
+                         **{**TINY, 'epochs_per_stage': 2, 'final_epochs': 1})
+    result = train(config, tmp_path / 'aligned')
+    history = torch.load(tmp_path / 'aligned' / 'checkpoint.pt', weights_only = True)['history']
+
+    assert [record['stage'] for record in history] == [0, 0, 1, 1, 2, 2, 2]
+    # the blend weight of each epoch: 0.5 at a stage's first epoch, 0.25 at its second (over 2 epochs), then 0
+    assert [record['thought_mix'] for record in history] == [0.5, 0.25, 0.5, 0.25, 0.5, 0.25, 0.]
+    for record in history:
+        assert record['embedding_rms'] > 0
+        if record['stage'] == 0:
+            # no thoughts: nothing to align, no thought scale to show
+            assert record['align_mse'] == record['align_cosine'] == 0. and 'thought_rms' not in record
+        else:
+            assert record['align_mse'] > 0 and record['align_cosine'] > 0
+            # fed back at the embeddings' scale times the gain, which moves a little within an epoch
+            assert record['thought_rms'] == pytest.approx(record['embedding_rms'], rel = 0.2)
+
+    model, _, loaded, _ = load_trained(result['checkpoint'])
+    assert (loaded.align_mse, loaded.align_cosine, loaded.thought_rms_match, loaded.mix_start) == (0.5, 0.25, True, 0.5)
+    assert (model.align_mse_weight, model.align_cosine_weight) == (0.5, 0.25) and model.thought_gain.item() != 1.
+    # they change what the run learns: a resume may not change them
+    with pytest.raises(ValueError, match = 'differs'):
+        train(TrainConfig(**{**config.__dict__, 'align_mse': 1.}), tmp_path / 'aligned', resume = True)
+
+    # a run without them logs the scales too, and its model has no gain
+    plain = train(TrainConfig(method = 'coconut', **TINY), tmp_path / 'plain')
+    records = torch.load(tmp_path / 'plain' / 'checkpoint.pt', weights_only = True)['history']
+    assert all('embedding_rms' in record and 'align_mse' not in record and 'thought_mix' not in record for record in records)
+    assert all('thought_rms' in record for record in records if record['stage'] > 0)
+    assert load_trained(plain['checkpoint'])[0].thought_gain is None
+
+
 # divergence
 
 

@@ -7,7 +7,7 @@ from helpers import EOS, EXAMPLE, SEP, TOKENIZER
 from coconut_pytorch.data import Example
 from coconut_pytorch.training import TrainConfig
 from coconut_pytorch.training.batches import encode_at_stage
-from coconut_pytorch.training.schedule import Curriculum
+from coconut_pytorch.training.schedule import Curriculum, thought_mix_at_epoch
 
 
 def layout(method, stage, **kwargs):
@@ -88,3 +88,17 @@ def test_stage_schedule_and_bad_settings():
     for bad in (dict(method = 'magic'), dict(thoughts_per_step = 0), dict(uniform_prob = 1.5), dict(epochs_per_stage = 0)):
         with pytest.raises(ValueError, match = next(iter(bad))):
             Curriculum(**bad)
+
+
+def test_the_mixing_weight_anneals_linearly_to_0_after_each_stage_change():
+    curriculum = Curriculum(method = 'coconut', max_latent_stage = 2, epochs_per_stage = 3)
+    # stages start at epochs 0, 3 and 6 (the last goes on past the schedule); over 2 epochs: w, w / 2, then 0
+    weights = [thought_mix_at_epoch(curriculum, epoch, 0.8, 2) for epoch in range(11)]
+    assert weights == pytest.approx([0.8, 0.4, 0., 0.8, 0.4, 0., 0.8, 0.4, 0., 0., 0.], abs = 1e-12)
+    # over more epochs than a stage lasts: cut off at the next stage change
+    weights = [thought_mix_at_epoch(curriculum, epoch, 1., 4) for epoch in range(8)]
+    assert weights == pytest.approx([1., 0.75, 0.5, 1., 0.75, 0.5, 1., 0.75], abs = 1e-12)
+    # one stage from the first epoch (no curriculum): one anneal
+    single = Curriculum(method = 'coconut_no_curriculum', max_latent_stage = 2, epochs_per_stage = 3)
+    assert [thought_mix_at_epoch(single, epoch, 0.5, 2) for epoch in range(4)] == pytest.approx([0.5, 0.25, 0., 0.], abs = 1e-12)
+    assert [thought_mix_at_epoch(curriculum, epoch, 0., 2) for epoch in range(4)] == [0.] * 4

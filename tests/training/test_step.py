@@ -9,7 +9,7 @@ from coconut_pytorch.data import Example, WordTokenizer
 from coconut_pytorch.inputs import PAD_ID
 from coconut_pytorch.training.batches import Batch, collate, encode_at_stage
 from coconut_pytorch.training.schedule import Curriculum
-from coconut_pytorch.training.step import TrainStep
+from coconut_pytorch.training.step import BatchLoss, TrainStep
 
 
 EXAMPLES = [
@@ -134,3 +134,91 @@ def test_cuda_graph_replays_equal_eager_steps(thought_mode, thought_targets):
     _, batch = model_and_batch(thought_mode, (1, 1, 1, 1), thought_targets = thought_targets)
     graphed_step(Batch(*(t[:3] if t is not None else None for t in batch)))
     assert len(graphed_step.graphs) == 3
+
+
+ALIGNED = dict(thought_loss_weight = 0.7, align_mse_weight = 0.3, align_cosine_weight = 0.2, thought_rms_match = True)
+
+
+@pytest.mark.parametrize('stages', [(1, 2, 0, 3), (0, 0, 0, 0)])
+def test_the_recorded_step_with_latent_alignment_equals_the_eager_step(stages):
+    model, batch = model_and_batch('continuous', stages, thought_targets = True, **ALIGNED)
+    with torch.no_grad():
+        model.thought_gain.fill_(1.2)
+    step = TrainStep(model, loss_scale = 0.5, thought_mix = True)
+    step.set_thought_mix(0.3)
+
+    eager = step(batch)
+    eager_grads = gradients(model)
+    model.zero_grad(set_to_none = True)
+    num_steps, prompt_length, target_length, _ = step.shape_key(batch)
+    recorded = step.graphed_body(pad(batch.prompt, prompt_length), pad(batch.target, target_length), batch.num_thoughts, num_steps, batch.thought_targets)
+    recorded_grads = gradients(model)
+
+    for name in eager._fields:
+        torch.testing.assert_close(getattr(recorded, name), getattr(eager, name), atol = 1e-12, rtol = 1e-12, msg = name)
+    assert recorded_grads.keys() == eager_grads.keys()
+    for name in eager_grads:
+        torch.testing.assert_close(recorded_grads[name], eager_grads[name], atol = 1e-12, rtol = 1e-10, msg = name)
+
+    # the statistics: the losses of the model's breakdown, every row's own thoughts at gain x the embeddings' RMS
+    _, (breakdown, *_) = model(batch.prompt, batch.target, num_reasoning_steps = batch.num_thoughts, thought_targets = batch.thought_targets,
+                               thought_mix = 0.3, return_intermediates = True)
+    thoughts = int(batch.num_thoughts.sum())
+    embedding_rms = model.model.token_emb.weight.pow(2).mean().sqrt()
+    torch.testing.assert_close(eager.embedding_rms, embedding_rms, atol = 1e-12, rtol = 0.)
+    assert eager.thoughts == thoughts
+    if thoughts > 0:
+        torch.testing.assert_close(eager.align_mse, breakdown.align_mse_loss.detach(), atol = 1e-12, rtol = 0.)
+        torch.testing.assert_close(eager.align_cosine, breakdown.align_cosine_loss.detach(), atol = 1e-12, rtol = 0.)
+        torch.testing.assert_close(eager.thought_rms, 1.2 * embedding_rms * thoughts, atol = 1e-10, rtol = 0.)
+    else:
+        assert eager.align_mse == eager.align_cosine == eager.thought_rms == 0
+
+
+def test_the_mixing_weight_is_read_in_place_by_every_step():
+    model, batch = model_and_batch('continuous', (1, 2, 0, 3), thought_targets = True)
+    step = TrainStep(model, thought_mix = True)
+    buffer = step.thought_mix
+    losses = {}
+    for weight in (0., 0.6, 1.):
+        step.set_thought_mix(weight)
+        model.zero_grad(set_to_none = True)
+        losses[weight] = step(batch).loss
+        expected = model(batch.prompt, batch.target, num_reasoning_steps = batch.num_thoughts, thought_targets = batch.thought_targets, thought_mix = weight)
+        torch.testing.assert_close(losses[weight], expected.detach(), atol = 1e-12, rtol = 0.)
+    assert step.thought_mix is buffer                   # the same tensor: a captured graph reads the new value
+    assert len({float(loss) for loss in losses.values()}) == 3
+    with pytest.raises(ValueError, match = 'thought_mix = True'):
+        TrainStep(model).set_thought_mix(0.5)
+
+
+def test_a_ranks_objective_weights_the_alignment_losses_by_its_share_of_the_thoughts():
+    model, batch = model_and_batch('continuous', (1, 2, 0, 3), thought_targets = True, **ALIGNED)
+    loss_module = BatchLoss(model)
+    args = (batch.prompt, batch.target, batch.num_thoughts, int(batch.num_thoughts.max()), batch.thought_targets)
+    whole, _ = loss_module(*args)
+    # with every share 1 the objective is the loss; with only the thoughts' share, the thought terms alone
+    torch.testing.assert_close(loss_module(*args, torch.ones(3, dtype = torch.float64))[0], whole, atol = 1e-12, rtol = 0.)
+    _, (breakdown, *_) = model(batch.prompt, batch.target, num_reasoning_steps = batch.num_thoughts, thought_targets = batch.thought_targets, return_intermediates = True)
+    thought_terms = 0.7 * breakdown.thought_loss + 0.3 * breakdown.align_mse_loss + 0.2 * breakdown.align_cosine_loss
+    torch.testing.assert_close(loss_module(*args, torch.tensor([0., 1., 0.], dtype = torch.float64))[0], thought_terms, atol = 1e-12, rtol = 0.)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason = 'needs CUDA')
+def test_cuda_graph_replays_with_latent_alignment_and_mixing_equal_eager_steps():
+    model, _ = model_and_batch('continuous', (0, 0, 0, 0), dtype = torch.float32, device = 'cuda', **ALIGNED)
+    eager_step, graphed_step = TrainStep(model, thought_mix = True), TrainStep(model, cuda_graphs = True, thought_mix = True)
+    _, batch = model_and_batch('continuous', (1, 2, 0, 3), thought_targets = True)
+    # one graph, replayed at every weight: the weight is read from the step's buffer
+    for weight in (0.5, 0., 1.):
+        results = []
+        for step in (eager_step, graphed_step):
+            step.set_thought_mix(weight)
+            model.zero_grad(set_to_none = True)
+            results.append((step(batch), gradients(model)))
+        (eager, eager_grads), (graphed, graphed_grads) = results
+        for name in eager._fields:
+            torch.testing.assert_close(getattr(graphed, name), getattr(eager, name), atol = 1e-5, rtol = 1e-5, msg = name)
+        for name in eager_grads:
+            torch.testing.assert_close(graphed_grads[name], eager_grads[name], atol = 1e-5, rtol = 1e-4, msg = name)
+    assert len(graphed_step.graphs) == 1
