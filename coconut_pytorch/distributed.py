@@ -252,12 +252,13 @@ def gather_objects(items: list, world: World) -> list:
 
 
 def all_reduce_sum(tensors: Sequence[Tensor], world: World) -> list[Tensor]:
-    """The sums over ranks of `tensors` (scalars on one device), in one call."""
+    """The sums over ranks of `tensors` (on one device, of any shapes), in one call: flattened into one buffer,
+    summed, and cut back into their shapes."""
     if not world.distributed:
         return list(tensors)
-    stacked = torch.stack([t.to(torch.float64 if t.device.type == 'cpu' else torch.float32) for t in tensors])
-    dist.all_reduce(stacked)
-    return list(stacked.unbind())
+    flat = torch.cat([t.reshape(-1).to(torch.float64 if t.device.type == 'cpu' else torch.float32) for t in tensors])
+    dist.all_reduce(flat)
+    return [part.reshape(t.shape) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
 
 
 def all_agree(flag: Tensor, world: World) -> Tensor:

@@ -97,18 +97,19 @@ def test_nan_fed_into_a_thought_slot_past_its_rows_steps_changes_nothing(monkeyp
 
     fed_back, calls = model.fed_back, []
 
-    def nan_past_row_1s_steps(thoughts):
+    def nan_past_row_1s_steps(thoughts, *args):
         calls.append(None)
-        thoughts = fed_back(thoughts).clone()
+        thoughts = fed_back(thoughts, *args).clone()
         if len(calls) >= 2:
-            # thought steps 2 and 3 are past row 1's single step: their slots are masked for it
+            # thought steps 2 and 3, and the last thought entering the tail, are past row 1's single step: their
+            # slots are masked for it
             thoughts[1] = NAN
         return thoughts
 
     monkeypatch.setattr(model, 'fed_back', nan_past_row_1s_steps)
     poisoned = model(prompts, answer, return_loss = False, num_reasoning_steps = steps).answer_logits
 
-    assert len(calls) == 2
+    assert len(calls) == 3
     assert torch.isfinite(poisoned).all()
     torch.testing.assert_close(poisoned, clean, atol = 0, rtol = 0)
 
