@@ -523,3 +523,22 @@ def test_pointer_chase_is_correct():
             visited.append(current)
         assert list(example.steps) == visited
         assert example.answer == current
+
+
+def test_a_growing_graphs_adjacency_is_the_one_its_edges_give():
+    # kept as edges are added (the generator asks for it once per candidate parent): the same lists, in the same
+    # order, as a rebuild from the edge list, a repeated edge counted once
+    from coconut_pytorch.data.tasks.prosqa import _Graph
+    rng = random.Random(0)
+    graph = _Graph()
+    for _ in range(12):
+        graph.add_node()
+    for _ in range(60):
+        graph.add_edge(rng.randrange(12), rng.randrange(12))
+    children, parents = {}, {}
+    for parent, child in graph.edges:
+        children.setdefault(parent, []).append(child)
+        parents.setdefault(child, []).append(parent)
+    assert len(graph.edges) == len(set(graph.edges)) < 60
+    assert {node: graph.children()[node] for node in range(12) if graph.children()[node]} == children
+    assert {node: graph.parents()[node] for node in range(12) if graph.parents()[node]} == parents

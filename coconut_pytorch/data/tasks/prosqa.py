@@ -302,6 +302,10 @@ class _Graph:
         self.num_nodes = 0
         self.edges: list[tuple[int, int]] = []
         self.edge_set: set[tuple[int, int]] = set()
+        # adjacency kept as edges are added (in edge order, as a rebuild from `edges` would list it): the cycle check
+        # asks for it once per candidate parent, and rebuilding it each time was most of the generator's time
+        self._children: defaultdict[int, list[int]] = defaultdict(list)
+        self._parents: defaultdict[int, list[int]] = defaultdict(list)
 
     def add_node(self) -> int:
         self.num_nodes += 1
@@ -311,18 +315,16 @@ class _Graph:
         if (parent, child) not in self.edge_set:
             self.edge_set.add((parent, child))
             self.edges.append((parent, child))
+            self._children[parent].append(child)
+            self._parents[child].append(parent)
 
-    def children(self) -> dict[int, list[int]]:
-        out = defaultdict(list)
-        for parent, child in self.edges:
-            out[parent].append(child)
-        return out
+    def children(self) -> Mapping[int, list[int]]:
+        """Each node's children, in the order their edges were added (a node without any: an empty list). Read only."""
+        return self._children
 
-    def parents(self) -> dict[int, list[int]]:
-        out = defaultdict(list)
-        for parent, child in self.edges:
-            out[child].append(parent)
-        return out
+    def parents(self) -> Mapping[int, list[int]]:
+        """Each node's parents, in the order their edges were added. Read only."""
+        return self._parents
 
     def distances(self, source: int) -> dict[int, int]:
         children = self.children()
