@@ -324,6 +324,7 @@ def train_epoch(run: Run, epoch: int, batches: list[Batch], nonfinite: NonFinite
                 iterator.set_postfix(loss = f'{stats.loss.item():.3f}', stage = stage, acc = f'{(correct / counted.clamp(min = 1)).item():.3f}')
 
         skipped = nonfinite.end_epoch()
+        run.train_step.release_unreplayed()
         if not bool(all_agree(weights_finite(run.model), run.world)):
             raise Diverged('the weights became non-finite')
     finally:

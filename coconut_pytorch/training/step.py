@@ -186,6 +186,7 @@ class TrainStep:
         self.cuda_graphs = cuda_graphs
         self.prompt_multiple, self.target_multiple, self.max_graphs = prompt_multiple, target_multiple, max_graphs
         self.graphs: OrderedDict[tuple, GraphedShape] = OrderedDict()
+        self.replayed: set[tuple] = set()      # the shapes replayed since `release_unreplayed` last ran
         self.batch_size: int | None = None
         self.min_lengths = (0, 0)
 
@@ -281,12 +282,7 @@ class TrainStep:
         key = self.shape_key(batch, share) + (share is not None,)     # a rank's graph also reads its share weights
         check_batch(self.model, batch, key[0])
 
-        if key not in self.graphs:
-            self.graphs[key] = self.capture(*key)
-            while len(self.graphs) > self.max_graphs:
-                self.graphs.popitem(last = False)
-        self.graphs.move_to_end(key)
-        shape = self.graphs[key]
+        shape = self.graph_for(key)
 
         # through pinned buffers, so the host goes on to the next batch while the GPU runs this one: a copy from
         # pageable memory synchronizes with the stream first (CUDA's documented behaviour). The buffers are this
@@ -312,6 +308,29 @@ class TrainStep:
                 param.grad.add_(grad)
 
         return StepStats(*(t.clone() for t in shape.stats))
+
+    def graph_for(self, key: tuple) -> GraphedShape:
+        """The graph of shape `key` (captured now if it is not kept), marked as the most recently used and as replayed."""
+        if key not in self.graphs:
+            self.graphs[key] = self.capture(*key)
+            while len(self.graphs) > self.max_graphs:
+                self.graphs.popitem(last = False)
+        self.graphs.move_to_end(key)
+        self.replayed.add(key)
+        return self.graphs[key]
+
+    def release_unreplayed(self) -> int:
+        """Drop the graphs that no batch replayed since the last call, and return how many. Called after each epoch:
+        a curriculum stage's shapes do not come back once it has moved on, and each graph holds its activations (a
+        ProsQA run kept 20-50 GiB in graphs of stages long past). The memory goes back to the device, for the other
+        processes that may share it."""
+        unused = [key for key in self.graphs if key not in self.replayed]
+        for key in unused:
+            del self.graphs[key]
+        self.replayed = set()
+        if unused and torch.cuda.is_available() and self.model.device.type == 'cuda':
+            torch.cuda.empty_cache()
+        return len(unused)
 
     def graphed_body(self, prompt: Tensor, target: Tensor, num_thoughts: Tensor, passes: int, thought_targets: Tensor | None = None,
                      weights: Tensor | None = None) -> StepStats:

@@ -222,3 +222,34 @@ def test_cuda_graph_replays_with_latent_alignment_and_mixing_equal_eager_steps()
         for name in eager_grads:
             torch.testing.assert_close(graphed_grads[name], eager_grads[name], atol = 1e-5, rtol = 1e-4, msg = name)
     assert len(graphed_step.graphs) == 1
+
+
+def test_graphs_no_batch_replayed_since_the_last_epoch_are_released(monkeypatch):
+    # the bookkeeping alone, on the CPU: capture stands in for the GPU's
+    model, _ = model_and_batch('continuous', (0, 0, 0, 0))
+    step = TrainStep(model, max_graphs = 8)
+    captured = []
+    monkeypatch.setattr(step, 'capture', lambda *key: captured.append(key) or object())
+    stage_a, stage_b, stage_c = (1, 32, 16, False), (2, 32, 16, False), (3, 32, 16, False)
+
+    for key in (stage_a, stage_a, stage_b):       # an epoch that ends at a stage change
+        step.graph_for(key)
+    assert step.release_unreplayed() == 0 and list(step.graphs) == [stage_a, stage_b]
+    step.graph_for(stage_b)                        # the next epoch: only the new stage's shape
+    assert step.release_unreplayed() == 1 and list(step.graphs) == [stage_b]
+    step.graph_for(stage_c)
+    step.graph_for(stage_b)
+    assert step.release_unreplayed() == 0 and list(step.graphs) == [stage_c, stage_b]
+    assert step.release_unreplayed() == 2 and not step.graphs      # an epoch that replayed nothing (all eager)
+    step.graph_for(stage_a)                        # a shape seen again is captured again
+    assert captured == [stage_a, stage_b, stage_c, stage_a]
+
+
+def test_the_loop_releases_unreplayed_graphs_after_every_epoch(tmp_path, monkeypatch):
+    from helpers import SMALL
+    from coconut_pytorch.training import TrainConfig, train
+    calls = []
+    original = TrainStep.release_unreplayed
+    monkeypatch.setattr(TrainStep, 'release_unreplayed', lambda self: calls.append(None) or original(self))
+    result = train(TrainConfig(**SMALL), tmp_path)
+    assert len(calls) == len(torch.load(result['checkpoint'], weights_only = True)['history']) > 1
