@@ -272,12 +272,15 @@ class Coconut(Module):
         example's k adjacent, (b k): repeated as late as the rows still agree, so the shared part runs once on b rows.
         That is after the thoughts, or with `thought_noise` s > 0 right after <bot>: the thought steps then run on
         the b x k rows, and every fed-back thought (the last one too) gets independent Gaussian noise of absolute
-        standard deviation s (the thoughts' own scale is the backbone's hidden states), drawn from `generator`."""
+        standard deviation s, added to the thought as fed back (after `thought_rms_match`'s rescaling), drawn
+        from `generator`."""
         run = default(run, self.run)
         batch, prompt_length, c, hyps = *prompt.shape, self.num_latents_per_step, self.num_hypotheses
         device = prompt.device
         has_thoughts = (row_steps > 0) if exists(row_steps) else None
 
+        if num_paths > 1 and exists(mix):
+            raise ValueError('the embedding-mixing blend (training) cannot be combined with num_paths (generation)')
         if num_paths > 1 and exists(cache):
             raise ValueError('a static cache cannot be repeated into paths; load it from the reasoned segment cache instead')
         if thought_noise > 0 and (self.thought_mode != 'continuous' or hyps > 1):
@@ -410,8 +413,9 @@ class Coconut(Module):
         rows' mean square), detached: the learned gain sets the thoughts' scale, and letting the answer loss
         resize the whole table to rescale the thoughts would tie the two together."""
         table = self.embedding_table().detach()
-        table = table.to(torch.promote_types(table.dtype, torch.float32))
-        return table.pow(2).mean().sqrt()
+        # the norm accumulates in float32 (or wider) without a converted copy of the table: it runs every step
+        norm = torch.linalg.vector_norm(table, dtype = torch.promote_types(table.dtype, torch.float32))
+        return norm / table.numel() ** 0.5
 
     def rms_matched(self, thoughts: Tensor, target_rms: Tensor) -> Tensor:
         """`thoughts` (..., D), each rescaled to root-mean-square `target_rms` times `thought_gain` over D."""

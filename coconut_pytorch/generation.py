@@ -187,9 +187,9 @@ def generate(
             k times (`repeat_interleave(k, 0)`) would, so its tokens are those `generate` gives that batch.
         thought_noise: s >= 0, with `num_samples` and continuous thoughts in one stream: s > 0 runs the thought
             steps on the b x k rows (the prompt and <bot> still once on b), adding to every fed-back thought
-            independent Gaussian noise of absolute standard deviation s (in the units of the backbone's hidden
-            states: compare s with their typical norm / sqrt(dim)), drawn from `generator` before any token is,
-            so the k paths differ in latent space too.
+            independent Gaussian noise of absolute standard deviation s, in the units of the thoughts as fed
+            back (the hidden states, or with `thought_rms_match` the token embeddings' RMS times the gain: compare
+            s with their RMS), drawn from `generator` before any token is, so the k paths differ in latent space too.
 
     Returns (b, max_length) token ids; with `num_samples`, `SampledPaths(tokens (b, k, max_length), log_probs (b, k),
     sample_index (b, k))`, each prompt's paths sorted by log-probability, highest first (ties in draw order).

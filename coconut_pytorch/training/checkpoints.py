@@ -400,7 +400,9 @@ def check_resumable(run: LoadedRun, config: TrainConfig, tokenizer: Tokenizer, p
         changed = [f'{f.name} ({getattr(run.config, f.name)!r} in the checkpoint, {getattr(config, f.name)!r} now)'
                    for f in fields(TrainConfig) if getattr(run.config, f.name) != getattr(config, f.name) and f.name not in RESUME_MAY_CHANGE]
         if changed:
-            raise ValueError(f'--resume: the configuration differs from the checkpoint in {", ".join(changed)}')
+            hint = ('; coconut runs default to the thought loss since the thirteenth session: give --thought-loss '
+                    f'{run.config.thought_loss:g} to resume this one as it was trained') if any(c.startswith('thought_loss ') for c in changed) else ''
+            raise ValueError(f'--resume: the configuration differs from the checkpoint in {", ".join(changed)}{hint}')
     saved, now = run.state.get('data_digests'), data_digests(config)
     if saved is not None and saved != now and not allow_changed_data:
         changed = sorted(name for name in set(saved) | set(now) if saved.get(name) != now.get(name))

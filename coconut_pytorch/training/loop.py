@@ -307,7 +307,9 @@ def train_epoch(run: Run, epoch: int, batches: list[Batch], nonfinite: NonFinite
             loss_sum += torch.where(finite, stats.loss, 0.)
             thought_loss_sum += torch.where(finite, stats.thought_loss, 0.)
             align_sums += torch.where(finite, torch.stack((stats.align_mse, stats.align_cosine)), 0.)
-            scale_sums += torch.stack((stats.thought_rms, stats.thoughts, stats.embedding_rms)).to(scale_sums.dtype)
+            # a non-finite step's thoughts count in no mean either; every batch counts for the embeddings' RMS
+            scale_sums += torch.stack((torch.where(finite, stats.thought_rms, 0.), torch.where(finite, stats.thoughts, 0.),
+                                       stats.embedding_rms)).to(scale_sums.dtype)
             finite_batches += finite
             correct += stats.correct
             counted += stats.counted
@@ -448,7 +450,11 @@ def start_from(model: Coconut, tokenizer: Tokenizer, path: str, device: torch.de
     if source.tokenizer.to_dict() != tokenizer.to_dict():
         raise ValueError(f'init_from {path}: its vocabulary is not the one this run\'s data gives, so its ids would mean other words')
     try:
-        model.load_state_dict(source.model.state_dict())
+        # a run feeding thoughts back at the embeddings' scale may start from weights without that gain (the
+        # paper starts Coconut from a CoT run): it keeps its initial 1. Anything else missing is an error
+        missing, unexpected = model.load_state_dict(source.model.state_dict(), strict = False)
+        if unexpected or set(missing) - {'thought_gain'}:
+            raise RuntimeError(f'missing keys {sorted(set(missing) - {"thought_gain"})}, unexpected keys {sorted(unexpected)}')
     except RuntimeError as error:
         raise ValueError(f'init_from {path}: its weights do not fit this run\'s model ({first_line(error)})') from None
 

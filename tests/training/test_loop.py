@@ -177,7 +177,8 @@ def poison_losses_from(monkeypatch, first_call: int, last_call: int | None = Non
                 stats = eager(self, batch)
             finally:
                 self.loss_scale = original
-            return stats._replace(loss = stats.loss * float('nan'))
+            # as a step whose activations overflowed: its thoughts' RMS is not finite either
+            return stats._replace(loss = stats.loss * float('nan'), thought_rms = stats.thought_rms * float('nan'))
         return eager(self, batch)
 
     monkeypatch.setattr(TrainStep, 'eager', eager_with_nan)
@@ -298,3 +299,28 @@ def test_trains_on_files_and_the_evaluate_command_agrees(tmp_path):
     assert run.returncode == 0, run.stderr
     evaluated = json.loads(run.stdout.strip().splitlines()[-1])
     assert evaluated['n'] == 40 and evaluated['accuracy'] == result['accuracy'] and evaluated['task'] == result['task'] == str(train_file)
+
+
+def test_a_run_feeding_thoughts_at_the_embeddings_scale_starts_from_weights_without_the_gain(tmp_path):
+    # the paper starts Coconut from a CoT run, which has no thought_gain: the gain starts at 1, all else is loaded
+    source = train(TrainConfig(**{**SMALL, 'method': 'cot', 'final_epochs': 0}), tmp_path / 'cot')
+    run = train(TrainConfig(**{**SMALL, 'thought_rms_match': True, 'final_epochs': 0, 'init_from': source['checkpoint'],
+                               'max_latent_stage': 0, 'lr': 1e-12}), tmp_path / 'coconut')
+    weights = torch.load(run['checkpoint'], weights_only = True)['model']
+    start = torch.load(source['checkpoint'], weights_only = True)['model']
+    assert torch.allclose(weights['thought_gain'], torch.ones(()))
+    assert set(weights) - set(start) == {'thought_gain'}
+
+
+def test_a_resume_refused_over_the_thought_loss_says_how_to_resume(tmp_path):
+    train(TrainConfig(**{**SMALL, 'thought_loss': 0., 'time_budget': 0.}), tmp_path)
+    with pytest.raises(ValueError, match = 'give --thought-loss 0 to resume'):
+        train(TrainConfig(**SMALL), tmp_path, resume = True)
+
+
+def test_a_non_finite_step_leaves_the_epochs_thought_rms_to_the_others(tmp_path, monkeypatch):
+    poison_losses_from(monkeypatch, 5, 5)      # the second batch of epoch 1, the first with thoughts
+    result = train(TrainConfig(**TINY), tmp_path)
+    record = read_checkpoint(tmp_path / 'checkpoint.pt')['history'][1]
+    assert result['finished'] is True and record['stage'] == 1 and record['skipped_steps'] == 1
+    assert record['thought_rms'] is not None and record['thought_rms'] > 0, record
