@@ -114,11 +114,74 @@ def test_the_setting_is_off_by_default_and_builds_the_head():
     TrainConfig(method = 'coconut_no_curriculum', halt_loss = 1.)
 
 
-def test_a_halting_run_trains_and_logs_its_halting_loss(tmp_path):
-    result = train(TrainConfig(method = 'coconut', halt_loss = 0.5, **TINY), tmp_path / 'run')
-    history = torch.load(tmp_path / 'run' / 'checkpoint.pt', weights_only = True)['history']
+@pytest.fixture(scope = 'module')
+def halting_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp('halting')
+    result = train(TrainConfig(method = 'coconut', halt_loss = 0.5, **TINY), out / 'run')
+    return result, out / 'run'
+
+
+def test_a_halting_run_trains_and_logs_its_halting_loss(halting_run):
+    result, out = halting_run
+    history = torch.load(out / 'checkpoint.pt', weights_only = True)['history']
     for record in history:
         # stage 0 has no thoughts, so no halting loss
         assert (record['halt_loss'] > 0) == (record['stage'] > 0), record
     model, *_ = load_trained(result['checkpoint'])
     assert model.halt_loss_weight == 0.5 and model.to_halt_logit is not None
+
+
+# evaluation
+
+def test_evaluation_halts_each_question_and_reports_the_thoughts_it_used(halting_run):
+    from coconut_pytorch.data.tasks import get_task
+    from coconut_pytorch.evaluate import encode_questions, evaluate_examples, generate_greedy
+
+    model, tokenizer, _, info = load_trained(halting_run[0]['checkpoint'], device = 'cpu')
+    model.double()
+    examples = get_task('running_sum', num_digits = 3).generate(12, seed = 5)
+    most = 4
+
+    # a threshold between the halting probabilities the questions reach, so that they stop at different counts
+    prompts = encode_questions(examples, tokenizer)
+    probabilities = torch.cat([model(prompt[None], return_loss = False, num_reasoning_steps = most).latent_tokens[0] for prompt in prompts])
+    probabilities = model.halt_probability(probabilities[:, None]).sort().values
+    threshold = float(probabilities[len(probabilities) // 2])
+
+    result = evaluate_examples(model, tokenizer, examples, num_thoughts = most, max_new_tokens = 8, batch_size = 5, halt_threshold = threshold)
+    used = result['thoughts_used']
+    assert all(1 <= count <= most for count in used) and len(set(used)) > 1, used
+    assert result['mean_num_thoughts'] == sum(used) / len(used) and result['halt_threshold'] == threshold
+
+    # each question's answer is the one it gets thinking its count, alone
+    for index, prompt in enumerate(prompts):
+        alone = generate_greedy(model, [prompt], tokenizer.eos_id, used[index], 8)
+        assert tokenizer.decode(alone[0]) == result['texts'][index], index
+
+    with pytest.raises(ValueError, match = 'num_samples'):
+        evaluate_examples(model, tokenizer, examples, num_thoughts = most, max_new_tokens = 8, halt_threshold = threshold, num_samples = 2)
+
+
+def test_the_evaluate_command_halts(halting_run, in_process, tmp_path):
+    import json
+    from coconut_pytorch.data import Example, save_json_examples
+    from coconut_pytorch.evaluate import main as evaluate
+
+    data = tmp_path / 'data.json'
+    save_json_examples([Example(question = q, steps = [], answer = a) for q, a in (('1 2 3', '6'), ('4 4 4', '2'), ('3 1', '4'))], data)
+    run = lambda *args: in_process(evaluate, '--checkpoint', halting_run[0]['checkpoint'], '--data', data, '--device', 'cpu', *args)
+
+    plain = run()
+    halted = run('--halt-threshold', 0.5, '--max-reasoning-steps', 3, '--predictions', tmp_path / 'predictions.jsonl')
+    assert plain.returncode == 0 and halted.returncode == 0, halted.stderr
+    plain, halted = (json.loads(result.stdout.strip().splitlines()[-1]) for result in (plain, halted))
+    assert set(halted) - set(plain) == {'halt_threshold', 'mean_num_thoughts'}
+    assert halted['num_thoughts'] == 3 and 1 <= halted['mean_num_thoughts'] <= 3
+    records = [json.loads(line) for line in (tmp_path / 'predictions.jsonl').read_text().splitlines()]
+    assert sum(record['num_thoughts'] for record in records) / 3 == halted['mean_num_thoughts']
+
+    for args, flag in [(('--halt-threshold', 1.5), '--halt-threshold'), (('--max-reasoning-steps', 2), '--max-reasoning-steps'),
+                       (('--halt-threshold', 0.5, '--num-samples', 2), '--halt-threshold'),
+                       (('--halt-threshold', 0.5, '--max-reasoning-steps', 0), '--max-reasoning-steps')]:
+        failed = run(*args)
+        assert failed.returncode == 2 and flag in failed.stderr, args
