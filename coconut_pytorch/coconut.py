@@ -76,6 +76,7 @@ class LossBreakdown(NamedTuple):
     hypothesis_similarity_loss: Tensor | None = None
     align_mse_loss: Tensor | None = None       # `Coconut.align_losses`, with thought targets and a weight > 0
     align_cosine_loss: Tensor | None = None
+    halt_loss: Tensor | None = None            # `Coconut.halt_loss`, with `halt_after` and a halting head
 
 
 class ThoughtMix(NamedTuple):
@@ -92,6 +93,7 @@ class Reasoned(NamedTuple):
     thoughts: list[Tensor]          # [step] (b or b H, c, D)
     prompt_hiddens: Tensor          # (b, n, D) left-aligned prompt
     has_thoughts: Tensor | None     # (b,) bool: which rows think; None when all rows do the same
+    num_thoughts: Tensor | None = None  # (b,) each row's thought steps, when halting decided them on the fly
 
 
 def repeat_paths(reasoned: Reasoned, times: int, hyps: int = 1) -> Reasoned:
@@ -106,7 +108,8 @@ def repeat_paths(reasoned: Reasoned, times: int, hyps: int = 1) -> Reasoned:
         tail_mask = rows(reasoned.tail_mask),
         thoughts = [streams(t) for t in reasoned.thoughts],
         prompt_hiddens = rows(reasoned.prompt_hiddens),
-        has_thoughts = rows(reasoned.has_thoughts)
+        has_thoughts = rows(reasoned.has_thoughts),
+        num_thoughts = rows(reasoned.num_thoughts)
     )
 
 
@@ -138,6 +141,11 @@ class Coconut(Module):
         thought_rms_match: rescale every fed-back thought so that its root-mean-square over the model dimension is
             that of the token embedding table times a learned gain (`thought_gain`, from 1): thoughts enter at the
             scale of the embeddings they stand in for (`fed_back`). Needs thought_mode = 'continuous'.
+        halt_loss_weight: > 0 adds a halting head (`to_halt_logit`) that reads each thought step's hidden state
+            (the last of its c latents, as the backbone gives it) and gives the logit of "stop thinking after this
+            step", trained by `halt_loss` when `forward` gets `halt_after` and used by `generate`'s
+            `halt_threshold` (learned halting: latent mode ends when the model decides, not after a fixed count).
+            Needs continuous thoughts in a single stream. 0: no head, every computation as without the option.
 
     Positional arguments may also come in coconut-pytorch 0.0.32's order, with the transformer second:
     `Coconut(num_reasoning_steps, transformer, num_latents_per_step, learn_begin_of_thought, begin_thought_loss_weight, checkpoint)`.
@@ -159,7 +167,8 @@ class Coconut(Module):
         hypothesis_similarity_loss_weight: float = 0.,
         align_mse_weight: float = 0.,
         align_cosine_weight: float = 0.,
-        thought_rms_match: bool = False
+        thought_rms_match: bool = False,
+        halt_loss_weight: float = 0.
     ):
         super().__init__()
 
@@ -227,6 +236,15 @@ class Coconut(Module):
         self.begin_thought_loss_weight = begin_thought_loss_weight
         self.to_begin_thought_logit = nn.Linear(dim, 1) if learn_begin_of_thought else None
 
+        # the halting head exists only with the option, so that state dicts without it load as they were; made
+        # last, so that every other parameter is initialised from the same random draws as without it
+        check_finite_number(halt_loss_weight, 'halt_loss_weight')
+        if halt_loss_weight > 0 and (thought_mode != 'continuous' or num_hypotheses > 1):
+            raise ValueError('halt_loss_weight > 0 decides after each fed-back thought step: it needs thought_mode = "continuous" '
+                             f'and num_hypotheses = 1, got {thought_mode!r} and {num_hypotheses}')
+        self.halt_loss_weight = halt_loss_weight
+        self.to_halt_logit = nn.Linear(dim, 1) if halt_loss_weight > 0 else None
+
     @classmethod
     def from_hf(cls, model_or_path, download: bool = False, **kwargs) -> Coconut:
         """Coconut over a Hugging Face causal LM (`coconut_pytorch.hf.HFBackbone`): a loaded `transformers` model, or
@@ -262,7 +280,7 @@ class Coconut(Module):
 
     def reason(self, prompt: Tensor, prompt_mask: Tensor | None, num_steps: int, row_steps: Tensor | None, cache = None,
                run: Callable[..., BackboneOutput] | None = None, mix: ThoughtMix | None = None, num_paths: int = 1,
-               thought_noise: float = 0., generator: torch.Generator | None = None) -> Reasoned:
+               thought_noise: float = 0., generator: torch.Generator | None = None, halt_threshold: float | None = None) -> Reasoned:
         """The prompt, <bot> and the thought steps. `cache`: an empty static cache to run into (generation), else a
         fresh segment cache is built. `run(inputs, mask, cache)` runs each chunk: `self.run` (training and
         evaluation), or generation's run into its static cache. `mix`: the embedding-mixing schedule's blend of
@@ -273,7 +291,14 @@ class Coconut(Module):
         That is after the thoughts, or with `thought_noise` s > 0 right after <bot>: the thought steps then run on
         the b x k rows, and every fed-back thought (the last one too) gets independent Gaussian noise of absolute
         standard deviation s, added to the thought as fed back (after `thought_rms_match`'s rescaling), drawn
-        from `generator`."""
+        from `generator`.
+
+        `halt_threshold` p (generation's learned halting; needs the halting head, `row_steps` None, continuous
+        thoughts in one stream, one path): `num_steps` is then the most steps, and each row stops after the first
+        step whose halting probability exceeds p. The per-row counts are decided on the fly, in this same loop: the
+        mask of step s only needs whether a row halted before s, known by then, so every row gets exactly what it
+        gets with its count given up front. The loop stops once every row has halted (a host sync per step). The
+        counts come back as `Reasoned.num_thoughts`."""
         run = default(run, self.run)
         batch, prompt_length, c, hyps = *prompt.shape, self.num_latents_per_step, self.num_hypotheses
         device = prompt.device
@@ -285,6 +310,11 @@ class Coconut(Module):
             raise ValueError('a static cache cannot be repeated into paths; load it from the reasoned segment cache instead')
         if thought_noise > 0 and (self.thought_mode != 'continuous' or hyps > 1):
             raise ValueError('thought_noise needs continuous thoughts in a single stream (thought_mode = "continuous", num_hypotheses = 1)')
+
+        halting = exists(halt_threshold) and num_steps > 0
+        if halting and (not exists(self.to_halt_logit) or exists(row_steps) or self.thought_mode != 'continuous' or hyps > 1 or num_paths > 1):
+            raise ValueError('halt_threshold needs the halting head (halt_loss_weight > 0), continuous thoughts in one stream, one path, '
+                             'and no per-row steps (they are what halting decides)')
 
         # with noise the paths part right after <bot>; without, they part where the answers begin
         branch_early = thought_noise > 0 and num_steps > 0
@@ -357,29 +387,58 @@ class Coconut(Module):
         cache = out.cache
         thoughts = [out.hiddens[:, -c:]]
 
+        halted = None
+        if halting:
+            # (b,) every row's steps so far as many as it may take; a row that halts after step t gets t, so
+            # `at_step` masks its later slots exactly as with the count given up front
+            row_steps = torch.full((batch,), num_steps, dtype = torch.long, device = device)
+            halted = torch.zeros(batch, dtype = torch.bool, device = device)
+
+        def all_halted(step: int) -> bool:
+            # after thought `step` is made (thoughts[-1]): rows whose halting probability exceeds the threshold stop
+            # here, unless they already did. Past the last step nothing is left to decide
+            nonlocal row_steps, halted
+            if not halting or step >= num_steps:
+                return False
+            stops = (self.halt_probability(thoughts[-1]) > halt_threshold) & ~halted
+            row_steps = torch.where(stops, step, row_steps)
+            halted = halted | stops
+            return bool(halted.all())
+
         if branch_early:
             # everything so far is shared by the k paths of an example: repeat it, then think on b x k rows
             branched = repeat_paths(Reasoned(cache, [eot], eot_mask, thoughts, prompt_hiddens, has_thoughts), num_paths, hyps)
-            cache, (eot,), eot_mask, thoughts, prompt_hiddens, has_thoughts = branched
+            cache, (eot,), eot_mask, thoughts, prompt_hiddens, has_thoughts, _ = branched
             row_steps = repeat(row_steps, 'b -> (b k)', k = num_paths) if exists(row_steps) else None
             batch = batch * num_paths
 
-        for step in range(1, num_steps):
-            out = run([noised(feed(thoughts[-1], step - 1))], used_by(at_step(step), c, hyps), cache)
-            cache = out.cache
-            thoughts.append(out.hiddens)
+        if not all_halted(1):
+            for step in range(1, num_steps):
+                out = run([noised(feed(thoughts[-1], step - 1))], used_by(at_step(step), c, hyps), cache)
+                cache = out.cache
+                thoughts.append(out.hiddens)
+                if all_halted(step + 1):
+                    break
 
+        # fewer than `num_steps` when every row halted early
+        num_steps = len(thoughts)
         last_mask = used_by(at_step(num_steps), c, hyps)
 
         if hyps == 1:
             tail_mask = join_masks([(last_mask, c), (eot_mask, 1)], batch, device)
-            return in_paths(Reasoned(cache, [noised(feed(thoughts[-1], num_steps - 1)), eot], tail_mask, thoughts, prompt_hiddens, has_thoughts))
+            return in_paths(Reasoned(cache, [noised(feed(thoughts[-1], num_steps - 1)), eot], tail_mask, thoughts, prompt_hiddens, has_thoughts,
+                                     row_steps if halting else None))
 
         # the last thoughts enter their own streams' caches; then the streams fold into one row per example,
         # side by side after the shared prompt (segment 0), so <eot> and the answer attend to every hypothesis
         cache = run([feed(thoughts[-1], num_steps - 1)], last_mask, cache).cache
         cache = cache.merge_batch_segments(hyps, from_segment = 1)
         return in_paths(Reasoned(cache, [eot], eot_mask, thoughts, prompt_hiddens, has_thoughts))
+
+    def halt_probability(self, thoughts: Tensor) -> Tensor:
+        """(b,) the probability of stopping after the step whose thoughts (b, c, D) these are, from the last of them."""
+        logits = rearrange(self.to_halt_logit(thoughts[:, -1]), 'b 1 -> b')
+        return logits.to(torch.promote_types(logits.dtype, torch.float32)).sigmoid()
 
     def fed_back(self, thoughts: Tensor, target_rms: Tensor | None = None, blend: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """The next input of the H streams' thoughts (b H, c, D): themselves; with `thought_rms_match`, rescaled to
@@ -526,7 +585,8 @@ class Coconut(Module):
         return_intermediates: bool = False,
         num_reasoning_steps: int | Tensor | None = None,
         thought_targets: Tensor | None = None,
-        thought_mix: float | Tensor = 0.
+        thought_mix: float | Tensor = 0.,
+        halt_after: Tensor | None = None
     ):
         """Loss of the answer given the prompt and the thoughts, or the intermediates.
 
@@ -546,9 +606,11 @@ class Coconut(Module):
             thought_mix: w in [0, 1], a number or a 0-dim tensor (the embedding-mixing schedule): each fed-back
                 thought that has a target becomes (1 - w) * thought + w * the mean input embedding of the words it
                 replaced (needs `thought_targets`; 0: off).
+            halt_after: (b,) integers >= 0, the step count after which each row should stop thinking: adds the
+                halting loss (`halt_loss`), weighted by `halt_loss_weight`. Needs the halting head.
 
         Returns the scalar loss (mean cross-entropy over real answer tokens, plus the weighted <bot> loss, thought
-        alignment loss and latent alignment losses).
+        alignment loss, latent alignment losses and halting loss).
         """
         aligned, num_steps, row_steps = self.prepare(prompt, num_reasoning_steps)
         batch = aligned.ids.shape[0]
@@ -571,8 +633,23 @@ class Coconut(Module):
         if torch.is_tensor(thought_mix):
             thought_mix = thought_mix.to(self.device)
 
+        if exists(halt_after):
+            self.check_halt_after(halt_after, batch)
+            halt_after = halt_after.to(self.device)
+
         return self.forward_aligned(aligned, answer, num_steps, row_steps, return_loss = return_loss, return_intermediates = return_intermediates,
-                                    thought_targets = thought_targets, thought_mix = thought_mix)
+                                    thought_targets = thought_targets, thought_mix = thought_mix, halt_after = halt_after)
+
+    def check_halt_after(self, halt_after, batch: int):
+        """Raise unless `halt_after` is a (batch,) integer tensor of counts >= 0 and the model has a halting head."""
+        if not exists(self.to_halt_logit):
+            raise ValueError('halt_after trains the halting head: it needs Coconut(halt_loss_weight > 0)')
+        if not torch.is_tensor(halt_after) or halt_after.is_floating_point() or halt_after.is_complex() or halt_after.dtype == torch.bool:
+            raise TypeError(f'halt_after must be a (batch,) integer tensor, got {halt_after.dtype if torch.is_tensor(halt_after) else type(halt_after).__name__}')
+        if tuple(halt_after.shape) != (batch,):
+            raise ValueError(f'halt_after must have shape (batch,) = ({batch},), got {tuple(halt_after.shape)}')
+        if bool((halt_after < 0).any()):
+            raise ValueError('halt_after must be >= 0 in every row')
 
     def check_thought_mix(self, thought_mix, with_thought_targets: bool):
         """Raise unless `thought_mix` is a number or 0-dim real tensor in [0, 1] that can be used here (reads a
@@ -614,7 +691,8 @@ class Coconut(Module):
         return_intermediates: bool = False,
         with_prompt_logits: bool = True,
         thought_targets: Tensor | None = None,
-        thought_mix: float | Tensor = 0.
+        thought_mix: float | Tensor = 0.,
+        halt_after: Tensor | None = None
     ):
         """`forward` after its checks: a left-aligned prompt, a (b, m) -1 padded answer (or None), the most steps of
         any row and the per-row steps ((b,) or None when all rows take `num_steps`).
@@ -623,7 +701,8 @@ class Coconut(Module):
         captured as a CUDA graph (`train_step`). Inputs are trusted: check them with `forward` first.
         `with_prompt_logits=False` skips the prompt's logits in the intermediates (None there), which training
         does not need. `thought_targets`, `thought_mix`: as in `forward` (a tensor `thought_mix` is always blended
-        in, so that a graph captured once serves every value).
+        in, so that a graph captured once serves every value). `halt_after`: as in `forward` (ignored without a
+        halting head).
         """
         batch = aligned.ids.shape[0]
 
@@ -688,6 +767,11 @@ class Coconut(Module):
             align_mse_loss, align_cosine_loss = self.align_losses(thoughts, step_embeddings.detach(), has_step_target)
             loss = loss + align_mse_loss * self.align_mse_weight + align_cosine_loss * self.align_cosine_weight
 
+        halt_loss = None
+        if exists(halt_after) and exists(self.to_halt_logit):
+            halt_loss = self.halt_loss(latent_tokens, halt_after, row_steps)
+            loss = loss + halt_loss * self.halt_loss_weight
+
         similarity_loss = None
         if self.num_hypotheses > 1 and self.hypothesis_similarity_loss_weight > 0 and num_steps > 0:
             similarity_loss = self.hypothesis_similarity_loss(latent_tokens, row_steps)
@@ -696,7 +780,7 @@ class Coconut(Module):
         if not return_intermediates:
             return loss
 
-        return loss, (LossBreakdown(answer_loss, begin_thought_loss, thought_loss, similarity_loss, align_mse_loss, align_cosine_loss), *intermediates)
+        return loss, (LossBreakdown(answer_loss, begin_thought_loss, thought_loss, similarity_loss, align_mse_loss, align_cosine_loss, halt_loss), *intermediates)
 
     def hypothesis_similarity_loss(self, latent_tokens: Tensor, row_steps: Tensor | None) -> Tensor:
         """Mean cosine similarity between every pair of the H streams' thoughts at the same position (b, H, N, D),
@@ -739,6 +823,32 @@ class Coconut(Module):
         # KL(targets || softmax(logits)) = sum t log t - sum t log p
         kl = (torch.special.xlogy(targets, targets) - targets * logits.log_softmax(dim = -1)).sum(dim = -1)
         return (kl * has_target).sum() / has_target.sum().clamp(min = 1)
+
+    def halt_loss(self, latent_tokens: Tensor, halt_after: Tensor, row_steps: Tensor | None) -> Tensor:
+        """Binary cross-entropy of the halting head at each thought step t = 1.. of a row's own steps, with target
+        1 (stop after this step) when t >= halt_after[row], else 0; averaged over the (row, step) pairs counted,
+        0 (not NaN) when there are none. The head reads each step's last thought as the backbone gave it
+        (`latent_tokens` (b, S * c, D)), the state `generate`'s `halt_threshold` reads.
+
+        A row with halt_after = 0 should not think: run without steps it counts nowhere. A row made to run more
+        steps than halt_after (the curriculum's `pad_latent_to_max` runs every row to the batch's most) gets
+        target 1 at each extra step, "should have stopped": its reasoning was done at halt_after (that is where
+        its language steps ran out), so going on is what halting must learn not to do, and the targets stay
+        monotone in t (once stopped, stopped), as generation's halting is. Generation never stops before step 1,
+        so for halt_after = 0 target 1 at step 1 is the nearest it can come."""
+        c = self.num_latents_per_step
+        logits = rearrange(self.to_halt_logit(latent_tokens[:, c - 1::c]), 'b s 1 -> b s')
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+        step = torch.arange(1, logits.shape[1] + 1, device = logits.device)                    # (S,) t = 1..S
+        targets = (step >= rearrange(halt_after, 'b -> b 1')).to(logits.dtype)              # (b, S)
+        counted = torch.ones_like(targets)
+        if exists(row_steps):
+            # steps past a row's own count hold whatever a masked input gives: never counted
+            counted = (step <= rearrange(row_steps, 'b -> b 1')).to(logits.dtype)
+
+        losses = F.binary_cross_entropy_with_logits(logits, targets, reduction = 'none')
+        return (losses * counted).sum() / counted.sum().clamp(min = 1)
 
     def begin_thought_loss(self, prompt_hiddens: Tensor, prompt_mask: Tensor | None, num_steps: int, row_steps: Tensor | None) -> Tensor:
         """Binary loss: thinking begins right after the last real prompt token (for rows that think), nowhere else."""

@@ -4,6 +4,7 @@
     python -m coconut_pytorch.evaluate --checkpoint CKPT --data FILE --predictions predictions.jsonl   # each answer too
     python -m coconut_pytorch.evaluate --checkpoint CKPT --data FILE --show-thoughts 3     # what the thoughts hold
     python -m coconut_pytorch.evaluate --checkpoint CKPT --data FILE --num-samples 8 [--temperature 1.0] [--seed 0]
+    python -m coconut_pytorch.evaluate --checkpoint CKPT --data FILE --halt-threshold 0.5 [--max-reasoning-steps N]
     torchrun --standalone --nproc_per_node 2 -m coconut_pytorch.evaluate ...     # the examples shared among processes
 
 Reads the paper's JSON format or iCoT's line format, thinks for the checkpoint's number of thoughts (or K), lets the
@@ -16,6 +17,9 @@ With --num-samples K, each question is also answered by K sampled paths from one
 num_samples = K)`, at --temperature, default 1.0): the JSON line adds majority_accuracy (the answer most paths give,
 `coconut_pytorch.paths.vote` on the normalised answer texts) and best_of_k_accuracy (the answer of the path of highest
 log-probability), beside the greedy accuracy.
+With --halt-threshold p (a checkpoint trained with --halt-loss), each question thinks until its halting head's
+probability exceeds p, at most --max-reasoning-steps thoughts (default: the checkpoint's number, or --num-thoughts):
+`generate(..., halt_threshold = p)`; the JSON line adds mean_num_thoughts, the thoughts used per question on average.
 Generation is batched and runs on the KV cache.
 """
 
@@ -81,29 +85,38 @@ def generate_greedy(
     max_new_tokens: int,
     batch_size: int = 256,
     autocast_dtype: torch.dtype | None = None,
-    progress: Callable | None = None
-) -> list[list[int]]:
+    progress: Callable | None = None,
+    halt_threshold: float | None = None
+) -> list[list[int]] | tuple[list[list[int]], list[int]]:
     """Each prompt's greedily generated ids after `num_thoughts` thoughts, up to and including `eos_id` (or
     `max_new_tokens` ids), in the order of `prompts`; batched, shortest prompts together. `progress(iterable, **kwargs)`
-    (e.g. tqdm) wraps the batches."""
+    (e.g. tqdm) wraps the batches. With `halt_threshold`, each prompt thinks until its halting probability exceeds
+    it, at most `num_thoughts` thoughts (`generate`'s learned halting), and (ids, each prompt's thoughts) return."""
     device = model.device
     was_training = model.training
     model.eval()
     # shortest first: batches of similar lengths waste less compute on padding (results are exact either way)
     order = sorted(range(len(prompts)), key = lambda index: len(prompts[index]))
     rows = [None] * len(prompts)
+    used = [num_thoughts] * len(prompts)
+    halting = dict(halt_threshold = halt_threshold, max_reasoning_steps = num_thoughts, return_num_thoughts = True) if exists(halt_threshold) else {}
     try:
         offsets = range(0, len(order), batch_size)
         for offset in (progress(offsets, desc = 'held-out answers', unit = 'batch', leave = False) if progress else offsets):
             indices = order[offset:offset + batch_size]
             batch = [prompts[index].to(device) for index in indices]
             with torch.autocast(device.type, dtype = autocast_dtype, enabled = autocast_dtype is not None):
-                generated = model.generate(batch, max_length = max_new_tokens, temperature = 0., eos_token_id = eos_id, num_reasoning_steps = num_thoughts)
+                generated = model.generate(batch, max_length = max_new_tokens, temperature = 0., eos_token_id = eos_id,
+                                           num_reasoning_steps = None if halting else num_thoughts, **halting)
+            if halting:
+                generated, counts = generated
+                for index, count in zip(indices, counts.tolist()):
+                    used[index] = count
             for index, row in zip(indices, generated.tolist()):
                 rows[index] = [token for token in row if token >= 0]
     finally:
         model.train(was_training)
-    return rows
+    return (rows, used) if halting else rows
 
 
 @torch.no_grad()
@@ -190,7 +203,8 @@ def evaluate_examples(
     progress: Callable | None = None,
     num_samples: int | None = None,
     temperature: float = 1.,
-    seed: int = 0
+    seed: int = 0,
+    halt_threshold: float | None = None
 ) -> dict:
     """Greedy generation for every example; returns accuracy, n, mean_new_tokens, seconds, the predictions, the texts
     they were read from (everything generated, language steps included) and whether each was correct.
@@ -200,15 +214,25 @@ def evaluate_examples(
     log-probability: `coconut_pytorch.paths.vote`), best_of_k_accuracy (the answer of the most probable path), and
     their per-example majority_predictions and best_of_k_predictions.
 
+    With `halt_threshold` p, the greedy answers halt by the model's halting head (at most `num_thoughts` thoughts;
+    `generate_greedy`): adds halt_threshold, mean_num_thoughts and the per-example thoughts_used. Not with
+    `num_samples` (a ValueError).
+
     In a process group (`world`), each rank generates for every `world.size`-th example and the answers are gathered:
     every rank returns what one process would (the sampled paths: with the same seed on each rank)."""
     if len(examples) == 0:
         raise ValueError(f'{source}: no examples to evaluate')
+    if exists(halt_threshold) and exists(num_samples):
+        raise ValueError('halt_threshold cannot be combined with num_samples: sampled paths think a fixed number of thoughts')
 
     prompts = encode_questions(examples, tokenizer, source)
     start = time.perf_counter()
     mine = [prompts[index] for index in shard_indices(len(prompts), world)]
-    rows = generate_greedy(model, mine, tokenizer.eos_id, num_thoughts, max_new_tokens, batch_size, autocast_dtype, progress) if mine else []
+    rows = generate_greedy(model, mine, tokenizer.eos_id, num_thoughts, max_new_tokens, batch_size, autocast_dtype, progress, halt_threshold) if mine else []
+    thoughts_used = None
+    if exists(halt_threshold):
+        rows, thoughts_used = rows if mine else ([], [])
+        thoughts_used = gather_objects(thoughts_used, world)
     rows = gather_objects(rows, world)
     sampled = None
     if exists(num_samples):
@@ -232,6 +256,8 @@ def evaluate_examples(
         texts = texts,
         correct = correct
     )
+    if exists(thoughts_used):
+        result.update(halt_threshold = halt_threshold, mean_num_thoughts = sum(thoughts_used) / len(thoughts_used), thoughts_used = thoughts_used)
     if not exists(sampled):
         return result
 
@@ -256,12 +282,14 @@ def evaluate_examples(
 
 
 def write_predictions(examples: Sequence[Example], result: dict, path: str | Path):
-    """One JSON line per example of `evaluate_examples`' `result`: question, gold, prediction, correct, text; and with
-    sampled paths, the majority and best_of_k predictions."""
+    """One JSON line per example of `evaluate_examples`' `result`: question, gold, prediction, correct, text; with
+    learned halting, the thoughts it used (num_thoughts); and with sampled paths, the majority and best_of_k predictions."""
     sampled = 'majority_predictions' in result
     with open(path, 'w', encoding = 'utf-8') as file:
         for index, (example, prediction, text, correct) in enumerate(zip(examples, result['predictions'], result['texts'], result['correct'])):
             record = dict(question = example.question, gold = example.answer, prediction = prediction, correct = correct, text = text)
+            if 'thoughts_used' in result:
+                record.update(num_thoughts = result['thoughts_used'][index])
             if sampled:
                 record.update(majority = result['majority_predictions'][index], best_of_k = result['best_of_k_predictions'][index])
             file.write(json.dumps(record, ensure_ascii = False) + '\n')
@@ -285,6 +313,11 @@ def main(argv: Sequence[str] | None = None):
                         help = 'also sample K paths per question from one prefill and report majority_accuracy and best_of_k_accuracy')
     parser.add_argument('--temperature', type = float, default = None, help = 'sampling temperature of the K paths (default 1.0; needs --num-samples)')
     parser.add_argument('--seed', type = int, default = 0, help = "seed of the K paths' sampling (needs --num-samples)")
+    parser.add_argument('--halt-threshold', type = float, default = None, metavar = 'P',
+                        help = 'learned halting (a checkpoint trained with --halt-loss): stop thinking after the first thought whose halting '
+                               'probability exceeds P, in (0, 1); reports mean_num_thoughts')
+    parser.add_argument('--max-reasoning-steps', type = int, default = None, metavar = 'N',
+                        help = "with --halt-threshold, the most thoughts a question may take (default: --num-thoughts, or the checkpoint's)")
     args = parser.parse_args(argv)
 
     if args.limit is not None and args.limit < 1:
@@ -301,6 +334,12 @@ def main(argv: Sequence[str] | None = None):
         parser.error(f'--num-samples must be >= 1, got {args.num_samples}')
     if args.temperature is not None and (args.num_samples is None or not math.isfinite(args.temperature) or args.temperature < 0):
         parser.error(f'--temperature needs --num-samples and must be a finite number >= 0, got {args.temperature}')
+    if args.halt_threshold is not None and not (math.isfinite(args.halt_threshold) and 0 < args.halt_threshold < 1):
+        parser.error(f'--halt-threshold must be in (0, 1), got {args.halt_threshold}')
+    if args.halt_threshold is not None and args.num_samples is not None:
+        parser.error('--halt-threshold cannot be combined with --num-samples')
+    if args.max_reasoning_steps is not None and (args.halt_threshold is None or args.max_reasoning_steps < 1):
+        parser.error(f'--max-reasoning-steps needs --halt-threshold and must be >= 1, got {args.max_reasoning_steps}')
     if args.predictions is not None:
         # before the model loads and generates: a path that cannot be written would waste the whole evaluation
         predictions = Path(args.predictions)
@@ -321,6 +360,8 @@ def main(argv: Sequence[str] | None = None):
         model, tokenizer, config, info = load_trained(args.checkpoint, device = device)
         examples = load_examples(args.data)[:args.limit]
         num_thoughts = args.num_thoughts if args.num_thoughts is not None else info['num_thoughts']
+        if args.max_reasoning_steps is not None:
+            num_thoughts = args.max_reasoning_steps
 
         result = evaluate_examples(
             model, tokenizer, examples,
@@ -332,7 +373,8 @@ def main(argv: Sequence[str] | None = None):
             world = world,
             num_samples = args.num_samples,
             temperature = args.temperature if args.temperature is not None else 1.,
-            seed = args.seed
+            seed = args.seed,
+            halt_threshold = args.halt_threshold
         )
         if world.is_main and args.show_thoughts > 0:
             # one process probes: the model is whole on every rank, and the probe needs no other
@@ -351,7 +393,7 @@ def main(argv: Sequence[str] | None = None):
             write_predictions(examples, result, args.predictions)
         except OSError as error:
             parser.exit(2, f'error: --predictions {args.predictions} could not be written: {error}\n')
-    for key in ('predictions', 'texts', 'correct', 'majority_predictions', 'best_of_k_predictions'):
+    for key in ('predictions', 'texts', 'correct', 'majority_predictions', 'best_of_k_predictions', 'thoughts_used'):
         result.pop(key, None)
     if world.is_main:
         print(json.dumps(dict(**result, num_thoughts = num_thoughts, method = config.method, task = config.task if config.train_file is None else str(config.train_file), data = str(args.data))))

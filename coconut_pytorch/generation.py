@@ -152,8 +152,11 @@ def generate(
     cuda_graph: bool | None = None,
     compile_steps: bool = False,
     num_samples: int | None = None,
-    thought_noise: float = 0.
-) -> Tensor | SampledPaths:
+    thought_noise: float = 0.,
+    halt_threshold: float | None = None,
+    max_reasoning_steps: int | None = None,
+    return_num_thoughts: bool = False
+) -> Tensor | SampledPaths | tuple[Tensor | SampledPaths, Tensor]:
     """`Coconut.generate`: think, then decode up to `max_length` tokens.
 
     The prompt runs once into a preallocated cache; every thought step, <eot> and each new token then writes
@@ -190,6 +193,15 @@ def generate(
             independent Gaussian noise of absolute standard deviation s, in the units of the thoughts as fed
             back (the hidden states, or with `thought_rms_match` the token embeddings' RMS times the gain: compare
             s with their RMS), drawn from `generator` before any token is, so the k paths differ in latent space too.
+        halt_threshold: p in (0, 1), learned halting (needs `Coconut(halt_loss_weight > 0)`, continuous thoughts
+            in one stream, no `num_samples`): each row thinks step by step, up to `max_reasoning_steps`, and stops
+            after the first step whose halting probability exceeds p (a row that never crosses it takes them all).
+            Rows of a batch stop at different steps, each getting exactly what it gets alone with
+            `num_reasoning_steps` = the count it halted at. Always at least one step.
+        max_reasoning_steps: with `halt_threshold`, the most steps a row may take (>= 1); default the given int
+            `num_reasoning_steps`, else the model's.
+        return_num_thoughts: also return (b,) each row's number of thought steps (those it halted at, with
+            `halt_threshold`): `(tokens, num_thoughts)`.
 
     Returns (b, max_length) token ids; with `num_samples`, `SampledPaths(tokens (b, k, max_length), log_probs (b, k),
     sample_index (b, k))`, each prompt's paths sorted by log-probability, highest first (ties in draw order).
@@ -218,6 +230,29 @@ def generate(
             raise ValueError(f'thought_noise needs continuous thoughts; thought_mode is {model.thought_mode!r}, whose pauses feed nothing back to perturb')
         if model.num_hypotheses > 1:
             raise ValueError(f'thought_noise needs a single thought stream; the model has num_hypotheses = {model.num_hypotheses}')
+    if exists(max_reasoning_steps) and not exists(halt_threshold):
+        raise ValueError('max_reasoning_steps bounds learned halting: it needs halt_threshold (else give num_reasoning_steps)')
+    if exists(halt_threshold):
+        check_finite_number(halt_threshold, 'halt_threshold')
+        if not 0. < halt_threshold < 1.:
+            raise ValueError(f'halt_threshold is a probability to exceed: it must be in (0, 1), got {halt_threshold}')
+        if not exists(model.to_halt_logit):
+            raise ValueError('halt_threshold needs a halting head: a model made with Coconut(halt_loss_weight > 0)')
+        if model.thought_mode != 'continuous':
+            raise ValueError(f'halt_threshold decides after each fed-back thought step: it needs thought_mode = "continuous", got {model.thought_mode!r}')
+        if model.num_hypotheses > 1:
+            raise ValueError(f'halt_threshold needs a single thought stream; the model has num_hypotheses = {model.num_hypotheses}')
+        if exists(num_samples):
+            raise ValueError('halt_threshold cannot be combined with num_samples (path exploration)')
+        if torch.is_tensor(num_reasoning_steps) and num_reasoning_steps.numel() != 1:
+            raise ValueError('halt_threshold decides each row\'s steps: num_reasoning_steps must then be one int (the most steps), not per row')
+        if exists(max_reasoning_steps):
+            check_positive_int(max_reasoning_steps, 'max_reasoning_steps')
+        num_reasoning_steps = default(max_reasoning_steps, default(num_reasoning_steps, model.num_reasoning_steps))
+        if int(num_reasoning_steps) < 1:
+            raise ValueError(f'halt_threshold needs at least one step to decide after: max_reasoning_steps must be >= 1, got {int(num_reasoning_steps)}')
+    if not isinstance(return_num_thoughts, bool):
+        raise TypeError(f'return_num_thoughts must be a bool, got {type(return_num_thoughts).__name__}')
     device = model.device
     if cuda_graph and device.type != 'cuda':
         raise ValueError(f'cuda_graph = True needs the model on a CUDA device, it is on {device}')
@@ -246,7 +281,7 @@ def generate(
     run = StaticRun(model.model, graphs)
 
     if model.num_hypotheses == 1 and not exists(num_samples):
-        reasoned = model.reason(aligned.ids, aligned.mask, num_steps, row_steps, cache = cache, run = run)
+        reasoned = model.reason(aligned.ids, aligned.mask, num_steps, row_steps, cache = cache, run = run, halt_threshold = halt_threshold)
     else:
         # hypotheses think as b x H rows on the segment cache, then fold into one row each; paths run what they
         # share once on b rows there, then are repeated to b x k rows. The static cache takes over the result
@@ -309,6 +344,12 @@ def generate(
     if bool((unusable_at >= 0).any()):
         raise no_token_error(unusable_at, model_unusable, filter_fn, temperature)
 
-    if exists(num_samples):
-        return rank_paths(tokens, log_probs, num_paths)
-    return tokens
+    result = rank_paths(tokens, log_probs, num_paths) if exists(num_samples) else tokens
+    if not return_num_thoughts:
+        return result
+
+    num_thoughts = reasoned.num_thoughts
+    if not exists(num_thoughts):
+        num_thoughts = row_steps if exists(row_steps) else torch.full((prompts,), num_steps, dtype = torch.long, device = device)
+    # (b,) one count per prompt: with paths, its k paths share them
+    return result, num_thoughts

@@ -6,13 +6,19 @@ The number of thoughts travels per example, so a batch may mix stages (`uniform_
 Each group of c continuous thoughts replaces a piece of language (a step, or r tokens with `tokens_per_stage`);
 `StagedExample.thought_words` keeps, per thought, the token ids it replaced (its c-th of the piece), so that a loss
 can align the thought with that language (`Coconut(thought_loss_weight)`, `TrainConfig.thought_loss`).
+
+`StagedExample.halt_after` is the example's own thought count at its stage, without `pad_latent_to_max`'s padding:
+the thoughts that replaced its language, after which it should stop thinking (`Coconut(halt_loss_weight)`,
+`TrainConfig.halt_loss`). The model is built with one latent per step, so the halting head decides after every
+thought, and generation's `max_reasoning_steps` counts thoughts too.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import NamedTuple, Sequence
 
 import torch
@@ -33,6 +39,7 @@ class StagedExample(NamedTuple):
                                                         # of the piece its group replaced; may be empty: a padded
                                                         # thought replaced nothing); () for methods without
                                                         # continuous thoughts
+    halt_after: int = 0     # the thoughts that replaced its language: `num_thoughts` without pad_latent_to_max's padding
 
 
 def words_per_thought(pieces: Sequence[Sequence[int]], num_thoughts: int, thoughts_per_piece: int) -> tuple[tuple[int, ...], ...]:
@@ -47,6 +54,12 @@ def words_per_thought(pieces: Sequence[Sequence[int]], num_thoughts: int, though
     return tuple(words)
 
 
+@lru_cache(maxsize = 16)
+def unpadded(curriculum: Curriculum) -> Curriculum:
+    """The curriculum without `pad_latent_to_max`: each example gets the thoughts its own language asks for."""
+    return replace(curriculum, pad_latent_to_max = False) if curriculum.pad_latent_to_max else curriculum
+
+
 def encode_at_stage(example: Example, tokenizer: Tokenizer, curriculum: Curriculum, stage: int, extra_removed: int = 0) -> StagedExample:
     """One example laid out for a stage of a method (`extra_removed`: removal smoothing's offset, in tokens)."""
     question, steps, answer = tokenizer.encode_example(example)
@@ -58,7 +71,8 @@ def encode_at_stage(example: Example, tokenizer: Tokenizer, curriculum: Curricul
         removed, thoughts = curriculum.token_layout(stage, len(language), extra_removed)
         target = language[removed:] + answer
         words = words_per_thought([language[start:start + r] for start in range(0, len(language), r)], thoughts, c) if alignable else ()
-        return StagedExample(torch.tensor(question), torch.tensor(target), thoughts, words)
+        halt_after = unpadded(curriculum).token_layout(stage, len(language), extra_removed)[1]
+        return StagedExample(torch.tensor(question), torch.tensor(target), thoughts, words, halt_after)
 
     removed, thoughts = curriculum.layout(stage, len(steps))
     target = []
@@ -67,7 +81,8 @@ def encode_at_stage(example: Example, tokenizer: Tokenizer, curriculum: Curricul
     target.extend(answer)
 
     words = words_per_thought(steps, thoughts, c) if alignable else ()
-    return StagedExample(torch.tensor(question), torch.tensor(target), thoughts, words)
+    halt_after = unpadded(curriculum).layout(stage, len(steps))[1]
+    return StagedExample(torch.tensor(question), torch.tensor(target), thoughts, words, halt_after)
 
 
 def staged_examples(
@@ -100,6 +115,7 @@ class Batch(NamedTuple):
     target: Tensor          # (b, m) -1 padded
     num_thoughts: Tensor    # (b,)
     thought_targets: Tensor | None = None   # (b, most thoughts, V) bool: the words each thought replaced
+    halt_after: Tensor | None = None        # (b,) the thoughts after which each row should stop (`StagedExample.halt_after`)
 
     def to(self, device) -> Batch:
         return Batch(*(t.to(device) if t is not None else None for t in self))
@@ -124,13 +140,15 @@ def thought_targets(staged: Sequence[StagedExample], num_tokens: int) -> Tensor:
     return targets
 
 
-def collate(staged: Sequence[StagedExample], num_tokens: int | None = None) -> Batch:
-    """Pad into a batch; with `num_tokens` (the vocabulary size), also the thoughts' word targets."""
+def collate(staged: Sequence[StagedExample], num_tokens: int | None = None, with_halt_after: bool = False) -> Batch:
+    """Pad into a batch; with `num_tokens` (the vocabulary size), also the thoughts' word targets; with
+    `with_halt_after`, each row's halting target."""
     prompt = pad_sequence([s.prompt for s in staged], batch_first = True, padding_value = PAD_ID)
     target = pad_sequence([s.target for s in staged], batch_first = True, padding_value = PAD_ID)
     num_thoughts = torch.tensor([s.num_thoughts for s in staged])
     targets = thought_targets(staged, num_tokens) if num_tokens is not None else None
-    return Batch(prompt, target, num_thoughts, targets)
+    halt_after = torch.tensor([s.halt_after for s in staged]) if with_halt_after else None
+    return Batch(prompt, target, num_thoughts, targets, halt_after)
 
 
 @dataclass(frozen = True)
@@ -144,6 +162,7 @@ class EpochLayout:
     batch_size: int
     seed: int
     with_thought_targets: bool = False      # batches carry `thought_targets` (for `TrainConfig.thought_loss`)
+    with_halt_after: bool = False           # batches carry `halt_after` (for `TrainConfig.halt_loss`)
 
     def batches(self, examples: Sequence[Example], epoch: int) -> list[Batch]:
         rng = random.Random(self.seed * 100_003 + epoch)
@@ -151,4 +170,4 @@ class EpochLayout:
         rng.shuffle(order)
         staged = staged_examples([examples[i] for i in order], self.tokenizer, self.curriculum, self.curriculum.stage_at_epoch(epoch), rng)
         num_tokens = len(self.tokenizer) if self.with_thought_targets else None
-        return [collate(staged[i:i + self.batch_size], num_tokens) for i in range(0, len(staged), self.batch_size)]
+        return [collate(staged[i:i + self.batch_size], num_tokens, self.with_halt_after) for i in range(0, len(staged), self.batch_size)]

@@ -74,6 +74,11 @@ class TrainConfig:
     mix_start: float = setting(0., 'embedding mixing: right after each stage change, feed back (1 - w) x thought + w x the mean '
                                    'embedding of the replaced words with w = this (0: off; at most 1)')
     mix_epochs: int = setting(1, 'embedding mixing: epochs over which w goes linearly from --mix-start to 0 after each stage change')
+    # learned halting (Coconut.halt_loss): off by default
+    halt_loss: float = setting(0., 'weight of a loss training a halting head to stop thinking after each example\'s own thought '
+                                   'count at its stage (without --pad-latent-to-max\'s padding; thoughts past it: stop), so '
+                                   'that evaluation can halt with --halt-threshold (0: off, no head). Eager single-process '
+                                   'training only: not with cuda_graphs or torchrun')
 
     # data and optimisation
     train_size: int = setting(8000, 'generated training examples (unused with --train-file)')
@@ -146,7 +151,7 @@ class TrainConfig:
         for name, minimum, inclusive in (('lr', 0., False), ('weight_decay', 0., True), ('max_grad_norm', 0., False), ('lr_decay_epochs', 0., True),
                                          ('uniform_prob', 0., True), ('time_budget', 0., True), ('removal_smoothing', 0., False),
                                          ('thought_loss', 0., True), ('align_mse', 0., True), ('align_cosine', 0., True),
-                                         ('mix_start', 0., True)):
+                                         ('mix_start', 0., True), ('halt_loss', 0., True)):
             value = getattr(self, name)
             if value is None and name in ('time_budget', 'removal_smoothing'):
                 continue
@@ -169,6 +174,10 @@ class TrainConfig:
             raise ValueError('mix_start needs mix_epochs >= 1: the epochs over which the blend anneals to 0')
         if not isinstance(self.thought_rms_match, bool):
             raise TypeError(f'thought_rms_match must be a bool, got {type(self.thought_rms_match).__name__}')
+        if self.halt_loss > 0 and self.method not in FEEDBACK_METHODS:
+            raise ValueError(f'halt_loss decides after each fed-back thought: method must be one of {list(FEEDBACK_METHODS)}, got {self.method!r}')
+        if self.halt_loss > 0 and self.cuda_graphs:
+            raise ValueError('halt_loss and cuda_graphs cannot be combined (not supported yet: the graphs carry no halting targets)')
         for name in ('align_mse', 'align_cosine', 'thought_rms_match', 'mix_start'):
             if getattr(self, name) and self.method not in FEEDBACK_METHODS:
                 raise ValueError(f'{name} acts on the continuous thoughts that are fed back: method must be one of {list(FEEDBACK_METHODS)}, got {self.method!r}')

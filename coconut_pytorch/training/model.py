@@ -38,7 +38,8 @@ def build_model(config: TrainConfig, num_tokens: int, curriculum: Curriculum, ba
         thought_loss_weight = config.thought_loss,
         align_mse_weight = config.align_mse,
         align_cosine_weight = config.align_cosine,
-        thought_rms_match = config.thought_rms_match
+        thought_rms_match = config.thought_rms_match,
+        halt_loss_weight = config.halt_loss
     )
 
 

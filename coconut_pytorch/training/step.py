@@ -44,6 +44,7 @@ class StepStats(NamedTuple):
     thought_rms: Tensor     # () the sum over the batch's fed-back thoughts of each one's RMS over the model dimension
     thoughts: Tensor        # () how many fed-back thoughts that sum counts (0 at stage 0, and in pause mode)
     embedding_rms: Tensor   # () the RMS of the token embedding table (`Coconut.embedding_rms`)
+    halt_loss: Tensor       # () the halting loss, detached (0 without halting targets)
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -75,7 +76,7 @@ def step_stats(model: Coconut, loss: Tensor, breakdown, latent_tokens: Tensor, a
     zero = torch.zeros((), device = loss.device)
     detached = lambda term: term.detach() if term is not None else zero
     return StepStats(loss.detach(), *token_counts(answer_logits, target), detached(breakdown.thought_loss), detached(breakdown.align_mse_loss),
-                     detached(breakdown.align_cosine_loss), *thought_scale(model, latent_tokens, num_thoughts))
+                     detached(breakdown.align_cosine_loss), *thought_scale(model, latent_tokens, num_thoughts), detached(breakdown.halt_loss))
 
 
 def shared_objective(loss: Tensor, breakdown, weights: Tensor, model: Coconut) -> Tensor:
@@ -107,11 +108,11 @@ class BatchLoss(nn.Module):
         self.model = model
 
     def forward(self, prompt: Tensor, target: Tensor, num_thoughts: Tensor, passes: int, thought_targets: Tensor | None = None,
-                weights: Tensor | None = None, thought_mix: Tensor | None = None) -> tuple[Tensor, StepStats]:
+                weights: Tensor | None = None, thought_mix: Tensor | None = None, halt_after: Tensor | None = None) -> tuple[Tensor, StepStats]:
         aligned = left_align(prompt, has_padding = True)
         loss, (breakdown, _, latent_tokens, answer_logits, _) = self.model.forward_aligned(
             aligned, target, passes, num_thoughts, return_intermediates = True, with_prompt_logits = False,
-            thought_targets = thought_targets, thought_mix = default(thought_mix, 0.)
+            thought_targets = thought_targets, thought_mix = default(thought_mix, 0.), halt_after = halt_after
         )
         objective = loss if weights is None else shared_objective(loss, breakdown, weights.to(loss.dtype), self.model)
         return objective, step_stats(self.model, loss, breakdown, latent_tokens, answer_logits, target, num_thoughts)
@@ -125,11 +126,14 @@ def check_batch(model: Coconut, batch: Batch, passes: int):
     check_reasoning_steps(batch.num_thoughts, batch.prompt.shape[0], batch.num_thoughts.device)
     if batch.thought_targets is not None:
         model.check_thought_targets(batch.thought_targets, batch.prompt.shape[0], passes)
+    if batch.halt_after is not None:
+        model.check_halt_after(batch.halt_after, batch.prompt.shape[0])
 
 
 def batch_inputs(batch: Batch) -> tuple[Tensor, ...]:
-    """The tensors a graph reads: prompt, target, thoughts per row, and the thought targets if the batch has them."""
-    return tuple(batch) if batch.thought_targets is not None else tuple(batch[:3])
+    """The tensors a graph reads: prompt, target, thoughts per row, and the thought targets if the batch has them
+    (never halting targets: `TrainStep` refuses a halting model under CUDA graphs)."""
+    return tuple(batch[:4]) if batch.thought_targets is not None else tuple(batch[:3])
 
 
 class GraphedShape(NamedTuple):
@@ -160,6 +164,10 @@ class TrainStep:
         thought_mix: the step blends the replaced words' embeddings into the fed-back thoughts with the weight
             `set_thought_mix` sets (the embedding-mixing schedule): a 0-dim tensor on the device that every step,
             eager or replayed, reads in place, so one graph serves every value.
+
+    A model with a halting head (`Coconut(halt_loss_weight > 0)`) trains on batches' `halt_after` eagerly in one
+    process only: not under CUDA graphs (no static buffer carries it yet) nor across processes (its share of the
+    loss would be its (row, step) pairs', which `Share` does not count); both are a ValueError.
     """
 
     def __init__(
@@ -180,6 +188,8 @@ class TrainStep:
         if cuda_graphs and model.checkpoint:
             # not tried under capture: checkpointing saves and restores RNG state around each recomputation
             raise ValueError('cuda_graphs cannot be combined with a model built with checkpoint=True (not supported)')
+        if exists(model.to_halt_logit) and (cuda_graphs or world.distributed):
+            raise ValueError(f"a halting model (halt_loss_weight > 0) cannot train {'under cuda_graphs' if cuda_graphs else 'across processes'} (not supported yet)")
         self.model = model
         self.autocast_dtype = autocast_dtype
         self.loss_scale = loss_scale
@@ -256,7 +266,7 @@ class TrainStep:
         with self.autocast():
             loss, (breakdown, _, latent_tokens, answer_logits, _) = self.model(
                 batch.prompt, batch.target, num_reasoning_steps = batch.num_thoughts, return_intermediates = True,
-                thought_targets = batch.thought_targets, thought_mix = default(self.thought_mix, 0.)
+                thought_targets = batch.thought_targets, thought_mix = default(self.thought_mix, 0.), halt_after = batch.halt_after
             )
         (loss * self.loss_scale).backward()
         return step_stats(self.model, loss, breakdown, latent_tokens, answer_logits, batch.target, batch.num_thoughts)
