@@ -3,14 +3,23 @@ stages marked; with the thought alignment loss, the answer loss and the thought 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 
+def language_loss(record: Mapping[str, float], weights: Mapping[str, float]) -> float:
+    """The language part (answer and steps) of an epoch's `loss`: the total less every auxiliary loss the record
+    holds (`thought_loss`, `align_mse`, `align_cosine`, `halt_loss`), each times its weight in the run."""
+    return record['loss'] - sum(weight * record.get(name, 0.) for name, weight in weights.items())
+
+
 def plot_history(history: list[dict], path: Path, title: str = '', thought_loss_weight: float | None = None,
-                 final_accuracy: tuple[int | None, float] | None = None):
+                 final_accuracy: tuple[int | None, float] | None = None, loss_weights: Mapping[str, float] | None = None):
     """Loss and accuracy by epoch (numbered from 0, as the logs number them), with the curriculum's stages marked.
 
-    `thought_loss_weight`: the run's weight of the thought loss, to take it out of the total (default 1).
+    `thought_loss_weight`: the run's weight of the thought loss, to take it out of the total (default 1);
+    `loss_weights`: the weights of the other auxiliary losses the records hold (`align_mse`, ..., `halt_loss`),
+    taken out likewise.
     Held-out exact-match accuracy is drawn where the history has it (`eval_accuracy`, with `TrainConfig.eval_every`)
     and at `final_accuracy` = (epoch, accuracy), the run's result."""
     import matplotlib
@@ -27,8 +36,8 @@ def plot_history(history: list[dict], path: Path, title: str = '', thought_loss_
     with_thoughts = [h for h in history if h.get('thought_loss', 0) > 0]
     if with_thoughts:
         # the thought loss counts in `loss` with the run's weight; the language loss is what is left
-        weight = thought_loss_weight if thought_loss_weight is not None else 1.
-        loss_ax.plot(epochs, [h['loss'] - weight * h.get('thought_loss', 0.) for h in history], linewidth = 1, label = 'language (answer and steps)')
+        weights = {'thought_loss': thought_loss_weight if thought_loss_weight is not None else 1., **(loss_weights or {})}
+        loss_ax.plot(epochs, [language_loss(h, weights) for h in history], linewidth = 1, label = 'language (answer and steps)')
         loss_ax.plot([h['epoch'] for h in with_thoughts], [h['thought_loss'] for h in with_thoughts], linewidth = 1, linestyle = ':', label = 'thought alignment (KL)')
         loss_ax.legend(fontsize = 7)
     loss_ax.set_yscale('log')

@@ -404,7 +404,8 @@ def finish(run: Run, stopped: str | None, reason: str | None, seconds: float, pr
     plot = run.checkpoint_path.parent / 'training.png'
     if run.world.is_main:
         plot_history(run.history, plot, title = f'{config.task} / {config.method}', thought_loss_weight = config.thought_loss,
-                     final_accuracy = (run.saved_epoch, result['accuracy']))
+                     final_accuracy = (run.saved_epoch, result['accuracy']),
+                     loss_weights = dict(align_mse = config.align_mse, align_cosine = config.align_cosine, halt_loss = config.halt_loss))
 
     return dict(
         finished = stopped is None,
