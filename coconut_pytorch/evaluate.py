@@ -31,7 +31,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -40,7 +40,7 @@ from coconut_pytorch.data.example import Example
 from coconut_pytorch.data.loaders import load_examples
 from coconut_pytorch.data.tokenizer import Tokenizer
 from coconut_pytorch.distributed import World, gather_objects, join_world, leave_world, shard_indices
-from coconut_pytorch.helpers import check_device, exists, resolve_device
+from coconut_pytorch.helpers import check_device, exists, in_eval_mode, resolve_device
 from coconut_pytorch.paths import vote
 from coconut_pytorch.probing import show_thoughts
 from coconut_pytorch.training.checkpoints import load_trained
@@ -76,6 +76,18 @@ def encode_questions(examples: Sequence[Example], tokenizer: Tokenizer, source: 
     return prompts
 
 
+def length_sorted_batches(prompts: Sequence[torch.Tensor], per_batch: int, device: torch.device, progress: Callable | None,
+                          desc: str) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
+    """`prompts` in batches of `per_batch`, shortest first, as (their indices in `prompts`, the prompts on `device`):
+    batches of similar lengths waste less compute on padding (results are exact either way). `progress(iterable,
+    **kwargs)` (e.g. tqdm) wraps the batches."""
+    order = sorted(range(len(prompts)), key = lambda index: len(prompts[index]))
+    offsets = range(0, len(order), per_batch)
+    for offset in (progress(offsets, desc = desc, unit = 'batch', leave = False) if progress else offsets):
+        indices = order[offset:offset + per_batch]
+        yield indices, [prompts[index].to(device) for index in indices]
+
+
 @torch.no_grad()
 def generate_greedy(
     model: Coconut,
@@ -93,18 +105,11 @@ def generate_greedy(
     (e.g. tqdm) wraps the batches. With `halt_threshold`, each prompt thinks until its halting probability exceeds
     it, at most `num_thoughts` thoughts (`generate`'s learned halting), and (ids, each prompt's thoughts) return."""
     device = model.device
-    was_training = model.training
-    model.eval()
-    # shortest first: batches of similar lengths waste less compute on padding (results are exact either way)
-    order = sorted(range(len(prompts)), key = lambda index: len(prompts[index]))
     rows = [None] * len(prompts)
     used = [num_thoughts] * len(prompts)
     halting = dict(halt_threshold = halt_threshold, max_reasoning_steps = num_thoughts, return_num_thoughts = True) if exists(halt_threshold) else {}
-    try:
-        offsets = range(0, len(order), batch_size)
-        for offset in (progress(offsets, desc = 'held-out answers', unit = 'batch', leave = False) if progress else offsets):
-            indices = order[offset:offset + batch_size]
-            batch = [prompts[index].to(device) for index in indices]
+    with in_eval_mode(model):
+        for indices, batch in length_sorted_batches(prompts, batch_size, device, progress, 'held-out answers'):
             with torch.autocast(device.type, dtype = autocast_dtype, enabled = autocast_dtype is not None):
                 generated = model.generate(batch, max_length = max_new_tokens, temperature = 0., eos_token_id = eos_id,
                                            num_reasoning_steps = None if halting else num_thoughts, **halting)
@@ -114,8 +119,6 @@ def generate_greedy(
                     used[index] = count
             for index, row in zip(indices, generated.tolist()):
                 rows[index] = [token for token in row if token >= 0]
-    finally:
-        model.train(was_training)
     return (rows, used) if halting else rows
 
 
@@ -138,24 +141,15 @@ def sample_paths(
     Batched as `generate_greedy`, `batch_size` paths at a time (at least one prompt's); sampled from a generator
     seeded with `seed`, so a run repeats on the same device and batches."""
     device = model.device
-    was_training = model.training
-    model.eval()
     generator = torch.Generator(device = device).manual_seed(seed)
-    order = sorted(range(len(prompts)), key = lambda index: len(prompts[index]))
-    prompts_per_batch = max(1, batch_size // num_samples)
     sampled = [None] * len(prompts)
-    try:
-        offsets = range(0, len(order), prompts_per_batch)
-        for offset in (progress(offsets, desc = 'sampled answers', unit = 'batch', leave = False) if progress else offsets):
-            indices = order[offset:offset + prompts_per_batch]
-            batch = [prompts[index].to(device) for index in indices]
+    with in_eval_mode(model):
+        for indices, batch in length_sorted_batches(prompts, max(1, batch_size // num_samples), device, progress, 'sampled answers'):
             with torch.autocast(device.type, dtype = autocast_dtype, enabled = autocast_dtype is not None):
                 paths = model.generate(batch, max_length = max_new_tokens, temperature = temperature, eos_token_id = eos_id,
                                        num_reasoning_steps = num_thoughts, num_samples = num_samples, generator = generator)
             for index, rows, log_probs in zip(indices, paths.tokens.tolist(), paths.log_probs.tolist()):
                 sampled[index] = ([[token for token in row if token >= 0] for row in rows], log_probs)
-    finally:
-        model.train(was_training)
     return sampled
 
 

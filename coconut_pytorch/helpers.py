@@ -1,5 +1,7 @@
 """Small helpers used across the package, defined once."""
 
+from contextlib import contextmanager
+
 import torch
 
 
@@ -9,6 +11,17 @@ def exists(v) -> bool:
 
 def default(v, d):
     return v if exists(v) else d
+
+
+@contextmanager
+def in_eval_mode(model: torch.nn.Module):
+    """`model` in eval mode for the block, then back in the mode it was in, however the block ends."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 # devices: one rule for what 'auto' means and one check of what this machine has, for training and evaluation alike

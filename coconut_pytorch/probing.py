@@ -26,6 +26,7 @@ from einops import rearrange
 
 from coconut_pytorch.coconut import Coconut
 from coconut_pytorch.data.tokenizer import Tokenizer
+from coconut_pytorch.helpers import in_eval_mode
 
 DEFAULT_TOP_K = 5
 QUESTION_CHARS = 240    # a ProsQA question is over a thousand characters: its start and its query are shown
@@ -78,17 +79,12 @@ def thought_probabilities(
     batch, c = aligned.ids.shape[0], model.num_latents_per_step
     model.check_sequence_fits(batch, aligned.ids.shape[1], num_steps, 'answer', None, 0)
 
-    was_training = model.training
-    model.eval()
-    try:
-        device = model.device
-        with torch.autocast(device.type, dtype = autocast_dtype, enabled = autocast_dtype is not None):
-            # the prompt and the thought recurrence only: <eot> and the answer cannot change what a thought is
-            reasoned = model.reason(aligned.ids, aligned.mask, num_steps, row_steps)
-            latent_tokens = model.stack_thoughts(reasoned.thoughts, batch)          # (b, N, D)
-            logits = model.model.to_logits(latent_tokens)
-    finally:
-        model.train(was_training)
+    device = model.device
+    with in_eval_mode(model), torch.autocast(device.type, dtype = autocast_dtype, enabled = autocast_dtype is not None):
+        # the prompt and the thought recurrence only: <eot> and the answer cannot change what a thought is
+        reasoned = model.reason(aligned.ids, aligned.mask, num_steps, row_steps)
+        latent_tokens = model.stack_thoughts(reasoned.thoughts, batch)          # (b, N, D)
+        logits = model.model.to_logits(latent_tokens)
 
     probs = logits.float().softmax(dim = -1)
     steps = row_steps if row_steps is not None else torch.full((batch,), num_steps, device = device)

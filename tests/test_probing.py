@@ -259,3 +259,19 @@ def test_the_figure_names_the_run_by_its_folder_or_by_the_copied_files_name():
     assert run_name('runs/prosqa-coconut-1/checkpoint.pt') == 'prosqa-coconut-1'
     assert run_name('/tmp/i19/coconut_s0.pt') == 'coconut_s0'
     assert run_name('checkpoint.pt') == 'checkpoint'
+
+
+def test_reading_thoughts_and_answering_leave_a_training_model_in_training_mode():
+    from coconut_pytorch.evaluate import generate_greedy
+    from coconut_pytorch.helpers import in_eval_mode
+    model = Coconut(num_reasoning_steps = 2, transformer = dict(num_tokens = 12, dim = 16, depth = 1, dim_head = 8, heads = 2)).train()
+    with pytest.raises(RuntimeError):
+        with in_eval_mode(model):
+            assert not model.training
+            raise RuntimeError('the block fails')
+    assert model.training
+    generate_greedy(model, [torch.tensor([1, 2, 3])], eos_id = 0, num_thoughts = 2, max_new_tokens = 2)
+    assert model.training
+    model.eval()
+    generate_greedy(model, [torch.tensor([1, 2, 3])], eos_id = 0, num_thoughts = 2, max_new_tokens = 2)
+    assert not model.training
