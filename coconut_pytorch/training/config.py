@@ -77,8 +77,8 @@ class TrainConfig:
     # learned halting (Coconut.halt_loss): off by default
     halt_loss: float = setting(0., 'weight of a loss training a halting head to stop thinking after each example\'s own thought '
                                    'count at its stage (without --pad-latent-to-max\'s padding; thoughts past it: stop), so '
-                                   'that evaluation can halt with --halt-threshold (0: off, no head). Eager single-process '
-                                   'training only: not with cuda_graphs or torchrun')
+                                   'that evaluation can halt with --halt-threshold (0: off, no head). One process only (not '
+                                   'under torchrun); eager or with cuda_graphs')
 
     # data and optimisation
     train_size: int = setting(8000, 'generated training examples (unused with --train-file)')
@@ -176,8 +176,6 @@ class TrainConfig:
             raise TypeError(f'thought_rms_match must be a bool, got {type(self.thought_rms_match).__name__}')
         if self.halt_loss > 0 and self.method not in FEEDBACK_METHODS:
             raise ValueError(f'halt_loss decides after each fed-back thought: method must be one of {list(FEEDBACK_METHODS)}, got {self.method!r}')
-        if self.halt_loss > 0 and self.cuda_graphs:
-            raise ValueError('halt_loss and cuda_graphs cannot be combined (not supported yet: the graphs carry no halting targets)')
         for name in ('align_mse', 'align_cosine', 'thought_rms_match', 'mix_start'):
             if getattr(self, name) and self.method not in FEEDBACK_METHODS:
                 raise ValueError(f'{name} acts on the continuous thoughts that are fed back: method must be one of {list(FEEDBACK_METHODS)}, got {self.method!r}')

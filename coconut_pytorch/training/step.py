@@ -131,15 +131,16 @@ def check_batch(model: Coconut, batch: Batch, passes: int):
 
 
 def batch_inputs(batch: Batch) -> tuple[Tensor, ...]:
-    """The tensors a graph reads: prompt, target, thoughts per row, and the thought targets if the batch has them
-    (never halting targets: `TrainStep` refuses a halting model under CUDA graphs)."""
-    return tuple(batch[:4]) if batch.thought_targets is not None else tuple(batch[:3])
+    """The tensors a graph reads, in its static buffers' order: prompt, target, thoughts per row, then the thought
+    targets and the halting targets where the batch has them."""
+    return tuple(t for t in (batch.prompt, batch.target, batch.num_thoughts, batch.thought_targets, batch.halt_after) if t is not None)
 
 
 class GraphedShape(NamedTuple):
     graph: torch.cuda.CUDAGraph
     inputs: tuple[Tensor, ...]              # static prompt (b, P) and target (b, T), -1 padded, thoughts per row (b,),
-                                            # with thought targets those (b, S, V), and across ranks the share weights (3,)
+                                            # with thought targets those (b, S, V), with halting targets those (b,),
+                                            # and across ranks the share weights (3,)
     staging: tuple[Tensor, ...]             # the same in pinned host memory, copied in without blocking the host
     copied: torch.cuda.Event                # the last copy out of `staging` has run once this completes
     stats: StepStats                        # static outputs
@@ -165,9 +166,10 @@ class TrainStep:
             `set_thought_mix` sets (the embedding-mixing schedule): a 0-dim tensor on the device that every step,
             eager or replayed, reads in place, so one graph serves every value.
 
-    A model with a halting head (`Coconut(halt_loss_weight > 0)`) trains on batches' `halt_after` eagerly in one
-    process only: not under CUDA graphs (no static buffer carries it yet) nor across processes (its share of the
-    loss would be its (row, step) pairs', which `Share` does not count); both are a ValueError.
+    A model with a halting head (`Coconut(halt_loss_weight > 0)`) trains on batches' `halt_after`, eagerly or
+    replayed (graphs of batches with halting targets read them from a static buffer of their own), in one process
+    only: across processes its share of the loss would be its (row, step) pairs', which `Share` does not count
+    (a ValueError).
     """
 
     def __init__(
@@ -188,8 +190,8 @@ class TrainStep:
         if cuda_graphs and model.checkpoint:
             # not tried under capture: checkpointing saves and restores RNG state around each recomputation
             raise ValueError('cuda_graphs cannot be combined with a model built with checkpoint=True (not supported)')
-        if exists(model.to_halt_logit) and (cuda_graphs or world.distributed):
-            raise ValueError(f"a halting model (halt_loss_weight > 0) cannot train {'under cuda_graphs' if cuda_graphs else 'across processes'} (not supported yet)")
+        if exists(model.to_halt_logit) and world.distributed:
+            raise ValueError('a halting model (halt_loss_weight > 0) cannot train across processes (not supported yet)')
         self.model = model
         self.autocast_dtype = autocast_dtype
         self.loss_scale = loss_scale
@@ -289,7 +291,8 @@ class TrainStep:
 
     def replay(self, batch: Batch, share: Share | None = None) -> StepStats:
         # checked here on the CPU copy: a graph reads whatever ids it is given
-        key = self.shape_key(batch, share) + (share is not None,)     # a rank's graph also reads its share weights
+        # graphs of batches with halting targets read them too, and a rank's graph its share weights
+        key = self.shape_key(batch, share) + (batch.halt_after is not None, share is not None)
         check_batch(self.model, batch, key[0])
 
         shape = self.graph_for(key)
@@ -343,25 +346,25 @@ class TrainStep:
         return len(unused)
 
     def graphed_body(self, prompt: Tensor, target: Tensor, num_thoughts: Tensor, passes: int, thought_targets: Tensor | None = None,
-                     weights: Tensor | None = None) -> StepStats:
+                     weights: Tensor | None = None, halt_after: Tensor | None = None) -> StepStats:
         """The step on static buffers (`BatchLoss`, with autocast's weight casts recorded in the graph)."""
         with self.autocast(cache_enabled = False):
-            objective, stats = self.loss(prompt, target, num_thoughts, passes, thought_targets, weights, self.thought_mix)
+            objective, stats = self.loss(prompt, target, num_thoughts, passes, thought_targets, weights, self.thought_mix, halt_after)
         (objective * self.loss_scale).backward()
         return stats
 
     def capture(self, passes: int, prompt_length: int, target_length: int, with_thought_targets: bool = False,
-                with_weights: bool = False) -> GraphedShape:
+                with_halt_after: bool = False, with_weights: bool = False) -> GraphedShape:
         device, batch = self.model.device, self.batch_size
         prompt = torch.full((batch, prompt_length), PAD_ID, dtype = torch.long, device = device)
         target = torch.full((batch, target_length), PAD_ID, dtype = torch.long, device = device)
         prompt[:, 0] = 0    # a real token per row and in the answer, so the warm-up's loss is finite
         target[:, 0] = 0
         num_thoughts = torch.full((batch,), passes, dtype = torch.long, device = device)
-        inputs = (prompt, target, num_thoughts)
-        inputs += (torch.zeros((batch, passes, self.model.num_tokens), dtype = torch.bool, device = device),) if with_thought_targets else (None,)
-        if with_weights:
-            inputs += (torch.ones(3, dtype = torch.float64, device = device),)
+        thought_targets = torch.zeros((batch, passes, self.model.num_tokens), dtype = torch.bool, device = device) if with_thought_targets else None
+        halt_after = torch.full((batch,), passes, dtype = torch.long, device = device) if with_halt_after else None
+        weights = torch.ones(3, dtype = torch.float64, device = device) if with_weights else None
+        body = lambda: self.graphed_body(prompt, target, num_thoughts, passes, thought_targets, weights, halt_after)
 
         params = [p for p in self.model.parameters() if p.requires_grad]
         kept = [p.grad for p in params]     # gradients accumulated so far are set aside, not disturbed
@@ -376,19 +379,20 @@ class TrainStep:
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(2):
-                self.graphed_body(*inputs[:3], passes, *inputs[3:])
+                body()
                 clear()
         torch.cuda.current_stream(device).wait_stream(side)
 
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            stats = self.graphed_body(*inputs[:3], passes, *inputs[3:])
+            stats = body()
 
         grads = [(p, p.grad) for p in params if p.grad is not None]
         for p, grad in zip(params, kept):
             p.grad = grad
 
-        inputs = tuple(t for t in inputs if t is not None)
+        # in `batch_inputs`' order, and the share weights last (`replay` fills them so)
+        inputs = tuple(t for t in (prompt, target, num_thoughts, thought_targets, halt_after, weights) if t is not None)
         staging = tuple(torch.empty(t.shape, dtype = t.dtype, pin_memory = True) for t in inputs)
         copied = torch.cuda.Event()
         copied.record()

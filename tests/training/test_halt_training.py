@@ -85,7 +85,64 @@ def test_the_steps_loss_is_the_models_with_the_halting_loss():
     assert TrainStep(model)(batch._replace(halt_after = None)).halt_loss.item() == 0.
 
 
-def test_a_halting_model_trains_eagerly_in_one_process_only():
+def pad(t, length):
+    return torch.nn.functional.pad(t, (0, length - t.shape[1]), value = -1)
+
+
+def gradients(model):
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize('stage, pad_latent_to_max', [(3, True), (2, False), (0, False)])
+def test_the_recorded_step_with_halting_targets_equals_the_eager_step(stage, pad_latent_to_max):
+    # what a CUDA graph records: padded prompt and answer, every row's steps as a tensor, the batch's most steps,
+    # and the halting targets from a buffer of their own
+    model = halting_model()
+    batch = laid_out(stage, pad_latent_to_max = pad_latent_to_max)
+    step = TrainStep(model, loss_scale = 0.5)
+    eager = step(batch)
+    eager_grads = gradients(model)
+    model.zero_grad(set_to_none = True)
+
+    passes, prompt_length, target_length, _ = step.shape_key(batch)
+    recorded = step.graphed_body(pad(batch.prompt, prompt_length + 3), pad(batch.target, target_length + 2), batch.num_thoughts, passes,
+                                 halt_after = batch.halt_after)
+    recorded_grads = gradients(model)
+
+    assert (eager.halt_loss > 0) == (stage > 0)
+    for name in eager._fields:
+        torch.testing.assert_close(getattr(recorded, name), getattr(eager, name), atol = 1e-12, rtol = 1e-12, msg = name)
+    assert recorded_grads.keys() == eager_grads.keys()
+    assert (eager_grads['to_halt_logit.weight'].abs().sum() > 0) == (stage > 0)
+    for name in eager_grads:
+        torch.testing.assert_close(recorded_grads[name], eager_grads[name], atol = 1e-12, rtol = 1e-10, msg = name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason = 'needs CUDA')
+def test_cuda_graph_replays_with_halting_targets_equal_eager_steps():
+    model = halting_model().float().cuda()
+    eager_step, graphed_step = TrainStep(model), TrainStep(model, cuda_graphs = True)
+    for stage, pad_latent_to_max in [(3, True), (2, False), (3, True)]:
+        batch = laid_out(stage, pad_latent_to_max = pad_latent_to_max)
+        results = []
+        for step in (eager_step, graphed_step):
+            model.zero_grad(set_to_none = True)
+            results.append(([step(batch), step(batch)], gradients(model)))
+        (eager_stats, eager_grads), (graphed_stats, graphed_grads) = results
+        for eager, graphed in zip(eager_stats, graphed_stats):
+            for name in eager._fields:
+                torch.testing.assert_close(getattr(graphed, name), getattr(eager, name), atol = 1e-5, rtol = 1e-5, msg = name)
+        assert graphed_grads.keys() == eager_grads.keys()
+        for name in eager_grads:
+            torch.testing.assert_close(graphed_grads[name], eager_grads[name], atol = 1e-5, rtol = 1e-4, msg = name)
+    # graphs of batches with halting targets are their own: (passes, prompt, answer, thought targets, halting targets, share)
+    assert all(key[4] for key in graphed_step.graphs) and len(graphed_step.graphs) == 2
+    # the same batch without halting targets gets a graph that reads none
+    batch = laid_out(2)._replace(halt_after = None)
+    assert graphed_step(batch).halt_loss.item() == 0. and len(graphed_step.graphs) == 3
+
+
+def test_a_halting_model_trains_in_one_process_only():
     model = halting_model()
     from coconut_pytorch.distributed import World
     with pytest.raises(ValueError, match = 'halting model'):
@@ -98,11 +155,14 @@ def test_a_halting_model_trains_eagerly_in_one_process_only():
     (dict(halt_loss = '1'), TypeError, 'halt_loss must be a number'),
     (dict(halt_loss = 1., method = 'cot'), ValueError, 'halt_loss decides after each fed-back thought'),
     (dict(halt_loss = 1., method = 'pause_as_thought'), ValueError, 'halt_loss decides after each fed-back thought'),
-    (dict(halt_loss = 1., cuda_graphs = True, device = 'cuda'), ValueError, 'halt_loss and cuda_graphs'),
 ])
 def test_bad_halting_settings_are_named(setting, error, message):
     with pytest.raises(error, match = message):
         TrainConfig(**setting)
+
+
+def test_halting_trains_under_cuda_graphs_too():
+    assert TrainConfig(halt_loss = 1., cuda_graphs = True, device = 'cuda', bf16 = True).halt_loss == 1.
 
 
 def test_the_setting_is_off_by_default_and_builds_the_head():

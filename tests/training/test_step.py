@@ -129,7 +129,8 @@ def test_cuda_graph_replays_equal_eager_steps(thought_mode, thought_targets):
             torch.testing.assert_close(graphed_grads[name], eager_grads[name], atol = 1e-5, rtol = 1e-4, msg = name)
 
     # (1, 2, 0, 3) and (2, 2, 2, 2) both take 4 thoughts (at most), a 32-token prompt and a 16-token answer: one graph
-    assert sorted(graphed_step.graphs) == [(0, 32, 16, thought_targets), (4, 32, 16, thought_targets), (6, 32, 16, thought_targets)]
+    # (keys: passes, prompt, answer, thought targets, halting targets, a rank's share weights)
+    assert sorted(graphed_step.graphs) == [(n, 32, 16, thought_targets, False, False) for n in (0, 4, 6)]
     # a batch of another size (an epoch's last) runs eagerly
     _, batch = model_and_batch(thought_mode, (1, 1, 1, 1), thought_targets = thought_targets)
     graphed_step(Batch(*(t[:3] if t is not None else None for t in batch)))
