@@ -4,12 +4,17 @@ including depths deeper than any it trained on (the paper's data has 3-6 steps),
     python -m coconut_pytorch.depth_eval --checkpoint CKPT --depths 3 4 5 6 7 8 --size 500
     python -m coconut_pytorch.depth_eval --checkpoint CKPT --depths 6 7 8 --num-thoughts 6 7 8 --out depth.json
     python -m coconut_pytorch.depth_eval --checkpoint CKPT --depths 7 8 --task-kwargs '{"num_nodes": [24, 36]}'
+    python -m coconut_pytorch.depth_eval --checkpoint CKPT --depths 6 7 8 --num-thoughts 8 --halt-threshold 0.9
 
 Each depth's set is `ProsQATask(min_steps = depth, max_steps = depth)` with the run's own task settings (its step
 style, its graph sizes; `--task-kwargs` overrides them), drawn from `depth_eval_seed(--seed, depth)`: a seed no
 training run ever uses (see there), the same for every checkpoint, so that runs are compared on the same questions
 and every thought count of one run on the same questions too. A run trained on files (`--train-file`) gets the
 default generator; its vocabulary must then be ProsQA's.
+
+With `--halt-threshold p` (a checkpoint trained with `--halt-loss`), each question thinks until its halting head's
+probability exceeds p, at most the thought count of the column (`generate`'s learned halting); each cell then also
+gives the thoughts used on average (`mean_num_thoughts` in the JSON).
 
 Prints a markdown table of accuracy by depth (rows) and thought count (columns), then one JSON line with every
 result; `--out` writes that JSON to a file too.
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -87,32 +93,40 @@ def evaluate_depths(
     max_new_tokens: int | None = None,
     batch_size: int = 256,
     autocast_dtype: torch.dtype | None = None,
-    task_kwargs: dict | None = None
+    task_kwargs: dict | None = None,
+    halt_threshold: float | None = None
 ) -> list[dict]:
     """Accuracy of `run` on each depth's set (`depth_sets`) at each thought count (default: the run's own), one dict
-    per (depth, thought count): depth, num_thoughts, accuracy, n, seed, max_new_tokens (default: `token_budget`)."""
+    per (depth, thought count): depth, num_thoughts, accuracy, n, seed, max_new_tokens (default: `token_budget`).
+    With `halt_threshold`, each count is the most thoughts a question may take before its halting head stops it,
+    and each dict adds halt_threshold and mean_num_thoughts."""
     thought_counts = list(num_thoughts) if num_thoughts is not None else [run.num_thoughts]
     results = []
     for depth, examples in depth_sets(run.config, depths, size, seed, task_kwargs).items():
         budget = max_new_tokens if max_new_tokens is not None else token_budget(run, examples)
         for count in thought_counts:
             result = evaluate_examples(run.model, run.tokenizer, examples, num_thoughts = count, max_new_tokens = budget,
-                                       batch_size = batch_size, source = f'depth {depth}', autocast_dtype = autocast_dtype)
+                                       batch_size = batch_size, source = f'depth {depth}', autocast_dtype = autocast_dtype,
+                                       halt_threshold = halt_threshold)
             results.append(dict(depth = depth, num_thoughts = count, accuracy = result['accuracy'], n = result['n'],
-                                seed = depth_eval_seed(seed, depth), max_new_tokens = budget))
+                                seed = depth_eval_seed(seed, depth), max_new_tokens = budget,
+                                **{key: result[key] for key in ('halt_threshold', 'mean_num_thoughts') if key in result}))
     return results
 
 
 def markdown_table(results: Sequence[dict]) -> str:
-    """`evaluate_depths`' results as a markdown table: a row per depth, a column of accuracies per thought count."""
+    """`evaluate_depths`' results as a markdown table: a row per depth, a column of accuracies per thought count
+    (with learned halting, "at most N thoughts", each cell with the thoughts used on average)."""
     depths = list(dict.fromkeys(result['depth'] for result in results))
     counts = list(dict.fromkeys(result['num_thoughts'] for result in results))
     accuracy = {(result['depth'], result['num_thoughts']): result for result in results}
-    lines = ['| depth | n | ' + ' | '.join(f'{count} thoughts' for count in counts) + ' |',
+    halting = 'mean_num_thoughts' in results[0]
+    cell = lambda result: f"{result['accuracy']:.3f}" + (f" ({result['mean_num_thoughts']:.2f} used)" if halting else '')
+    lines = ['| depth | n | ' + ' | '.join(f"{'at most ' if halting else ''}{count} thoughts" for count in counts) + ' |',
              '|---|---|' + '---|' * len(counts)]
     for depth in depths:
         n = accuracy[depth, counts[0]]['n']
-        lines.append(f'| {depth} | {n} | ' + ' | '.join(f"{accuracy[depth, count]['accuracy']:.3f}" for count in counts) + ' |')
+        lines.append(f'| {depth} | {n} | ' + ' | '.join(cell(accuracy[depth, count]) for count in counts) + ' |')
     return '\n'.join(lines)
 
 
@@ -130,6 +144,9 @@ def main(argv: Sequence[str] | None = None):
     parser.add_argument('--batch-size', type = int, default = 256)
     parser.add_argument('--max-new-tokens', type = int, default = None, help = "token budget (default: the checkpoint's, or a set's longest language target where longer)")
     parser.add_argument('--bf16', action = 'store_true')
+    parser.add_argument('--halt-threshold', type = float, default = None, metavar = 'P',
+                        help = 'learned halting (a checkpoint trained with --halt-loss): each question stops thinking after the first '
+                               'thought whose halting probability exceeds P, in (0, 1), at most --num-thoughts thoughts')
     parser.add_argument('--out', default = None, help = 'also write the JSON results here')
     args = parser.parse_args(argv)
 
@@ -141,6 +158,10 @@ def main(argv: Sequence[str] | None = None):
                                  ('--max-new-tokens', args.max_new_tokens, 1)):
         if value is not None and value < minimum:
             parser.error(f'{name} must be >= {minimum}, got {value}')
+    if args.halt_threshold is not None and not (math.isfinite(args.halt_threshold) and 0 < args.halt_threshold < 1):
+        parser.error(f'--halt-threshold must be in (0, 1), got {args.halt_threshold}')
+    if args.halt_threshold is not None and 0 in (args.num_thoughts or []):
+        parser.error('--halt-threshold needs --num-thoughts >= 1: a question thinks at least one thought before its head decides')
     depths = list(dict.fromkeys(args.depths))       # a depth asked twice is evaluated once
     num_thoughts = list(dict.fromkeys(args.num_thoughts)) if args.num_thoughts is not None else None
 
@@ -161,7 +182,8 @@ def main(argv: Sequence[str] | None = None):
             depth_task(run.config, depth, task_kwargs)
         results = evaluate_depths(
             run, depths, args.size, seed = args.seed, num_thoughts = num_thoughts, max_new_tokens = args.max_new_tokens,
-            batch_size = args.batch_size, autocast_dtype = torch.bfloat16 if args.bf16 else None, task_kwargs = task_kwargs
+            batch_size = args.batch_size, autocast_dtype = torch.bfloat16 if args.bf16 else None, task_kwargs = task_kwargs,
+            halt_threshold = args.halt_threshold
         )
     except (ValueError, TypeError) as error:
         # a checkpoint of another task, settings the generator refuses, a vocabulary that is not ProsQA's: one line

@@ -134,12 +134,14 @@ def sample_paths(
     batch_size: int = 256,
     autocast_dtype: torch.dtype | None = None,
     progress: Callable | None = None,
-    seed: int = 0
+    seed: int = 0,
+    thought_noise: float = 0.
 ) -> list[tuple[list[list[int]], list[float]]]:
     """Each prompt's `num_samples` sampled paths (`generate(..., num_samples)`: one prefill per prompt), in the order
     of `prompts`: (paths' ids, each up to and including `eos_id`; their log-probabilities), most probable first.
     Batched as `generate_greedy`, `batch_size` paths at a time (at least one prompt's); sampled from a generator
-    seeded with `seed`, so a run repeats on the same device and batches."""
+    seeded with `seed`, so a run repeats on the same device and batches. `thought_noise` s > 0 also perturbs each
+    path's thoughts with Gaussian noise of scale s (`generate`'s `thought_noise`), so paths differ in latent space too."""
     device = model.device
     generator = torch.Generator(device = device).manual_seed(seed)
     sampled = [None] * len(prompts)
@@ -147,7 +149,8 @@ def sample_paths(
         for indices, batch in length_sorted_batches(prompts, max(1, batch_size // num_samples), device, progress, 'sampled answers'):
             with torch.autocast(device.type, dtype = autocast_dtype, enabled = autocast_dtype is not None):
                 paths = model.generate(batch, max_length = max_new_tokens, temperature = temperature, eos_token_id = eos_id,
-                                       num_reasoning_steps = num_thoughts, num_samples = num_samples, generator = generator)
+                                       num_reasoning_steps = num_thoughts, num_samples = num_samples, generator = generator,
+                                       thought_noise = thought_noise)
             for index, rows, log_probs in zip(indices, paths.tokens.tolist(), paths.log_probs.tolist()):
                 sampled[index] = ([[token for token in row if token >= 0] for row in rows], log_probs)
     return sampled
@@ -198,13 +201,14 @@ def evaluate_examples(
     num_samples: int | None = None,
     temperature: float = 1.,
     seed: int = 0,
-    halt_threshold: float | None = None
+    halt_threshold: float | None = None,
+    thought_noise: float = 0.
 ) -> dict:
     """Greedy generation for every example; returns accuracy, n, mean_new_tokens, seconds, the predictions, the texts
     they were read from (everything generated, language steps included) and whether each was correct.
 
-    With `num_samples` K, also K sampled paths per example (`sample_paths`, at `temperature`, from `seed`), and adds
-    num_samples, temperature, majority_accuracy (the answer text most paths give, ties to the higher summed
+    With `num_samples` K, also K sampled paths per example (`sample_paths`, at `temperature`, from `seed`, thoughts
+    perturbed by `thought_noise`), and adds num_samples, temperature, thought_noise, majority_accuracy (the answer text most paths give, ties to the higher summed
     log-probability: `coconut_pytorch.paths.vote`), best_of_k_accuracy (the answer of the most probable path), and
     their per-example majority_predictions and best_of_k_predictions.
 
@@ -231,7 +235,7 @@ def evaluate_examples(
     sampled = None
     if exists(num_samples):
         sampled = sample_paths(model, mine, tokenizer.eos_id, num_thoughts, max_new_tokens, num_samples, temperature, batch_size,
-                               autocast_dtype, progress, seed) if mine else []
+                               autocast_dtype, progress, seed, thought_noise) if mine else []
         sampled = gather_objects(sampled, world)
     seconds = time.perf_counter() - start
 
@@ -268,6 +272,7 @@ def evaluate_examples(
         **result,
         num_samples = num_samples,
         temperature = temperature,
+        thought_noise = thought_noise,
         majority_accuracy = accuracy_of(majority_predictions),
         best_of_k_accuracy = accuracy_of(best_predictions),
         majority_predictions = majority_predictions,
@@ -307,6 +312,8 @@ def main(argv: Sequence[str] | None = None):
                         help = 'also sample K paths per question from one prefill and report majority_accuracy and best_of_k_accuracy')
     parser.add_argument('--temperature', type = float, default = None, help = 'sampling temperature of the K paths (default 1.0; needs --num-samples)')
     parser.add_argument('--seed', type = int, default = 0, help = "seed of the K paths' sampling (needs --num-samples)")
+    parser.add_argument('--thought-noise', type = float, default = None, metavar = 'S',
+                        help = "Gaussian noise of scale S on each sampled path's thoughts, so the paths differ in latent space too (default 0; needs --num-samples)")
     parser.add_argument('--halt-threshold', type = float, default = None, metavar = 'P',
                         help = 'learned halting (a checkpoint trained with --halt-loss): stop thinking after the first thought whose halting '
                                'probability exceeds P, in (0, 1); reports mean_num_thoughts')
@@ -328,6 +335,8 @@ def main(argv: Sequence[str] | None = None):
         parser.error(f'--num-samples must be >= 1, got {args.num_samples}')
     if args.temperature is not None and (args.num_samples is None or not math.isfinite(args.temperature) or args.temperature < 0):
         parser.error(f'--temperature needs --num-samples and must be a finite number >= 0, got {args.temperature}')
+    if args.thought_noise is not None and (args.num_samples is None or not math.isfinite(args.thought_noise) or args.thought_noise < 0):
+        parser.error(f'--thought-noise needs --num-samples and must be a finite number >= 0, got {args.thought_noise}')
     if args.halt_threshold is not None and not (math.isfinite(args.halt_threshold) and 0 < args.halt_threshold < 1):
         parser.error(f'--halt-threshold must be in (0, 1), got {args.halt_threshold}')
     if args.halt_threshold is not None and args.num_samples is not None:
@@ -368,7 +377,8 @@ def main(argv: Sequence[str] | None = None):
             num_samples = args.num_samples,
             temperature = args.temperature if args.temperature is not None else 1.,
             seed = args.seed,
-            halt_threshold = args.halt_threshold
+            halt_threshold = args.halt_threshold,
+            thought_noise = args.thought_noise or 0.
         )
         if world.is_main and args.show_thoughts > 0:
             # one process probes: the model is whole on every rank, and the probe needs no other

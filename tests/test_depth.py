@@ -275,3 +275,46 @@ def test_depth_eval_names_a_depth_the_graphs_cannot_hold(prosqa_run, in_process)
     finished = in_process(main, '--checkpoint', prosqa_run, '--depths', 3, 8, '--task-kwargs', '{"num_nodes": 12}', '--device', 'cpu')
     assert finished.returncode == 2 and finished.stdout == ''
     assert finished.stderr.strip().splitlines() == ['error: num_nodes: graphs of at most 12 nodes cannot hold a proof of 8 steps (it needs 13); raise num_nodes or lower max_steps']
+
+
+@pytest.fixture(scope = 'module')
+def halting_prosqa_run(tmp_path_factory):
+    """The tiny ProsQA run of `prosqa_run` with a halting head (`halt_loss`)."""
+    from coconut_pytorch.training import TrainConfig, train
+    out = tmp_path_factory.mktemp('prosqa-halting-run')
+    config = TrainConfig(task = 'prosqa', device = 'cpu', train_size = 16, eval_size = 2, batch_size = 16, epochs_per_stage = 1,
+                         final_epochs = 0, max_latent_stage = 1, dim = 16, depth = 1, heads = 2, dim_head = 8,
+                         num_residual_streams = 1, warmup_steps = 0, halt_loss = 1.)
+    train(config, out)
+    return out / 'checkpoint.pt'
+
+
+def test_depth_eval_with_learned_halting_is_evaluate_examples_halting(halting_prosqa_run, prosqa_run, in_process):
+    from coconut_pytorch.depth_eval import depth_eval_seed, main
+    from coconut_pytorch.evaluate import evaluate_examples
+    from coconut_pytorch.training.checkpoints import load_run
+
+    finished = in_process(main, '--checkpoint', halting_prosqa_run, '--depths', 3, '--num-thoughts', 1, 3, '--size', 4,
+                          '--max-new-tokens', 6, '--device', 'cpu', '--halt-threshold', 0.5)
+    assert finished.returncode == 0, finished.stderr
+    lines = finished.stdout.strip().splitlines()
+    results = json.loads(lines[-1])['results']
+    assert lines[0] == '| depth | n | at most 1 thoughts | at most 3 thoughts |'
+
+    run = load_run(halting_prosqa_run)
+    examples = ProsQATask(min_steps = 3, max_steps = 3).generate(4, seed = depth_eval_seed(0, 3))
+    cells = [cell.strip() for cell in lines[2].strip('|').split('|')][2:]
+    for row, cell, most in zip(results, cells, (1, 3)):
+        expected = evaluate_examples(run.model, run.tokenizer, examples, num_thoughts = most, max_new_tokens = 6, halt_threshold = 0.5)
+        assert (row['num_thoughts'], row['halt_threshold']) == (most, 0.5)
+        assert (row['accuracy'], row['mean_num_thoughts']) == (expected['accuracy'], expected['mean_num_thoughts'])
+        assert 1 <= row['mean_num_thoughts'] <= most
+        assert cell == f"{expected['accuracy']:.3f} ({expected['mean_num_thoughts']:.2f} used)"
+
+    # bad settings are named before any compute; a checkpoint without the head is named too
+    for args, message in [(('--halt-threshold', 1.5), '--halt-threshold must be in (0, 1)'),
+                          (('--halt-threshold', 0.5, '--num-thoughts', 0, 2), '--halt-threshold needs --num-thoughts >= 1')]:
+        failed = in_process(main, '--checkpoint', halting_prosqa_run, '--depths', 3, '--size', 1, '--device', 'cpu', *args)
+        assert failed.returncode == 2 and message in failed.stderr
+    failed = in_process(main, '--checkpoint', prosqa_run, '--depths', 3, '--size', 1, '--device', 'cpu', '--halt-threshold', 0.5)
+    assert failed.returncode == 2 and 'halt' in failed.stderr and 'Traceback' not in failed.stderr

@@ -375,12 +375,42 @@ def test_evaluate_command_num_samples(checkpoint_and_data, in_process, tmp_path)
     plain, sampled = (json.loads(result.stdout.strip().splitlines()[-1]) for result in (plain, sampled))
 
     # the same line, with the sampled paths' keys added
-    assert set(sampled) - set(plain) == {'num_samples', 'temperature', 'majority_accuracy', 'best_of_k_accuracy'}
+    assert set(sampled) - set(plain) == {'num_samples', 'temperature', 'thought_noise', 'majority_accuracy', 'best_of_k_accuracy'}
+    assert sampled['thought_noise'] == 0.
     assert sampled['accuracy'] == plain['accuracy'] and sampled['num_samples'] == 4 and sampled['temperature'] == 1.
     records = [json.loads(line) for line in (tmp_path / 'predictions.jsonl').read_text().splitlines()]
     assert len(records) == 3 and all({'majority', 'best_of_k'} <= set(record) for record in records)
 
     for args, flag in [(('--num-samples', 0), '--num-samples'), (('--temperature', 0.5), '--temperature'),
-                       (('--num-samples', 2, '--temperature', -1), '--temperature')]:
+                       (('--num-samples', 2, '--temperature', -1), '--temperature'), (('--thought-noise', 0.5), '--thought-noise'),
+                       (('--num-samples', 2, '--thought-noise', -0.1), '--thought-noise'),
+                       (('--num-samples', 2, '--thought-noise', 'nan'), '--thought-noise')]:
         failed = run(*args)
         assert failed.returncode == 2 and flag in failed.stderr
+
+
+def test_evaluation_with_thought_noise_votes_on_the_noisy_paths(checkpoint_and_data, in_process):
+    import json
+    from coconut_pytorch.data import load_examples
+    from coconut_pytorch.evaluate import answer_text, encode_questions, evaluate_examples, main as evaluate, sample_paths
+    from coconut_pytorch.training.checkpoints import load_trained
+
+    checkpoint, data = checkpoint_and_data
+    model, tokenizer, _, _ = load_trained(checkpoint, device = 'cpu')
+    model.double()
+    examples = load_examples(data)
+    prompts = encode_questions(examples, tokenizer)
+    noisy = sample_paths(model, prompts, tokenizer.eos_id, 2, 3, num_samples = 4, seed = 2, thought_noise = 0.5)
+    # the noise reaches the paths: other log-probabilities than the same draws without it, and what generate gives
+    plain = sample_paths(model, prompts, tokenizer.eos_id, 2, 3, num_samples = 4, seed = 2)
+    assert [log_probs for _, log_probs in noisy] != [log_probs for _, log_probs in plain]
+    # and what the evaluation votes on (the same draws: same seed and batches)
+    result = evaluate_examples(model, tokenizer, examples, num_thoughts = 2, max_new_tokens = 3, num_samples = 4, seed = 2, thought_noise = 0.5)
+    assert result['thought_noise'] == 0.5
+    for index, (paths, _) in enumerate(noisy):
+        assert result['best_of_k_predictions'][index] == answer_text(paths[0], tokenizer)
+
+    line = in_process(evaluate, '--checkpoint', checkpoint, '--data', data, '--device', 'cpu', '--num-samples', 4, '--thought-noise', 0.5)
+    assert line.returncode == 0, line.stderr
+    assert json.loads(line.stdout.strip().splitlines()[-1])['thought_noise'] == 0.5
+
