@@ -224,12 +224,14 @@ class Attention(Module):
 class FeedForward(Module):
     """Gated feedforward: SwiGLU or GEGLU."""
 
-    def __init__(self, dim: int, mult: float = 4, glu: str = 'swiglu', dropout: float = 0.):
+    def __init__(self, dim: int, mult: float = 4, glu: str = 'swiglu', dropout: float = 0., dim_inner: int | None = None):
         super().__init__()
         if glu not in ('swiglu', 'geglu'):
             raise ValueError(f'ff_glu must be "swiglu" or "geglu", got {glu!r}')
 
-        dim_inner = int(dim * mult)
+        # a gated feedforward has three matrices where a plain one has two: at 2/3 of `dim * mult` it has the
+        # plain one's parameters (the GLU paper's rule, and coconut-pytorch 0.0.32's width at the same arguments)
+        dim_inner = default(dim_inner, int(dim * mult * 2 / 3))
         self.activation = F.silu if glu == 'swiglu' else F.gelu
 
         self.norm = RMSNorm(dim)
@@ -256,7 +258,11 @@ class Transformer(Module):
         dim: model width.
         depth: number of attention + feedforward blocks.
         dim_head, heads: attention head size and count.
-        ff_mult: feedforward inner width as a multiple of `dim`.
+        ff_mult: feedforward size as a multiple of `dim`: the gated feedforward's inner width is
+            `int(dim * ff_mult * 2 / 3)`, so that its three matrices hold what a plain feedforward of width
+            `dim * ff_mult` would (as in coconut-pytorch 0.0.32: the same arguments make the same model size).
+        ff_dim_inner: the gated feedforward's inner width, exactly (overrides the `ff_mult` rule; checkpoints made
+            before that rule, at `dim * ff_mult`, load with it).
         attend_kwargs: `dropout` (attention dropout) and `flash` (accepted for compatibility; SDPA picks its kernel).
         num_residual_streams: residual streams mixed by hyper-connections; 1 gives a plain residual.
         ff_glu: 'swiglu' or 'geglu'.
@@ -279,7 +285,8 @@ class Transformer(Module):
         ff_dropout: float = 0.,
         value_residual: bool = True,
         rotary_base: float = 10000.,
-        accept_value_residual: bool | None = None
+        accept_value_residual: bool | None = None,
+        ff_dim_inner: int | None = None
     ):
         super().__init__()
         for name, value in dict(num_tokens = num_tokens, dim = dim, depth = depth, dim_head = dim_head, heads = heads, num_residual_streams = num_residual_streams).items():
@@ -287,6 +294,10 @@ class Transformer(Module):
                 raise ValueError(f'{name} must be a positive integer, got {value!r}')
 
         check_finite_number(ff_mult, 'ff_mult', inclusive = False)
+        if exists(ff_dim_inner) and (not isinstance(ff_dim_inner, int) or isinstance(ff_dim_inner, bool) or ff_dim_inner < 1):
+            raise ValueError(f'ff_dim_inner must be a positive integer or None, got {ff_dim_inner!r}')
+        if not exists(ff_dim_inner) and int(dim * ff_mult * 2 / 3) < 1:
+            raise ValueError(f'ff_mult gives a feedforward width of 0 at dim {dim}: int(dim * ff_mult * 2 / 3) must be >= 1, got ff_mult={ff_mult!r}')
         check_finite_number(rotary_base, 'rotary_base', inclusive = False)
 
         value_residual = default(accept_value_residual, value_residual)
@@ -320,7 +331,7 @@ class Transformer(Module):
         self.layers = ModuleList([])
         for index in range(depth):
             attn = Attention(dim, dim_head, heads, dropout = attend_kwargs.get('dropout', 0.), learned_value_residual_mix = value_residual and index > 0)
-            ff = FeedForward(dim, ff_mult, glu = ff_glu, dropout = ff_dropout)
+            ff = FeedForward(dim, ff_mult, glu = ff_glu, dropout = ff_dropout, dim_inner = ff_dim_inner)
 
             # explicit layer indices: the library picks a random stream otherwise, and seeds must reproduce models
             self.layers.append(ModuleList([

@@ -26,7 +26,9 @@ QUESTIONS = [example.question for example in get_task('running_sum', num_digits 
 def checkpoint(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp('run')
     # the paper's objective: a model whose 3-token texts still differ from its answers (the checks below tell them apart)
-    result = train(TrainConfig(method = 'coconut', thought_loss = 0., **TINY), out)
+    # at the feedforward width before the 2/3 rule (4 x dim): this barely trained model then writes a step separator
+    # within 3 tokens for some questions, which the checks of answers against texts need
+    result = train(TrainConfig(method = 'coconut', thought_loss = 0., ff_dim_inner = 4 * TINY['dim'], **TINY), out)
     assert result['num_thoughts'] > 0     # thoughts, so that a default of 0 would be seen
     return out / 'checkpoint.pt'
 

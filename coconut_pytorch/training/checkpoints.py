@@ -402,6 +402,9 @@ def check_resumable(run: LoadedRun, config: TrainConfig, tokenizer: Tokenizer, p
         if changed:
             hint = ('; coconut runs default to the thought loss since the thirteenth session: give --thought-loss '
                     f'{run.config.thought_loss:g} to resume this one as it was trained') if any(c.startswith('thought_loss ') for c in changed) else ''
+            if any(c.startswith('ff_dim_inner ') for c in changed) and run.config.ff_dim_inner is not None:
+                hint += (f'; the feedforward has been 2/3 as wide by default since the fourteenth session: give --ff-dim-inner '
+                         f'{run.config.ff_dim_inner} to resume this one as it was made')
             raise ValueError(f'--resume: the configuration differs from the checkpoint in {", ".join(changed)}{hint}')
     saved, now = run.state.get('data_digests'), data_digests(config)
     if saved is not None and saved != now and not allow_changed_data:

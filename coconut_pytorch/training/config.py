@@ -110,6 +110,8 @@ class TrainConfig:
     heads: int = setting(4, 'attention heads')
     dim_head: int = setting(24, 'width of an attention head')
     num_residual_streams: int = setting(2, 'hyper-connection residual streams')
+    ff_dim_inner: int | None = setting(None, "the gated feedforward's inner width (default: 8/3 x --dim, the width at which it "
+                                             "has a plain 4 x dim feedforward's parameters, as coconut-pytorch 0.0.32)")
     checkpoint: bool = setting(False, 'recompute thought steps in backward (activation checkpointing)', cli = 'checkpoint-activations')
 
     # run
@@ -142,6 +144,8 @@ class TrainConfig:
         for name in ('final_epochs', 'warmup_steps', 'mix_epochs'):
             check_int(name, getattr(self, name), 0)
         check_int('max_nonfinite_steps', self.max_nonfinite_steps, 1)
+        if self.ff_dim_inner is not None:
+            check_int('ff_dim_inner', self.ff_dim_inner, 1)
         check_int('eval_every', self.eval_every, 0)
         check_int('show_thoughts', self.show_thoughts, 0)
         if self.max_latent_stage is not None:
@@ -245,9 +249,13 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         # settings under the names earlier checkpoints saved them by
         values = {RENAMED.get(key, key): value for key, value in values.items()}
-        # a checkpoint saved before exclude_held_out existed trained on unfiltered sets, and one saved before the
-        # thought loss existed trained without it
-        return cls(**{'exclude_held_out': False, 'thought_loss': 0., **{key: value for key, value in values.items() if key in known}})
+        # a checkpoint saved before exclude_held_out existed trained on unfiltered sets, one saved before the
+        # thought loss existed trained without it, and one saved before ff_dim_inner existed has a feedforward of
+        # width 4 x dim (the rule before the 2/3 one)
+        earlier = {'exclude_held_out': False, 'thought_loss': 0.}
+        if 'ff_dim_inner' not in values:
+            earlier['ff_dim_inner'] = 4 * values.get('dim', cls.dim)
+        return cls(**{**earlier, **{key: value for key, value in values.items() if key in known}})
 
 
 RENAMED = dict(c_thought = 'thoughts_per_step')

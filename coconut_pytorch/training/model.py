@@ -27,7 +27,8 @@ def build_model(config: TrainConfig, num_tokens: int, curriculum: Curriculum, ba
             depth = config.depth,
             heads = config.heads,
             dim_head = config.dim_head,
-            num_residual_streams = config.num_residual_streams
+            num_residual_streams = config.num_residual_streams,
+            ff_dim_inner = config.ff_dim_inner
         )
     return Coconut(
         num_reasoning_steps = 0,
