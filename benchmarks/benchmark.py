@@ -13,6 +13,13 @@ its peak memory, and greedy generation of 64 new tokens. In the same run, on the
     python benchmarks/benchmark.py --device cpu --small              # a smoke run on a laptop CPU
     python benchmarks/benchmark.py --configs A,A1 --write-md --out results.json
 
+With `--reference DIR`, the same run also times coconut-pytorch 0.0.32 (the release this package replaces) on every
+config: its eager training step and its generation, at the same constructor arguments, and each of ours gets a
+ratio to it ("x 0.0.32"). DIR holds it installed apart from this package, imported by path:
+
+    pip install --no-deps --target /tmp/coconut-0.0.32 coconut-pytorch==0.0.32 rotary-embedding-torch
+    python benchmarks/benchmark.py --device cpu --small --reference /tmp/coconut-0.0.32
+
 The last thing printed is the results table.
 """
 
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib.util
 import json
 import platform
 import shlex
@@ -206,6 +214,72 @@ def reset_dynamo():
         pass
 
 
+# the reference: coconut-pytorch 0.0.32
+
+def load_reference(directory: str):
+    """coconut-pytorch 0.0.32's model module, from the folder it was installed into (`pip install --target DIR`), under
+    a name of its own: importing it as `coconut_pytorch` would shadow this package. Its own dependencies
+    (rotary_embedding_torch) are looked up in DIR after everything else."""
+    root = Path(directory).expanduser().resolve()
+    source = root / 'coconut_pytorch' / 'coconut.py'
+    if not source.is_file():
+        raise SystemExit(f'--reference {directory}: no coconut_pytorch/coconut.py there; install it with '
+                         f'pip install --no-deps --target {directory} coconut-pytorch==0.0.32 rotary-embedding-torch')
+    versions = [path.name.split('-')[1] for path in root.glob('coconut_pytorch-*.dist-info')]
+    sys.path.append(str(root))
+    spec = importlib.util.spec_from_file_location('coconut_pytorch_reference', source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.VERSION = versions[0] if versions else 'unknown'
+    return module
+
+
+def measure_reference(bench: Bench, run: dict, reference) -> dict:
+    """0.0.32's eager training step (forward + backward + AdamW) and greedy generation at `run`'s config, on the same
+    random ids as ours (the same seed)."""
+    cfg, args = run['cfg'], bench.args
+    result = dict(kind = 'reference', status = 'ok', version = reference.VERSION)
+    bench.reset_memory()
+    torch.manual_seed(args.seed)
+    model = opt = None
+    try:
+        model = reference.Coconut(num_reasoning_steps = cfg['steps'], num_latents_per_step = cfg['latents'],
+                                  transformer = transformer_kwargs(cfg), checkpoint = run['checkpoint']).to(bench.device)
+        result['params'] = sum(p.numel() for p in model.parameters())
+        opt = bench.optimizer(model)
+        prompt = bench.ids(cfg['batch'], cfg['prompt'])
+        answer = bench.ids(cfg['batch'], cfg['answer'])
+
+        def step():
+            with bench.autocast():
+                loss = model(prompt, answer)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none = True)
+
+        times = bench.time_ms(step, args.steps, args.warmup)
+        result.update(step_ms = statistics.median(times), step_ms_all = times, peak_gib = bench.peak_gib())
+        if run['generate'] and not args.no_gen:
+            opt = None
+            model.eval()
+            bench.reset_memory()
+
+            def gen():
+                with bench.autocast():
+                    model.generate(prompt, max_length = args.gen_tokens, temperature = 0.)
+
+            gen_times = bench.time_ms(gen, args.gen_runs, 1)
+            result.update(gen_ms = statistics.median(gen_times), gen_ms_all = gen_times)
+    except Exception as err:
+        if not is_oom(err):
+            raise
+        result.update(status = 'OOM', error = str(err).splitlines()[0][:200])
+    finally:
+        model = opt = None
+        free(bench)
+    return result
+
+
 # compiling Coconut
 
 def compile_coconut(model: Coconut, mode: str, torch_mode: str | None = None):
@@ -218,12 +292,11 @@ def compile_coconut(model: Coconut, mode: str, torch_mode: str | None = None):
     elif mode == 'transformer':
         model.model.forward_with_cache = torch.compile(model.model.forward_with_cache, **kwargs)
     elif mode == 'blocks':
+        # the hyper-connection streams are mixed by Transformer.connect (mix_streams), between the blocks
+        model.model.connect = torch.compile(model.model.connect)
         for layer in model.model.layers:
             for module in layer:
-                if hasattr(module, 'width_connection') and hasattr(module, 'depth_connection'):
-                    module.width_connection = torch.compile(module.width_connection)
-                    module.depth_connection = torch.compile(module.depth_connection)
-                elif hasattr(module, 'to_qkv') or hasattr(module, 'proj_in'):
+                if hasattr(module, 'to_qkv') or hasattr(module, 'proj_in'):
                     module.compile()
     elif mode != 'eager':
         raise ValueError(mode)
@@ -258,6 +331,7 @@ def measure_coconut(bench: Bench, run: dict) -> dict:
                 transformer = transformer_kwargs(cfg),
                 checkpoint = run['checkpoint']
             ).to(bench.device)
+            result['params'] = sum(p.numel() for p in model.parameters())
             opt = bench.optimizer(model)
             prompt = bench.ids(cfg['batch'], cfg['prompt'])
             answer = bench.ids(cfg['batch'], cfg['answer'])
@@ -440,7 +514,8 @@ def device_name(bench: Bench) -> str:
     return f'{name} ({torch.get_num_threads()} threads)'
 
 
-HEADER = ['config', 'model', 'S x c', 'ckpt', 'compile', 'step ms', 'tok/s', 'peak GiB', 'x (i)', 'x (ii)', 'gen ms', 'gen tok/s', 'gen ms, no graphs', 'gen ms, compiled steps']
+HEADER = ['config', 'model', 'S x c', 'ckpt', 'compile', 'step ms', 'tok/s', 'peak GiB', 'x (i)', 'x (ii)', 'x 0.0.32', 'gen ms', 'gen x 0.0.32',
+          'gen tok/s', 'gen ms, no graphs', 'gen ms, compiled steps', 'M params']
 
 
 def table_rows(records: list[dict]) -> list[list[str]]:
@@ -448,43 +523,51 @@ def table_rows(records: list[dict]) -> list[list[str]]:
     for rec in records:
         cfg = rec['cfg']
         sc = f'{cfg["steps"]} x {cfg["latents"]}'
-        for model, r in (('coconut', rec['coconut']), ('(i) LM', rec['ceiling_i']), ('(ii) plain', rec['ceiling_ii'])):
+        reference = rec.get('reference')
+        for model, r in (('coconut', rec['coconut']), ('(i) LM', rec['ceiling_i']), ('(ii) plain', rec['ceiling_ii']), ('0.0.32', reference)):
             if r is None:
                 continue
             if model != 'coconut' and r.get('printed_in') not in (None, rec['name']):
                 continue
             r.setdefault('printed_in', rec['name'])
             ok = r['status'] == 'ok'
-            if model == 'coconut':
+            if model in ('coconut', '0.0.32'):
                 tokens = cfg['batch'] * (cfg['prompt'] + cfg['answer'])
             else:
                 tokens = r['batch'] * r['length']
             step = r.get('step_ms') if ok else None
-            ratio_i = ratio_ii = None
+            ratio_i = ratio_ii = ratio_reference = gen_ratio_reference = None
+            gen_ms = r.get('gen_ms')
             if model == 'coconut' and ok:
                 ceiling_ms = lambda key: (rec.get(key) or {}).get('step_ms')
                 ratio_i = step / ceiling_ms('ceiling_i') if ceiling_ms('ceiling_i') else None
                 ratio_ii = step / ceiling_ms('ceiling_ii') if ceiling_ms('ceiling_ii') else None
-            gen_ms = r.get('gen_ms')
+                ratio_reference = step / ceiling_ms('reference') if ceiling_ms('reference') else None
+                reference_gen = (reference or {}).get('gen_ms')
+                gen_ratio_reference = gen_ms / reference_gen if gen_ms and reference_gen else None
+            mine = model == 'coconut'
             rows.append([
                 rec['name'],
                 model + (f' s={r["streams"]}' if model == '(i) LM' else ''),
-                sc if model == 'coconut' else f'L={r["length"]}',
-                ('yes' if rec['checkpoint'] else 'no') if model == 'coconut' else '',
-                r.get('compile', ''),
+                sc if model in ('coconut', '0.0.32') else f'L={r["length"]}',
+                ('yes' if rec['checkpoint'] else 'no') if model in ('coconut', '0.0.32') else '',
+                r.get('compile', 'eager'),
                 fmt(step, '.1f', r['status']),
                 fmt(tokens / step * 1e3 if step else None, ',.0f', '-'),
                 fmt(r.get('peak_gib') if ok else None, '.2f'),
-                fmt(ratio_i, '.2f', '-' if model != 'coconut' else 'n/a'),
-                fmt(ratio_ii, '.2f', '-' if model != 'coconut' else 'n/a'),
+                fmt(ratio_i, '.2f', 'n/a' if mine else '-'),
+                fmt(ratio_ii, '.2f', 'n/a' if mine else '-'),
+                fmt(ratio_reference, '.2f', 'n/a' if mine and reference else '-'),
                 fmt(gen_ms, '.1f', '-'),
+                fmt(gen_ratio_reference, '.2f', '-'),
                 fmt(cfg['batch'] * rec['gen_tokens'] / gen_ms * 1e3 if gen_ms else None, ',.0f', '-'),
                 fmt(r.get('gen_ms_no_graph'), '.1f', '-'),
                 fmt(r.get('gen_ms_compiled'), '.1f', '-'),
+                fmt(r['params'] / 1e6 if r.get('params') else None, '.2f', '-'),
             ])
     for rec in records:  # reset for a second rendering
-        for key in ('coconut', 'ceiling_i', 'ceiling_ii'):
-            if rec[key] is not None:
+        for key in ('coconut', 'ceiling_i', 'ceiling_ii', 'reference'):
+            if rec.get(key) is not None:
                 rec[key].pop('printed_in', None)
     return rows
 
@@ -509,7 +592,9 @@ HC_HEADER = ['streams', 'compile', 'step ms', 'peak GiB']
 def notes(bench: Bench) -> list[str]:
     return [
         'tok/s: coconut = batch x (prompt + answer) / step; ceilings = batch x L / step, L = prompt + answer + c x (S + 1), '
-        'the positions Coconut runs. x (i), x (ii): coconut step time over the ceiling step time (1.00 = as fast).',
+        'the positions Coconut runs. x (i), x (ii): coconut step time over the ceiling step time (1.00 = as fast).'
+        + (f' x 0.0.32, gen x 0.0.32: ours over coconut-pytorch {bench.reference.VERSION} (--reference, eager, the same config, ids '
+           'and constructor arguments; below 1 = faster).' if bench.reference else ''),
         f'step: forward + backward + AdamW{" (fused)" if bench.cuda else ""}, median of {bench.args.steps} after {bench.args.warmup} warm-up; '
         f'{"bf16 autocast" if bench.bf16 else "float32"}; generation: greedy, {bench.args.gen_tokens} new tokens, median of {bench.args.gen_runs}.',
         'compile: whole = Coconut.forward compiled; blocks = each attention / feedforward / hyper-connection '
@@ -571,6 +656,9 @@ def parse_args(argv = None):
     p.add_argument('--no-ceilings', action = 'store_true', help = 'skip ceilings (i) and (ii)')
     p.add_argument('--no-hc-bench', action = 'store_true', help = 'skip the 4 vs 1 residual streams comparison')
     p.add_argument('--threads', type = int, default = None, help = 'torch.set_num_threads (CPU; default 1 with --small on CPU, else torch default)')
+    p.add_argument('--reference', default = None, metavar = 'DIR',
+                   help = 'also time coconut-pytorch 0.0.32 installed in DIR (pip install --no-deps --target DIR '
+                          'coconut-pytorch==0.0.32 rotary-embedding-torch), eagerly, on every config')
     p.add_argument('--seed', type = int, default = 0)
     p.add_argument('--write-md', action = 'store_true', help = 'append the results to BENCHMARKS.md')
     p.add_argument('--md-file', default = str(REPO_ROOT / 'BENCHMARKS.md'))
@@ -594,6 +682,7 @@ def main(argv = None):
         raise SystemExit('--activation-memory-budget must be between 0 and 1')
 
     bench = Bench(args)
+    bench.reference = load_reference(args.reference) if args.reference else None
     if args.torch_compile_mode == 'auto':
         # the compiled step launches ~1,500 kernels; on an H100 launching them takes longer than running them
         args.torch_compile_mode = 'reduce-overhead' if bench.cuda else None
@@ -626,6 +715,7 @@ def main(argv = None):
         steps = args.steps,
         warmup = args.warmup,
         small = args.small,
+        reference = f'coconut-pytorch {bench.reference.VERSION} from {args.reference}' if bench.reference else None,
     )
     print(f'{meta["device_name"]} | torch {meta["torch"]} | bf16 {bench.bf16} | compile {bench.compile} ({args.compile_mode}) | {meta["command"]}', flush = True)
 
@@ -643,13 +733,20 @@ def main(argv = None):
               f' (without CUDA graphs {fmt(coconut.get("gen_ms_no_graph"), ".1f")} ms, compiled steps {fmt(coconut.get("gen_ms_compiled"), ".1f")} ms)'
               + (f' decomposed {coconut["inductor_decomposed"]}' if coconut.get('inductor_decomposed') else ''), flush = True)
 
+        reference = None
+        if bench.reference is not None:
+            reference = measure_reference(bench, run, bench.reference)
+            print(f'  coconut-pytorch {bench.reference.VERSION}: {reference["status"]} eager step {fmt(reference.get("step_ms"), ".1f")} ms '
+                  f'gen {fmt(reference.get("gen_ms"), ".1f")} ms, {fmt(reference.get("params"), ",")} parameters (ours {fmt(coconut.get("params"), ",")})', flush = True)
+
         ceiling_i = ceiling_ii = None
         if not args.no_ceilings:
             ceiling_i, ceiling_ii = measure_ceilings(bench, run, ceiling_cache)
             print(f'  ceilings: (i) {fmt(ceiling_i.get("step_ms"), ".1f", ceiling_i["status"])} ms  (ii) {fmt(ceiling_ii.get("step_ms"), ".1f", ceiling_ii["status"])} ms', flush = True)
 
         records.append(dict(name = run['name'], cfg = cfg, checkpoint = run['checkpoint'], total_length = total_length(cfg),
-                            gen_tokens = args.gen_tokens, coconut = coconut, ceiling_i = ceiling_i, ceiling_ii = ceiling_ii))
+                            gen_tokens = args.gen_tokens, coconut = coconut, ceiling_i = ceiling_i, ceiling_ii = ceiling_ii,
+                            reference = reference))
 
     hc = []
     if 'A' in names and not args.no_hc_bench:

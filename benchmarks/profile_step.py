@@ -30,17 +30,25 @@ from coconut_pytorch import Coconut  # noqa: E402
 
 
 def label_modules(model: Coconut):
-    """Wrap each hyper-connection, attention and feedforward forward in a profiler range named by its kind."""
+    """Wrap each attention and feedforward forward, and the hyper-connection stream mixing (`Transformer.connect`,
+    which computes with the library modules' parameters without calling them), in a profiler range named by its kind."""
+    def labelled(original, kind):
+        def call(*args, **kwargs):
+            with record_function(f'module::{kind}'):
+                return original(*args, **kwargs)
+        return call
+
     for layer in model.model.layers:
         for module in layer:
-            kind = type(module).__name__
-            original = module.forward
+            module.forward = labelled(module.forward, type(module).__name__)
+    if model.model.num_residual_streams > 1:
+        connect = model.model.connect
 
-            def forward(*args, _original = original, _kind = kind, **kwargs):
-                with record_function(f'module::{_kind}'):
-                    return _original(*args, **kwargs)
-
-            module.forward = forward
+        def labelled_connect(hyper_conn, x):
+            with record_function('module::HyperConnections'):
+                branch_input, add = connect(hyper_conn, x)
+            return branch_input, labelled(add, 'HyperConnections')
+        model.model.connect = labelled_connect
 
 
 def profile_generation(model: Coconut, prompt, autocast, cuda: bool):

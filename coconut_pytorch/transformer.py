@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn import Module, ModuleList
 
-from einops import rearrange
+from einops import rearrange, repeat
 from hyper_connections import get_init_and_expand_reduce_stream_functions
 from x_transformers.x_transformers import RotaryEmbedding, rotate_half
 
@@ -117,6 +117,41 @@ def segmented_attention(q: Tensor, keys: Sequence[Tensor], values: Sequence[Tens
 
 
 # blocks
+
+# hyper-connection streams: the library's modules hold the parameters; the math runs here, in one pass per block
+
+def mix_streams(hyper_conn: Module, streams: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The width connection of `hyper_conn` (the hyper-connections library's `HyperConnections`: its parameters,
+    its math, with one input view, tanh and no fractions) on streams kept as (b, n, s, d): returns the branch
+    input (b, n, d), the mixed residual streams (b, n, s, d) and the depth weights beta (b, n, s).
+
+    The library's forward makes two small matmuls for the dynamic weights, an einsum for the mix and the einops
+    reshapes of its (b s) layout around each, per block and per thought step; here both dynamic weights come from one
+    matmul and the mix is one batched matmul, on a layout that needs no reshape. It equals the library's forward in
+    float64, gradients included (tests/test_streams.py)."""
+    num_streams = streams.shape[-2]
+    norm = hyper_conn.norm
+    normed = F.normalize(streams, dim = -1) * norm.scale * (norm.gamma + 1)
+    dynamic_weights = torch.cat((hyper_conn.dynamic_alpha_fn, rearrange(hyper_conn.dynamic_beta_fn, 'd -> d 1')), dim = -1)   # (d, 1 + s + 1)
+    dynamic = torch.tanh(normed @ dynamic_weights)                                                  # (b, n, s, 1 + s + 1)
+    alpha = dynamic[..., :num_streams + 1] * hyper_conn.dynamic_alpha_scale + hyper_conn.static_alpha   # (b, n, s, 1 + s)
+    beta = dynamic[..., num_streams + 1] * hyper_conn.dynamic_beta_scale + hyper_conn.static_beta      # (b, n, s)
+    mixed = alpha.transpose(-1, -2) @ streams                                                       # (b, n, 1 + s, d)
+    return mixed[..., 0, :], mixed[..., 1:, :], beta
+
+
+def add_to_streams(branch_output: Tensor, streams: Tensor, beta: Tensor) -> Tensor:
+    """The depth connection: the branch output (b, n, d) weighted by beta (b, n, s) into every stream (b, n, s, d)."""
+    return rearrange(branch_output, 'b n d -> b n 1 d') * rearrange(beta, 'b n s -> b n s 1') + streams
+
+
+def check_hyper_connections(hyper_conn: Module):
+    """`mix_streams` computes what these settings of the library's `HyperConnections` compute, and no others."""
+    settings = dict(num_fracs = 1, num_input_views = 1, channel_first = False, add_branch_out_to_residual = True)
+    if any(getattr(hyper_conn, name, None) != value for name, value in settings.items()) or not isinstance(hyper_conn.act, nn.Tanh) \
+            or hyper_conn.dropout.p != 0:
+        raise ValueError(f'hyper-connections with other settings than {settings}, tanh and no dropout are not supported here')
+
 
 class RMSNorm(nn.RMSNorm):
     """`nn.RMSNorm` whose weight follows the input's dtype: under bf16 autocast the input is bf16, and a float32
@@ -324,9 +359,9 @@ class Transformer(Module):
         self.token_emb = nn.Embedding(num_tokens, dim)
         self.rotary = RotaryEmbedding(dim_head, base = rotary_base)
 
-        init_hyper_conn, self.expand_streams, self.reduce_streams = get_init_and_expand_reduce_stream_functions(
-            num_residual_streams, disable = num_residual_streams == 1
-        )
+        # with one stream, the library's plain residual; with several, its HyperConnections hold the parameters and
+        # `mix_streams` / `add_to_streams` do the math on (b, n, s, d) streams
+        init_hyper_conn, *_ = get_init_and_expand_reduce_stream_functions(num_residual_streams, disable = num_residual_streams == 1)
 
         self.layers = ModuleList([])
         for index in range(depth):
@@ -340,6 +375,11 @@ class Transformer(Module):
                 init_hyper_conn(dim = dim, layer_index = 2 * index + 1),
                 ff
             ]))
+
+        if num_residual_streams > 1:
+            for layer in self.layers:
+                check_hyper_connections(layer[0])
+                check_hyper_connections(layer[2])
 
         self.value_residual = value_residual
         self.final_norm = RMSNorm(dim)
@@ -494,22 +534,33 @@ class Transformer(Module):
         Every path runs through here (the segment cache, the static cache and its CUDA graphs), so this is where a
         masked input is zeroed (`zero_padding`)."""
         x = zero_padding(x, mask)
-        x = self.expand_streams(x)
+        streams = self.num_residual_streams
+        if streams > 1:
+            x = repeat(x, 'b n d -> b n s d', s = streams)      # every stream starts as the input
         first_values = None
 
         for layer_index, (attn_hyper_conn, attn, ff_hyper_conn, ff) in enumerate(self.layers):
-            branch_input, add_attn_residual = attn_hyper_conn(x)
+            branch_input, add_attn_residual = self.connect(attn_hyper_conn, x)
             attn_out, raw_values = attend(layer_index, attn, branch_input, first_values)
             x = add_attn_residual(attn_out)
 
             if layer_index == 0 and self.value_residual:
                 first_values = raw_values
 
-            branch_input, add_ff_residual = ff_hyper_conn(x)
+            branch_input, add_ff_residual = self.connect(ff_hyper_conn, x)
             x = add_ff_residual(ff(branch_input))
 
-        x = self.reduce_streams(x)
+        if streams > 1:
+            x = x.sum(dim = -2)
         return self.final_norm(x)
+
+    def connect(self, hyper_conn: Module, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """(the block's input, a function adding the block's output to the residual) for residual `x`: (b, n, d)
+        with one stream (the library's plain residual), (b, n, s, d) streams with several (`mix_streams`)."""
+        if self.num_residual_streams == 1:
+            return hyper_conn(x)
+        branch_input, streams, beta = mix_streams(hyper_conn, x)
+        return branch_input, lambda branch_output: add_to_streams(branch_output, streams, beta)
 
     def forward(
         self,
