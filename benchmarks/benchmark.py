@@ -284,20 +284,17 @@ def measure_reference(bench: Bench, run: dict, reference) -> dict:
 
 def compile_coconut(model: Coconut, mode: str, torch_mode: str | None = None):
     """Compile in place. whole: Coconut.forward (the unrolled thought loop in one graph, generation stays eager);
-    transformer: Transformer.forward_with_cache (recompiles per cache layout); blocks: each attention, feedforward
-    and hyper-connection (compile time independent of the number of thoughts)."""
+    transformer: Transformer.forward_with_cache (recompiles per cache layout); blocks: `Coconut.compile_blocks`, each
+    attention and feedforward block and the stream mixing, dynamic in length (compile time independent of the number
+    of thoughts and of the depth)."""
     kwargs = dict(mode = torch_mode) if torch_mode else {}
     if mode == 'whole':
         model.forward = torch.compile(model.forward, **kwargs)
     elif mode == 'transformer':
         model.model.forward_with_cache = torch.compile(model.model.forward_with_cache, **kwargs)
     elif mode == 'blocks':
-        # the hyper-connection streams are mixed by Transformer.connect (mix_streams), between the blocks
-        model.model.connect = torch.compile(model.model.connect)
-        for layer in model.model.layers:
-            for module in layer:
-                if hasattr(module, 'to_qkv') or hasattr(module, 'proj_in'):
-                    module.compile()
+        # regional compilation, the one-line option of a custom loop: each block and the stream mixing, dynamic in length
+        model.compile_blocks()
     elif mode != 'eager':
         raise ValueError(mode)
 

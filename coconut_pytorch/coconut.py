@@ -269,6 +269,17 @@ class Coconut(Module):
     def num_tokens(self) -> int:
         return self.model.num_tokens
 
+    def compile_blocks(self, **compile_kwargs) -> Coconut:
+        """Regional compilation, for a training loop of your own: `model.compile_blocks()` once, then `model(prompt,
+        answer)` as before. Each attention and feedforward block and the stream mixing between them is compiled
+        (`Transformer.compile_blocks`): one graph serves every layer, and the prompt, every thought step and the
+        answer, so the first step compiles a block rather than the unrolled model (BENCHMARKS.md gives the cost).
+        The native Transformer only; `compile_kwargs` go to `torch.compile`."""
+        if not hasattr(self.model, 'compile_blocks'):
+            raise TypeError(f'compile_blocks needs the native Transformer backbone, not {type(self.model).__name__}: compile it yourself')
+        self.model.compile_blocks(**compile_kwargs)
+        return self
+
     # running the transformer, optionally checkpointed
 
     def run(self, inputs: list[Tensor], mask: Tensor | None, cache: KVCache | None) -> BackboneOutput:

@@ -380,6 +380,7 @@ class Transformer(Module):
             for layer in self.layers:
                 check_hyper_connections(layer[0])
                 check_hyper_connections(layer[2])
+        self.stream_mixing = (mix_streams, add_to_streams)     # compiled by `compile_blocks`
 
         self.value_residual = value_residual
         self.final_norm = RMSNorm(dim)
@@ -390,14 +391,20 @@ class Transformer(Module):
         return self.token_emb.weight.device
 
     def compile_blocks(self, **compile_kwargs):
-        """`torch.compile` each attention and feedforward block in place.
+        """Regional compilation: `torch.compile` each attention and feedforward block in place, and the stream
+        mixing between them, dynamic in the sequence length.
 
         Blocks, not the whole forward: the cache's structure grows with every thought step, which would make a
-        whole-forward graph recompile each step; a block sees only tensors.
+        whole-forward graph recompile each step; a block sees only tensors. Every layer's block has the same code
+        with its own parameters as inputs, so one compiled graph serves every layer, and (dynamic in length) the
+        prompt, each thought step and the answer alike: the cold start is that of one block, not of the model.
         """
         for _, attn, _, ff in self.layers:
             attn.compile(dynamic = True, **compile_kwargs)
             ff.compile(dynamic = True, **compile_kwargs)
+        if self.num_residual_streams > 1:
+            self.stream_mixing = (torch.compile(mix_streams, dynamic = True, **compile_kwargs),
+                                  torch.compile(add_to_streams, dynamic = True, **compile_kwargs))
         return self
 
     def embed(self, inputs: Tensor | Sequence[Tensor]) -> Tensor:
@@ -559,8 +566,9 @@ class Transformer(Module):
         with one stream (the library's plain residual), (b, n, s, d) streams with several (`mix_streams`)."""
         if self.num_residual_streams == 1:
             return hyper_conn(x)
-        branch_input, streams, beta = mix_streams(hyper_conn, x)
-        return branch_input, lambda branch_output: add_to_streams(branch_output, streams, beta)
+        mix, add = self.stream_mixing
+        branch_input, streams, beta = mix(hyper_conn, x)
+        return branch_input, lambda branch_output: add(branch_output, streams, beta)
 
     def forward(
         self,
