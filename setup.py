@@ -15,7 +15,8 @@ setup(
         'torch>=2.4',
         'einops>=0.8',
         'x-transformers>=2.0',
-        'hyper-connections>=0.4.11',  # the version this package is tested with; its API moves fast
+        'hyper-connections>=0.4.11,<0.5',  # tested with 0.4.11; Transformer computes its HyperConnections' math itself
+                                           # from their parameters (mix_streams), so a new formula must not slip in
         'tqdm',
         'matplotlib',
         'pyyaml',     # --config recipes (recipes/*.yaml)

@@ -225,7 +225,7 @@ def load_reference(directory: str):
     if not source.is_file():
         raise SystemExit(f'--reference {directory}: no coconut_pytorch/coconut.py there; install it with '
                          f'pip install --no-deps --target {directory} coconut-pytorch==0.0.32 rotary-embedding-torch')
-    versions = [path.name.split('-')[1] for path in root.glob('coconut_pytorch-*.dist-info')]
+    versions = [path.name.removesuffix('.dist-info').split('-', 1)[1] for path in root.glob('coconut_pytorch-*.dist-info')]
     sys.path.append(str(root))
     spec = importlib.util.spec_from_file_location('coconut_pytorch_reference', source)
     module = importlib.util.module_from_spec(spec)

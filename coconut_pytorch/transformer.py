@@ -399,12 +399,12 @@ class Transformer(Module):
         with its own parameters as inputs, so one compiled graph serves every layer, and (dynamic in length) the
         prompt, each thought step and the answer alike: the cold start is that of one block, not of the model.
         """
+        compile_kwargs = {'dynamic': True, **compile_kwargs}
         for _, attn, _, ff in self.layers:
-            attn.compile(dynamic = True, **compile_kwargs)
-            ff.compile(dynamic = True, **compile_kwargs)
+            attn.compile(**compile_kwargs)
+            ff.compile(**compile_kwargs)
         if self.num_residual_streams > 1:
-            self.stream_mixing = (torch.compile(mix_streams, dynamic = True, **compile_kwargs),
-                                  torch.compile(add_to_streams, dynamic = True, **compile_kwargs))
+            self.stream_mixing = (torch.compile(mix_streams, **compile_kwargs), torch.compile(add_to_streams, **compile_kwargs))
         return self
 
     def embed(self, inputs: Tensor | Sequence[Tensor]) -> Tensor:

@@ -43,9 +43,10 @@ finished() { [ -f "$out/$1.log" ] && grep '^{' "$out/$1.log" | tail -1 | grep -q
 ended() { [ -f "$out/$1.log" ] && grep '^{' "$out/$1.log" | tail -1 | grep -q '"finished": '; }
 running() { [ -f "$out/$1.pid" ] && kill -0 "$(cat "$out/$1.pid")" 2> /dev/null; }
 
+# runs started by `start` and resumed by `watch` talk to the same MPS daemon
+export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
 start_mps() {
   if command -v nvidia-cuda-mps-control > /dev/null; then
-    export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
     mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
     nvidia-cuda-mps-control -d 2> /dev/null && echo "MPS: started"
   fi

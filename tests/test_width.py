@@ -86,3 +86,26 @@ def test_checkpoints_from_before_the_rule_load_and_resume_at_their_width(tmp_pat
         train(TrainConfig(**SMALL), tmp_path, resume = True)
     resumed = train(TrainConfig(**SMALL, ff_dim_inner = 64), tmp_path, resume = True)
     assert resumed['finished'] is True
+
+
+def test_a_run_from_an_older_runs_weights_and_hf_runs_are_told_apart(tmp_path):
+    # init_from a checkpoint of the earlier width: refused, saying which width to give
+    train(TrainConfig(**SMALL, method = 'cot', time_budget = 0.), tmp_path / 'cot')
+    as_made_before_the_rule(tmp_path / 'cot' / 'checkpoint.pt')
+    with pytest.raises(ValueError, match = 'give --ff-dim-inner 64'):
+        train(TrainConfig(**SMALL, init_from = str(tmp_path / 'cot' / 'checkpoint.pt'), time_budget = 0.), tmp_path / 'coconut')
+    started = train(TrainConfig(**SMALL, init_from = str(tmp_path / 'cot' / 'checkpoint.pt'), ff_dim_inner = 64, time_budget = 0.), tmp_path / 'wide')
+    assert started['checkpoint']
+
+    # a pretrained model's run has no such width, before or after the rule
+    assert TrainConfig.from_dict(dict(task = 'running_sum', hf_model = 'some/folder')).ff_dim_inner is None
+    assert TrainConfig(hf_model = 'some/folder').feedforward_width() is None
+    with pytest.raises(ValueError, match = 'ff_dim_inner sets the native Transformer'):
+        TrainConfig(hf_model = 'some/folder', ff_dim_inner = 64)
+
+
+def test_the_width_given_as_the_rules_number_resumes_a_run_made_by_the_rule(tmp_path):
+    train(TrainConfig(**SMALL, time_budget = 0.), tmp_path)
+    assert TrainConfig(**SMALL).feedforward_width() == 42
+    resumed = train(TrainConfig(**SMALL, ff_dim_inner = 42), tmp_path, resume = True)
+    assert resumed['finished'] is True

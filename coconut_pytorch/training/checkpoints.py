@@ -397,8 +397,11 @@ def check_resumable(run: LoadedRun, config: TrainConfig, tokenizer: Tokenizer, p
         # ids would silently mean other words (a file-trained vocabulary is rebuilt from the files)
         raise ValueError(f'--resume: the vocabulary built from the data differs from the checkpoint\'s ({path}); were the data files changed?')
     if run.config != config:
+        # the feedforward's width counts as the width it builds: None (the rule) and the rule's number are one model
+        same_width = run.config.feedforward_width() == config.feedforward_width()
         changed = [f'{f.name} ({getattr(run.config, f.name)!r} in the checkpoint, {getattr(config, f.name)!r} now)'
-                   for f in fields(TrainConfig) if getattr(run.config, f.name) != getattr(config, f.name) and f.name not in RESUME_MAY_CHANGE]
+                   for f in fields(TrainConfig) if getattr(run.config, f.name) != getattr(config, f.name) and f.name not in RESUME_MAY_CHANGE
+                   and not (f.name == 'ff_dim_inner' and same_width)]
         if changed:
             hint = ('; coconut runs default to the thought loss since the thirteenth session: give --thought-loss '
                     f'{run.config.thought_loss:g} to resume this one as it was trained') if any(c.startswith('thought_loss ') for c in changed) else ''

@@ -213,10 +213,18 @@ class TrainConfig:
             raise ValueError('cuda_graphs and checkpoint (activation checkpointing) cannot be combined')
         if self.fsdp and (self.cuda_graphs or self.compile or self.checkpoint):
             raise ValueError('fsdp cannot be combined with cuda_graphs, compile or checkpoint (activation checkpointing)')
+        if self.hf_model is not None and self.ff_dim_inner is not None:
+            raise ValueError('ff_dim_inner sets the native Transformer\'s feedforward; a pretrained model (hf_model) has its own')
         if self.hf_model is not None and (self.cuda_graphs or self.compile):
             # both act on the native Transformer (its static cache, its blocks); a transformers model builds a new
             # cache object every call
             raise ValueError(f"{'cuda_graphs' if self.cuda_graphs else 'compile'} is for the native Transformer; it cannot be used with hf_model")
+
+    def feedforward_width(self) -> int | None:
+        """The native Transformer's gated feedforward width this configuration builds (None for a pretrained model)."""
+        if self.hf_model is not None:
+            return None
+        return self.ff_dim_inner if self.ff_dim_inner is not None else int(self.dim * 4 * 2 / 3)
 
     @property
     def uses_thought_targets(self) -> bool:
@@ -253,7 +261,7 @@ class TrainConfig:
         # thought loss existed trained without it, and one saved before ff_dim_inner existed has a feedforward of
         # width 4 x dim (the rule before the 2/3 one)
         earlier = {'exclude_held_out': False, 'thought_loss': 0.}
-        if 'ff_dim_inner' not in values:
+        if 'ff_dim_inner' not in values and values.get('hf_model') is None:
             earlier['ff_dim_inner'] = 4 * values.get('dim', cls.dim)
         return cls(**{**earlier, **{key: value for key, value in values.items() if key in known}})
 

@@ -464,7 +464,10 @@ def start_from(model: Coconut, tokenizer: Tokenizer, path: str, device: torch.de
         if unexpected or set(missing) - {'thought_gain'}:
             raise RuntimeError(f'missing keys {sorted(set(missing) - {"thought_gain"})}, unexpected keys {sorted(unexpected)}')
     except RuntimeError as error:
-        raise ValueError(f'init_from {path}: its weights do not fit this run\'s model ({first_line(error)})') from None
+        width, own = source.config.feedforward_width(), model.model.layers[0][3].proj_out.weight.shape[1] if hasattr(model.model, 'layers') else None
+        hint = (f'; its feedforward is {width} wide (made before the 2/3 rule of the fourteenth session?): give --ff-dim-inner {width}'
+                if width is not None and own is not None and width != own else '')
+        raise ValueError(f'init_from {path}: its weights do not fit this run\'s model ({first_line(error)}){hint}') from None
 
 
 def gathered_model(run: Run) -> Coconut:

@@ -283,7 +283,8 @@ class TrainStep:
 
     def shape_key(self, batch: Batch, share: Share | None = None) -> tuple[int, int, int, bool]:
         """(thought passes, padded prompt length, padded answer length, with thought targets) of the graph that runs
-        `batch` (a rank's part of a batch runs the whole batch's passes: `share.passes`)."""
+        `batch` (a rank's part of a batch runs the whole batch's passes: `share.passes`). A graph's key in
+        `self.graphs` adds (with halting targets, with a rank's share weights)."""
         passes = share.passes if share is not None else int(batch.num_thoughts.max())
         prompt_length = max(batch.prompt.shape[1], self.min_lengths[0])
         target_length = max(batch.target.shape[1], self.min_lengths[1])
