@@ -132,6 +132,25 @@ class Bench:
         kwargs = dict(fused = True) if self.cuda else {}
         return torch.optim.AdamW(model.parameters(), lr = 1e-4, **kwargs)
 
+    def training_step(self, model: nn.Module, opt, prompt: torch.Tensor, answer: torch.Tensor, before_each = None):
+        """One training iteration of `model` on (prompt, answer) as a function to time: forward, backward, the optimizer."""
+        def step():
+            if before_each is not None:
+                before_each()
+            with self.autocast():
+                loss = model(prompt, answer)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none = True)
+        return step
+
+    def greedy(self, model: nn.Module, prompt: torch.Tensor, **generate_kwargs):
+        """Greedy generation of `--gen-tokens` tokens after `prompt`, as a function to time."""
+        def generate():
+            with self.autocast():
+                model.generate(prompt, max_length = self.args.gen_tokens, temperature = 0., **generate_kwargs)
+        return generate
+
     def ids(self, *shape) -> torch.Tensor:
         return torch.randint(0, COMMON['num_tokens'], shape, device = self.device)
 
@@ -250,25 +269,13 @@ def measure_reference(bench: Bench, run: dict, reference) -> dict:
         prompt = bench.ids(cfg['batch'], cfg['prompt'])
         answer = bench.ids(cfg['batch'], cfg['answer'])
 
-        def step():
-            with bench.autocast():
-                loss = model(prompt, answer)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none = True)
-
-        times = bench.time_ms(step, args.steps, args.warmup)
+        times = bench.time_ms(bench.training_step(model, opt, prompt, answer), args.steps, args.warmup)
         result.update(step_ms = statistics.median(times), step_ms_all = times, peak_gib = bench.peak_gib())
         if run['generate'] and not args.no_gen:
             opt = None
             model.eval()
             bench.reset_memory()
-
-            def gen():
-                with bench.autocast():
-                    model.generate(prompt, max_length = args.gen_tokens, temperature = 0.)
-
-            gen_times = bench.time_ms(gen, args.gen_runs, 1)
+            gen_times = bench.time_ms(bench.greedy(model, prompt), args.gen_runs, 1)
             result.update(gen_ms = statistics.median(gen_times), gen_ms_all = gen_times)
     except Exception as err:
         if not is_oom(err):
@@ -336,16 +343,8 @@ def measure_coconut(bench: Bench, run: dict) -> dict:
             compile_coconut(model, mode, args.torch_compile_mode if mode != 'eager' else None)
 
             cudagraphs = args.torch_compile_mode in ('reduce-overhead', 'max-autotune') and mode != 'eager' and bench.cuda
-
-            def step():
-                if cudagraphs:
-                    # one training iteration per call: the graphs' output buffers may be reused from here on
-                    torch.compiler.cudagraph_mark_step_begin()
-                with bench.autocast():
-                    loss = model(prompt, answer)
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none = True)
+            # with CUDA graphs, one training iteration per call: the graphs' output buffers may be reused from there on
+            step = bench.training_step(model, opt, prompt, answer, torch.compiler.cudagraph_mark_step_begin if cudagraphs else None)
 
             t0 = time.perf_counter()
             step()                      # first call compiles; failures surface here
@@ -363,13 +362,7 @@ def measure_coconut(bench: Bench, run: dict) -> dict:
                 model.eval()
                 bench.reset_memory()
 
-                def gen():
-                    with bench.autocast():
-                        model.generate(prompt, max_length = args.gen_tokens, temperature = 0.)
-
-                def gen_without_graphs():
-                    with bench.autocast():
-                        model.generate(prompt, max_length = args.gen_tokens, temperature = 0., cuda_graph = False)
+                gen, gen_without_graphs = bench.greedy(model, prompt), bench.greedy(model, prompt, cuda_graph = False)
 
                 try:
                     gen_times = bench.time_ms(gen, args.gen_runs, 1)
@@ -380,9 +373,7 @@ def measure_coconut(bench: Bench, run: dict) -> dict:
                         result['gen_ms_no_graph'] = statistics.median(bench.time_ms(gen_without_graphs, args.gen_runs, 1))
                     if bench.cuda and args.gen_compile:
                         # each step compiled before its graph is captured (the first call compiles)
-                        def gen_compiled():
-                            with bench.autocast():
-                                model.generate(prompt, max_length = args.gen_tokens, temperature = 0., compile_steps = True)
+                        gen_compiled = bench.greedy(model, prompt, compile_steps = True)
 
                         t0 = time.perf_counter()
                         gen_compiled()
