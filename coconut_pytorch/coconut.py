@@ -77,6 +77,7 @@ class LossBreakdown(NamedTuple):
     align_mse_loss: Tensor | None = None       # `Coconut.align_losses`, with thought targets and a weight > 0
     align_cosine_loss: Tensor | None = None
     halt_loss: Tensor | None = None            # `Coconut.halt_loss`, with `halt_after` and a halting head
+    thought_token_loss: Tensor | None = None   # `Coconut.thought_token_loss`, with `thought_tokens` and the heads
 
 
 class ThoughtMix(NamedTuple):
@@ -146,6 +147,13 @@ class Coconut(Module):
             step", trained by `halt_loss` when `forward` gets `halt_after` and used by `generate`'s
             `halt_threshold` (learned halting: latent mode ends when the model decides, not after a fixed count).
             Needs continuous thoughts in a single stream. 0: no head, every computation as without the option.
+        thought_token_heads: m > 0 adds m small heads (`to_thought_tokens`, m linear maps of the model dimension,
+            each started at the identity) through which a thought spells out, in order, the first m tokens of the
+            language it replaced: head j's output under the language-model head should give its j-th token
+            (`thought_token_loss`, when `forward` gets `thought_tokens`). A thought may so stand for several tokens
+            with an ordered target for each, where `thought_targets` give it their unordered bag. Training only:
+            generation never reads the heads. 0: no heads.
+        thought_token_loss_weight: the weight of that loss.
 
     Positional arguments may also come in coconut-pytorch 0.0.32's order, with the transformer second:
     `Coconut(num_reasoning_steps, transformer, num_latents_per_step, learn_begin_of_thought, begin_thought_loss_weight, checkpoint)`.
@@ -168,7 +176,9 @@ class Coconut(Module):
         align_mse_weight: float = 0.,
         align_cosine_weight: float = 0.,
         thought_rms_match: bool = False,
-        halt_loss_weight: float = 0.
+        halt_loss_weight: float = 0.,
+        thought_token_heads: int = 0,
+        thought_token_loss_weight: float = 1.
     ):
         super().__init__()
 
@@ -244,6 +254,21 @@ class Coconut(Module):
                              f'and num_hypotheses = 1, got {thought_mode!r} and {num_hypotheses}')
         self.halt_loss_weight = halt_loss_weight
         self.to_halt_logit = nn.Linear(dim, 1) if halt_loss_weight > 0 else None
+
+        # the ordered heads likewise exist only with the option, made after everything else; each starts as the
+        # identity, so that head j first reads the thought as the thought loss does
+        if not isinstance(thought_token_heads, Integral) or isinstance(thought_token_heads, bool) or thought_token_heads < 0:
+            raise ValueError(f'thought_token_heads must be an int >= 0, got {thought_token_heads!r}')
+        check_finite_number(thought_token_loss_weight, 'thought_token_loss_weight')
+        if thought_token_heads > 0 and num_hypotheses > 1:
+            raise ValueError('thought_token_heads need thoughts in a single stream (num_hypotheses = 1)')
+        self.thought_token_heads = thought_token_heads
+        self.thought_token_loss_weight = thought_token_loss_weight
+        self.to_thought_tokens = None
+        if thought_token_heads > 0:
+            self.to_thought_tokens = nn.Linear(dim, dim * thought_token_heads, bias = False)
+            with torch.no_grad():
+                self.to_thought_tokens.weight.copy_(repeat(torch.eye(dim), 'i j -> (m i) j', m = thought_token_heads))
 
     @classmethod
     def from_hf(cls, model_or_path, download: bool = False, **kwargs) -> Coconut:
@@ -597,7 +622,8 @@ class Coconut(Module):
         num_reasoning_steps: int | Tensor | None = None,
         thought_targets: Tensor | None = None,
         thought_mix: float | Tensor = 0.,
-        halt_after: Tensor | None = None
+        halt_after: Tensor | None = None,
+        thought_tokens: Tensor | None = None
     ):
         """Loss of the answer given the prompt and the thoughts, or the intermediates.
 
@@ -619,6 +645,9 @@ class Coconut(Module):
                 replaced (needs `thought_targets`; 0: off).
             halt_after: (b,) integers >= 0, the step count after which each row should stop thinking: adds the
                 halting loss (`halt_loss`), weighted by `halt_loss_weight`. Needs the halting head.
+            thought_tokens: (b, S * c, m) token ids, -1 where there is none: per thought, in sequence order, the
+                first m tokens of the language it replaced, in their order: adds `thought_token_loss`, weighted by
+                `thought_token_loss_weight`. Needs `thought_token_heads` = m.
 
         Returns the scalar loss (mean cross-entropy over real answer tokens, plus the weighted <bot> loss, thought
         alignment loss, latent alignment losses and halting loss).
@@ -648,8 +677,26 @@ class Coconut(Module):
             self.check_halt_after(halt_after, batch)
             halt_after = halt_after.to(self.device)
 
+        if exists(thought_tokens):
+            self.check_thought_tokens(thought_tokens, batch, num_steps)
+            thought_tokens = thought_tokens.to(self.device)
+
         return self.forward_aligned(aligned, answer, num_steps, row_steps, return_loss = return_loss, return_intermediates = return_intermediates,
-                                    thought_targets = thought_targets, thought_mix = thought_mix, halt_after = halt_after)
+                                    thought_targets = thought_targets, thought_mix = thought_mix, halt_after = halt_after,
+                                    thought_tokens = thought_tokens)
+
+    def check_thought_tokens(self, thought_tokens, batch: int, num_steps: int):
+        """Raise unless `thought_tokens` is a (batch, steps x latents per step, m) integer tensor of ids or -1, for a
+        model with m ordered heads; moves nothing."""
+        if not exists(self.to_thought_tokens):
+            raise ValueError('thought_tokens train the ordered heads: they need Coconut(thought_token_heads > 0)')
+        if not torch.is_tensor(thought_tokens) or thought_tokens.is_floating_point() or thought_tokens.is_complex() or thought_tokens.dtype == torch.bool:
+            raise TypeError(f'thought_tokens must be an integer tensor, got {thought_tokens.dtype if torch.is_tensor(thought_tokens) else type(thought_tokens).__name__}')
+        expected = (batch, num_steps * self.num_latents_per_step, self.thought_token_heads)
+        if tuple(thought_tokens.shape) != expected:
+            raise ValueError(f'thought_tokens must have shape (batch, steps x latents per step, thought_token_heads) = {expected}, got {tuple(thought_tokens.shape)}')
+        if bool(((thought_tokens < PAD_ID) | (thought_tokens >= self.num_tokens)).any()):
+            raise ValueError(f'thought_tokens must hold token ids in [0, {self.num_tokens}) or {PAD_ID} (none)')
 
     def check_halt_after(self, halt_after, batch: int):
         """Raise unless `halt_after` is a (batch,) integer tensor of counts >= 0 and the model has a halting head."""
@@ -703,7 +750,8 @@ class Coconut(Module):
         with_prompt_logits: bool = True,
         thought_targets: Tensor | None = None,
         thought_mix: float | Tensor = 0.,
-        halt_after: Tensor | None = None
+        halt_after: Tensor | None = None,
+        thought_tokens: Tensor | None = None
     ):
         """`forward` after its checks: a left-aligned prompt, a (b, m) -1 padded answer (or None), the most steps of
         any row and the per-row steps ((b,) or None when all rows take `num_steps`).
@@ -713,7 +761,7 @@ class Coconut(Module):
         `with_prompt_logits=False` skips the prompt's logits in the intermediates (None there), which training
         does not need. `thought_targets`, `thought_mix`: as in `forward` (a tensor `thought_mix` is always blended
         in, so that a graph captured once serves every value). `halt_after`: as in `forward` (ignored without a
-        halting head).
+        halting head). `thought_tokens`: as in `forward` (ignored without the ordered heads).
         """
         batch = aligned.ids.shape[0]
 
@@ -783,6 +831,11 @@ class Coconut(Module):
             halt_loss = self.halt_loss(latent_tokens, halt_after, row_steps)
             loss = loss + halt_loss * self.halt_loss_weight
 
+        thought_token_loss = None
+        if exists(thought_tokens) and exists(self.to_thought_tokens):
+            thought_token_loss = self.thought_token_loss(latent_tokens, thought_tokens, row_steps)
+            loss = loss + thought_token_loss * self.thought_token_loss_weight
+
         similarity_loss = None
         if self.num_hypotheses > 1 and self.hypothesis_similarity_loss_weight > 0 and num_steps > 0:
             similarity_loss = self.hypothesis_similarity_loss(latent_tokens, row_steps)
@@ -791,7 +844,9 @@ class Coconut(Module):
         if not return_intermediates:
             return loss
 
-        return loss, (LossBreakdown(answer_loss, begin_thought_loss, thought_loss, similarity_loss, align_mse_loss, align_cosine_loss, halt_loss), *intermediates)
+        breakdown = LossBreakdown(answer_loss, begin_thought_loss, thought_loss, similarity_loss, align_mse_loss, align_cosine_loss, halt_loss,
+                                  thought_token_loss)
+        return loss, (breakdown, *intermediates)
 
     def hypothesis_similarity_loss(self, latent_tokens: Tensor, row_steps: Tensor | None) -> Tensor:
         """Mean cosine similarity between every pair of the H streams' thoughts at the same position (b, H, N, D),
@@ -834,6 +889,28 @@ class Coconut(Module):
         # KL(targets || softmax(logits)) = sum t log t - sum t log p
         kl = (torch.special.xlogy(targets, targets) - targets * logits.log_softmax(dim = -1)).sum(dim = -1)
         return (kl * has_target).sum() / has_target.sum().clamp(min = 1)
+
+    def thought_token_loss(self, latent_tokens: Tensor, thought_tokens: Tensor, row_steps: Tensor | None) -> Tensor:
+        """Cross-entropy of each thought's ordered heads against the tokens it replaced: head j of thought i, read
+        by the language-model head, against `thought_tokens[:, i, j]`; averaged over the (thought, position) pairs
+        that have a token within each row's steps, 0 (not NaN) when none has.
+
+        Why: `thought_loss` tells a thought which words it replaced, as a bag; a thought that replaces several
+        tokens of a product's digits must also hold their order, which a bag cannot say (Coconut on 4x4 and 5x5
+        multiplication solved them with one thought a token, not with fewer; issue 22)."""
+        c, heads = self.num_latents_per_step, self.thought_token_heads
+        spelled = rearrange(self.to_thought_tokens(latent_tokens), 'b n (m d) -> b n m d', m = heads)
+        logits = self.model.to_logits(spelled)                              # (b, N, m, V)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        targets = thought_tokens
+        if exists(row_steps):
+            # slots past a row's own steps hold whatever a masked input gives: never a target
+            slot_step = torch.arange(targets.shape[1], device = targets.device) // c
+            within = rearrange(slot_step < rearrange(row_steps, 'b -> b 1'), 'b n -> b n 1')
+            targets = torch.where(within, targets, PAD_ID)
+        losses = F.cross_entropy(rearrange(logits, 'b n m v -> b v n m'), targets.clamp(min = 0), reduction = 'none')
+        counted = (targets != PAD_ID).to(losses.dtype)
+        return (losses * counted).sum() / counted.sum().clamp(min = 1)
 
     def halt_loss(self, latent_tokens: Tensor, halt_after: Tensor, row_steps: Tensor | None) -> Tensor:
         """Binary cross-entropy of the halting head at each thought step t = 1.. of a row's own steps, with target

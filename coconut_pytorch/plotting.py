@@ -9,7 +9,7 @@ from pathlib import Path
 
 def language_loss(record: Mapping[str, float], weights: Mapping[str, float]) -> float:
     """The language part (answer and steps) of an epoch's `loss`: the total less every auxiliary loss the record
-    holds (`thought_loss`, `align_mse`, `align_cosine`, `halt_loss`), each times its weight in the run."""
+    holds (`thought_loss`, `align_mse`, `align_cosine`, `halt_loss`, `thought_token_loss`), each times its weight in the run."""
     return record['loss'] - sum(weight * record.get(name, 0.) for name, weight in weights.items())
 
 

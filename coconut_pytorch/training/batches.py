@@ -116,6 +116,7 @@ class Batch(NamedTuple):
     num_thoughts: Tensor    # (b,)
     thought_targets: Tensor | None = None   # (b, most thoughts, V) bool: the words each thought replaced
     halt_after: Tensor | None = None        # (b,) the thoughts after which each row should stop (`StagedExample.halt_after`)
+    thought_tokens: Tensor | None = None    # (b, most thoughts, m) the first m ids each thought replaced, in order, -1 padded
 
     def to(self, device) -> Batch:
         return Batch(*(t.to(device) if t is not None else None for t in self))
@@ -140,15 +141,31 @@ def thought_targets(staged: Sequence[StagedExample], num_tokens: int) -> Tensor:
     return targets
 
 
-def collate(staged: Sequence[StagedExample], num_tokens: int | None = None, with_halt_after: bool = False) -> Batch:
+def thought_tokens(staged: Sequence[StagedExample], width: int) -> Tensor:
+    """(b, most thoughts, width) long: each thought's first `width` replaced ids in their order, -1 after them, for a
+    thought that replaced nothing and in the slots past a row's own thoughts."""
+    most = max((s.num_thoughts for s in staged), default = 0)
+    tokens = torch.full((len(staged), most, width), PAD_ID, dtype = torch.long)
+    for row, example in enumerate(staged):
+        if len(example.thought_words) != example.num_thoughts:
+            raise ValueError(f'example {row} has {example.num_thoughts} thoughts but words for {len(example.thought_words)}: '
+                             f'ordered thought targets need a method with thought slots to align ({", ".join(ALIGNABLE_METHODS)})')
+        for slot, words in enumerate(example.thought_words):
+            if words:
+                tokens[row, slot, :len(words[:width])] = torch.tensor(words[:width])
+    return tokens
+
+
+def collate(staged: Sequence[StagedExample], num_tokens: int | None = None, with_halt_after: bool = False, token_width: int = 0) -> Batch:
     """Pad into a batch; with `num_tokens` (the vocabulary size), also the thoughts' word targets; with
-    `with_halt_after`, each row's halting target."""
+    `with_halt_after`, each row's halting target; with `token_width` m > 0, each thought's first m replaced ids in order."""
     prompt = pad_sequence([s.prompt for s in staged], batch_first = True, padding_value = PAD_ID)
     target = pad_sequence([s.target for s in staged], batch_first = True, padding_value = PAD_ID)
     num_thoughts = torch.tensor([s.num_thoughts for s in staged])
     targets = thought_targets(staged, num_tokens) if num_tokens is not None else None
     halt_after = torch.tensor([s.halt_after for s in staged]) if with_halt_after else None
-    return Batch(prompt, target, num_thoughts, targets, halt_after)
+    tokens = thought_tokens(staged, token_width) if token_width > 0 else None
+    return Batch(prompt, target, num_thoughts, targets, halt_after, tokens)
 
 
 @dataclass(frozen = True)
@@ -163,6 +180,7 @@ class EpochLayout:
     seed: int
     with_thought_targets: bool = False      # batches carry `thought_targets` (for `TrainConfig.thought_loss`)
     with_halt_after: bool = False           # batches carry `halt_after` (for `TrainConfig.halt_loss`)
+    token_width: int = 0                    # batches carry `thought_tokens` this wide (for `TrainConfig.thought_token_loss`)
 
     def batches(self, examples: Sequence[Example], epoch: int) -> list[Batch]:
         rng = random.Random(self.seed * 100_003 + epoch)
@@ -170,4 +188,5 @@ class EpochLayout:
         rng.shuffle(order)
         staged = staged_examples([examples[i] for i in order], self.tokenizer, self.curriculum, self.curriculum.stage_at_epoch(epoch), rng)
         num_tokens = len(self.tokenizer) if self.with_thought_targets else None
-        return [collate(staged[i:i + self.batch_size], num_tokens, self.with_halt_after) for i in range(0, len(staged), self.batch_size)]
+        return [collate(staged[i:i + self.batch_size], num_tokens, self.with_halt_after, self.token_width)
+                for i in range(0, len(staged), self.batch_size)]

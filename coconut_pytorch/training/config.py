@@ -79,6 +79,11 @@ class TrainConfig:
                                    'count at its stage (without --pad-latent-to-max\'s padding; thoughts past it: stop), so '
                                    'that evaluation can halt with --halt-threshold (0: off, no head). One process only (not '
                                    'under torchrun); eager or with cuda_graphs')
+    # ordered thought targets (Coconut.thought_token_loss): off by default
+    thought_token_loss: float = setting(0., 'weight of a loss by which each thought spells out, in order, the tokens it replaced, '
+                                            'through small heads dropped at inference (0: off, no heads). One process only')
+    thought_token_heads: int | None = setting(None, 'tokens each thought spells out with --thought-token-loss (default: '
+                                                    'ceil(tokens-per-stage / thoughts-per-step), every token a thought replaced)')
 
     # data and optimisation
     train_size: int = setting(8000, 'generated training examples (unused with --train-file)')
@@ -155,7 +160,7 @@ class TrainConfig:
         for name, minimum, inclusive in (('lr', 0., False), ('weight_decay', 0., True), ('max_grad_norm', 0., False), ('lr_decay_epochs', 0., True),
                                          ('uniform_prob', 0., True), ('time_budget', 0., True), ('removal_smoothing', 0., False),
                                          ('thought_loss', 0., True), ('align_mse', 0., True), ('align_cosine', 0., True),
-                                         ('mix_start', 0., True), ('halt_loss', 0., True)):
+                                         ('mix_start', 0., True), ('halt_loss', 0., True), ('thought_token_loss', 0., True)):
             value = getattr(self, name)
             if value is None and name in ('time_budget', 'removal_smoothing'):
                 continue
@@ -178,6 +183,12 @@ class TrainConfig:
             raise ValueError('mix_start needs mix_epochs >= 1: the epochs over which the blend anneals to 0')
         if not isinstance(self.thought_rms_match, bool):
             raise TypeError(f'thought_rms_match must be a bool, got {type(self.thought_rms_match).__name__}')
+        if self.thought_token_loss > 0 and self.method not in ALIGNABLE_METHODS:
+            raise ValueError(f'thought_token_loss trains thought slots to spell what they replaced: method must be one of {list(ALIGNABLE_METHODS)}, got {self.method!r}')
+        if self.thought_token_heads is not None:
+            check_int('thought_token_heads', self.thought_token_heads, 1)
+        if self.thought_token_loss > 0 and self.thought_token_heads is None and self.tokens_per_stage is None:
+            raise ValueError('thought_token_loss needs --thought-token-heads N, or --tokens-per-stage to count the tokens a thought replaces')
         if self.halt_loss > 0 and self.method not in FEEDBACK_METHODS:
             raise ValueError(f'halt_loss decides after each fed-back thought: method must be one of {list(FEEDBACK_METHODS)}, got {self.method!r}')
         for name in ('align_mse', 'align_cosine', 'thought_rms_match', 'mix_start'):
@@ -225,6 +236,14 @@ class TrainConfig:
         if self.hf_model is not None:
             return None
         return self.ff_dim_inner if self.ff_dim_inner is not None else int(self.dim * 4 * 2 / 3)
+
+    def thought_tokens_per_thought(self) -> int:
+        """m, the tokens each thought spells out with `thought_token_loss` (0 when off)."""
+        if self.thought_token_loss == 0:
+            return 0
+        if self.thought_token_heads is not None:
+            return self.thought_token_heads
+        return -(-self.tokens_per_stage // self.thoughts_per_step)
 
     @property
     def uses_thought_targets(self) -> bool:

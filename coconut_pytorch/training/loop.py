@@ -196,7 +196,7 @@ def open_run(config: TrainConfig, checkpoint_path: Path, device: torch.device, r
     # every method trains as many epochs as the coconut schedule, so baselines get the same budget
     schedule = Curriculum(**{**asdict(curriculum), 'method': 'coconut'})
     layout = EpochLayout(tokenizer, curriculum, config.batch_size, config.seed, with_thought_targets = config.uses_thought_targets,
-                         with_halt_after = config.halt_loss > 0)
+                         with_halt_after = config.halt_loss > 0, token_width = config.thought_tokens_per_thought())
     return Run(config, checkpoint_path, device, tokenizer, train_set, eval_set, curriculum, model, optimizer, train_step, layout,
                total_epochs = schedule.total_epochs + config.final_epochs, digests = data_digests(config), longest_target = longest_target,
                world = world, **where)
@@ -282,6 +282,7 @@ def train_epoch(run: Run, epoch: int, batches: list[Batch], nonfinite: NonFinite
     loss_sum = torch.zeros((), device = device)
     thought_loss_sum = torch.zeros((), device = device)
     halt_loss_sum = torch.zeros((), device = device)
+    thought_token_loss_sum = torch.zeros((), device = device)
     align_sums = torch.zeros(2, device = device)            # align_mse, align_cosine
     # the thoughts' scale: summed RMS of every fed-back thought and their count; the embedding table's RMS per batch
     scale_sums = torch.zeros(3, device = device)
@@ -303,13 +304,14 @@ def train_epoch(run: Run, epoch: int, batches: list[Batch], nonfinite: NonFinite
                                        correct = torch.zeros_like(stats.correct), counted = torch.zeros_like(stats.counted),
                                        align_mse = torch.zeros_like(stats.align_mse), align_cosine = torch.zeros_like(stats.align_cosine),
                                        thought_rms = torch.zeros_like(stats.thought_rms), thoughts = torch.zeros_like(stats.thoughts),
-                                       halt_loss = torch.zeros_like(stats.halt_loss))
+                                       halt_loss = torch.zeros_like(stats.halt_loss), thought_token_loss = torch.zeros_like(stats.thought_token_loss))
             finite = torch.isfinite(stats.loss)
             window_finite = window_finite & finite
             # a non-finite batch counts in no average: the curve shows the batches that trained
             loss_sum += torch.where(finite, stats.loss, 0.)
             thought_loss_sum += torch.where(finite, stats.thought_loss, 0.)
             halt_loss_sum += torch.where(finite, stats.halt_loss, 0.)
+            thought_token_loss_sum += torch.where(finite, stats.thought_token_loss, 0.)
             align_sums += torch.where(finite, torch.stack((stats.align_mse, stats.align_cosine)), 0.)
             # a non-finite step's thoughts count in no mean either; every batch counts for the embeddings' RMS
             scale_sums += torch.stack((torch.where(finite, stats.thought_rms, 0.), torch.where(finite, stats.thoughts, 0.),
@@ -338,8 +340,8 @@ def train_epoch(run: Run, epoch: int, batches: list[Batch], nonfinite: NonFinite
             iterator.close()
 
     # over every rank's batches
-    loss_sum, thought_loss_sum, halt_loss_sum, align_sums, scale_sums, finite_batches, correct, counted = all_reduce_sum(
-        [loss_sum, thought_loss_sum, halt_loss_sum, align_sums, scale_sums, finite_batches, correct, counted], run.world)
+    loss_sum, thought_loss_sum, halt_loss_sum, thought_token_loss_sum, align_sums, scale_sums, finite_batches, correct, counted = all_reduce_sum(
+        [loss_sum, thought_loss_sum, halt_loss_sum, thought_token_loss_sum, align_sums, scale_sums, finite_batches, correct, counted], run.world)
     # an epoch of nothing but non-finite batches has no loss (0 / 0 = NaN, written as null)
     record = dict(epoch = epoch, stage = stage, loss = round((loss_sum / finite_batches).item(), 5),
                   token_accuracy = round((correct / counted.clamp(min = 1)).item(), 5),
@@ -350,6 +352,9 @@ def train_epoch(run: Run, epoch: int, batches: list[Batch], nonfinite: NonFinite
     if config.halt_loss > 0:
         # unweighted, as the thought loss: how well the head knows where each example's thinking ends
         record['halt_loss'] = round((halt_loss_sum / finite_batches).item(), 5)
+    if config.thought_token_loss > 0:
+        # unweighted: how well the thoughts spell, in order, the tokens they replaced
+        record['thought_token_loss'] = round((thought_token_loss_sum / finite_batches).item(), 5)
     for index, name in enumerate(('align_mse', 'align_cosine')):
         if getattr(config, name) > 0:
             record[name] = round((align_sums[index] / finite_batches).item(), 5)
@@ -405,7 +410,8 @@ def finish(run: Run, stopped: str | None, reason: str | None, seconds: float, pr
     if run.world.is_main:
         plot_history(run.history, plot, title = f'{config.task} / {config.method}', thought_loss_weight = config.thought_loss,
                      final_accuracy = (run.saved_epoch, result['accuracy']),
-                     loss_weights = dict(align_mse = config.align_mse, align_cosine = config.align_cosine, halt_loss = config.halt_loss))
+                     loss_weights = dict(align_mse = config.align_mse, align_cosine = config.align_cosine, halt_loss = config.halt_loss,
+                                         thought_token_loss = config.thought_token_loss))
 
     return dict(
         finished = stopped is None,

@@ -40,7 +40,9 @@ def build_model(config: TrainConfig, num_tokens: int, curriculum: Curriculum, ba
         align_mse_weight = config.align_mse,
         align_cosine_weight = config.align_cosine,
         thought_rms_match = config.thought_rms_match,
-        halt_loss_weight = config.halt_loss
+        halt_loss_weight = config.halt_loss,
+        thought_token_heads = config.thought_tokens_per_thought(),
+        thought_token_loss_weight = config.thought_token_loss
     )
 
 

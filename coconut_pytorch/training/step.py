@@ -45,6 +45,7 @@ class StepStats(NamedTuple):
     thoughts: Tensor        # () how many fed-back thoughts that sum counts (0 at stage 0, and in pause mode)
     embedding_rms: Tensor   # () the RMS of the token embedding table (`Coconut.embedding_rms`)
     halt_loss: Tensor       # () the halting loss, detached (0 without halting targets)
+    thought_token_loss: Tensor  # () the ordered thought-token loss, detached (0 without ordered targets)
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -76,7 +77,8 @@ def step_stats(model: Coconut, loss: Tensor, breakdown, latent_tokens: Tensor, a
     zero = torch.zeros((), device = loss.device)
     detached = lambda term: term.detach() if term is not None else zero
     return StepStats(loss.detach(), *token_counts(answer_logits, target), detached(breakdown.thought_loss), detached(breakdown.align_mse_loss),
-                     detached(breakdown.align_cosine_loss), *thought_scale(model, latent_tokens, num_thoughts), detached(breakdown.halt_loss))
+                     detached(breakdown.align_cosine_loss), *thought_scale(model, latent_tokens, num_thoughts), detached(breakdown.halt_loss),
+                     detached(breakdown.thought_token_loss))
 
 
 def shared_objective(loss: Tensor, breakdown, weights: Tensor, model: Coconut) -> Tensor:
@@ -108,11 +110,13 @@ class BatchLoss(nn.Module):
         self.model = model
 
     def forward(self, prompt: Tensor, target: Tensor, num_thoughts: Tensor, passes: int, thought_targets: Tensor | None = None,
-                weights: Tensor | None = None, thought_mix: Tensor | None = None, halt_after: Tensor | None = None) -> tuple[Tensor, StepStats]:
+                weights: Tensor | None = None, thought_mix: Tensor | None = None, halt_after: Tensor | None = None,
+                thought_tokens: Tensor | None = None) -> tuple[Tensor, StepStats]:
         aligned = left_align(prompt, has_padding = True)
         loss, (breakdown, _, latent_tokens, answer_logits, _) = self.model.forward_aligned(
             aligned, target, passes, num_thoughts, return_intermediates = True, with_prompt_logits = False,
-            thought_targets = thought_targets, thought_mix = default(thought_mix, 0.), halt_after = halt_after
+            thought_targets = thought_targets, thought_mix = default(thought_mix, 0.), halt_after = halt_after,
+            thought_tokens = thought_tokens
         )
         objective = loss if weights is None else shared_objective(loss, breakdown, weights.to(loss.dtype), self.model)
         return objective, step_stats(self.model, loss, breakdown, latent_tokens, answer_logits, target, num_thoughts)
@@ -128,19 +132,23 @@ def check_batch(model: Coconut, batch: Batch, passes: int):
         model.check_thought_targets(batch.thought_targets, batch.prompt.shape[0], passes)
     if batch.halt_after is not None:
         model.check_halt_after(batch.halt_after, batch.prompt.shape[0])
+    if batch.thought_tokens is not None:
+        model.check_thought_tokens(batch.thought_tokens, batch.prompt.shape[0], passes)
 
 
 def batch_inputs(batch: Batch) -> tuple[Tensor, ...]:
     """The tensors a graph reads, in its static buffers' order: prompt, target, thoughts per row, then the thought
-    targets and the halting targets where the batch has them."""
-    return tuple(t for t in (batch.prompt, batch.target, batch.num_thoughts, batch.thought_targets, batch.halt_after) if t is not None)
+    targets, the halting targets and the ordered thought tokens where the batch has them."""
+    return tuple(t for t in (batch.prompt, batch.target, batch.num_thoughts, batch.thought_targets, batch.halt_after, batch.thought_tokens)
+                 if t is not None)
 
 
 class GraphedShape(NamedTuple):
     graph: torch.cuda.CUDAGraph
     inputs: tuple[Tensor, ...]              # static prompt (b, P) and target (b, T), -1 padded, thoughts per row (b,),
                                             # with thought targets those (b, S, V), with halting targets those (b,),
-                                            # and across ranks the share weights (3,)
+                                            # with ordered thought tokens those (b, S, m), and across ranks the share
+                                            # weights (3,)
     staging: tuple[Tensor, ...]             # the same in pinned host memory, copied in without blocking the host
     copied: torch.cuda.Event                # the last copy out of `staging` has run once this completes
     stats: StepStats                        # static outputs
@@ -192,6 +200,8 @@ class TrainStep:
             raise ValueError('cuda_graphs cannot be combined with a model built with checkpoint=True (not supported)')
         if exists(model.to_halt_logit) and world.distributed:
             raise ValueError('a halting model (halt_loss_weight > 0) cannot train across processes (not supported yet)')
+        if exists(model.to_thought_tokens) and world.distributed:
+            raise ValueError('a model with ordered thought heads (thought_token_heads > 0) cannot train across processes (not supported yet)')
         self.model = model
         self.autocast_dtype = autocast_dtype
         self.loss_scale = loss_scale
@@ -268,7 +278,8 @@ class TrainStep:
         with self.autocast():
             loss, (breakdown, _, latent_tokens, answer_logits, _) = self.model(
                 batch.prompt, batch.target, num_reasoning_steps = batch.num_thoughts, return_intermediates = True,
-                thought_targets = batch.thought_targets, thought_mix = default(self.thought_mix, 0.), halt_after = batch.halt_after
+                thought_targets = batch.thought_targets, thought_mix = default(self.thought_mix, 0.), halt_after = batch.halt_after,
+                thought_tokens = batch.thought_tokens
             )
         (loss * self.loss_scale).backward()
         return step_stats(self.model, loss, breakdown, latent_tokens, answer_logits, batch.target, batch.num_thoughts)
@@ -292,8 +303,10 @@ class TrainStep:
 
     def replay(self, batch: Batch, share: Share | None = None) -> StepStats:
         # checked here on the CPU copy: a graph reads whatever ids it is given
-        # graphs of batches with halting targets read them too, and a rank's graph its share weights
-        key = self.shape_key(batch, share) + (batch.halt_after is not None, share is not None)
+        # graphs of batches with halting targets read them too (and ordered thought tokens, (b, S, m)), and a rank's
+        # graph its share weights
+        tokens_width = batch.thought_tokens.shape[-1] if batch.thought_tokens is not None else 0
+        key = self.shape_key(batch, share) + (batch.halt_after is not None, share is not None) + ((tokens_width,) if tokens_width else ())
         check_batch(self.model, batch, key[0])
 
         shape = self.graph_for(key)
@@ -347,15 +360,15 @@ class TrainStep:
         return len(unused)
 
     def graphed_body(self, prompt: Tensor, target: Tensor, num_thoughts: Tensor, passes: int, thought_targets: Tensor | None = None,
-                     weights: Tensor | None = None, halt_after: Tensor | None = None) -> StepStats:
+                     weights: Tensor | None = None, halt_after: Tensor | None = None, thought_tokens: Tensor | None = None) -> StepStats:
         """The step on static buffers (`BatchLoss`, with autocast's weight casts recorded in the graph)."""
         with self.autocast(cache_enabled = False):
-            objective, stats = self.loss(prompt, target, num_thoughts, passes, thought_targets, weights, self.thought_mix, halt_after)
+            objective, stats = self.loss(prompt, target, num_thoughts, passes, thought_targets, weights, self.thought_mix, halt_after, thought_tokens)
         (objective * self.loss_scale).backward()
         return stats
 
     def capture(self, passes: int, prompt_length: int, target_length: int, with_thought_targets: bool = False,
-                with_halt_after: bool = False, with_weights: bool = False) -> GraphedShape:
+                with_halt_after: bool = False, with_weights: bool = False, tokens_width: int = 0) -> GraphedShape:
         device, batch = self.model.device, self.batch_size
         prompt = torch.full((batch, prompt_length), PAD_ID, dtype = torch.long, device = device)
         target = torch.full((batch, target_length), PAD_ID, dtype = torch.long, device = device)
@@ -365,7 +378,8 @@ class TrainStep:
         thought_targets = torch.zeros((batch, passes, self.model.num_tokens), dtype = torch.bool, device = device) if with_thought_targets else None
         halt_after = torch.full((batch,), passes, dtype = torch.long, device = device) if with_halt_after else None
         weights = torch.ones(3, dtype = torch.float64, device = device) if with_weights else None
-        body = lambda: self.graphed_body(prompt, target, num_thoughts, passes, thought_targets, weights, halt_after)
+        thought_tokens = torch.full((batch, passes, tokens_width), PAD_ID, dtype = torch.long, device = device) if tokens_width else None
+        body = lambda: self.graphed_body(prompt, target, num_thoughts, passes, thought_targets, weights, halt_after, thought_tokens)
 
         params = [p for p in self.model.parameters() if p.requires_grad]
         kept = [p.grad for p in params]     # gradients accumulated so far are set aside, not disturbed
@@ -393,7 +407,7 @@ class TrainStep:
             p.grad = grad
 
         # in `batch_inputs`' order, and the share weights last (`replay` fills them so)
-        inputs = tuple(t for t in (prompt, target, num_thoughts, thought_targets, halt_after, weights) if t is not None)
+        inputs = tuple(t for t in (prompt, target, num_thoughts, thought_targets, halt_after, thought_tokens, weights) if t is not None)
         staging = tuple(torch.empty(t.shape, dtype = t.dtype, pin_memory = True) for t in inputs)
         copied = torch.cuda.Event()
         copied.record()

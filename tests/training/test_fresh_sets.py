@@ -49,15 +49,15 @@ def test_fresh_sets_from_the_workers_equal_sets_made_in_line():
 
     tokenizer = WordTokenizer(get_task('prosqa').vocabulary())
     curriculum = Curriculum(max_latent_stage = 6, epochs_per_stage = 1, uniform_prob = 0.3)
-    # with thought and halting targets, so that every field of a batch travels back from the workers
-    layout = EpochLayout(tokenizer, curriculum, batch_size = 10, seed = 3, with_thought_targets = True, with_halt_after = True)
+    # with thought, halting and ordered token targets, so that every field of a batch travels back from the workers
+    layout = EpochLayout(tokenizer, curriculum, batch_size = 10, seed = 3, with_thought_targets = True, with_halt_after = True, token_width = 2)
     in_line = {epoch: generate_epoch('prosqa', {}, 24, fresh_data_seed(3, epoch), layout, epoch) for epoch in (1, 2, 3)}
 
     def same(made, expected):
         (batches, longest), (expected_batches, expected_longest) = made, expected
         assert longest == expected_longest and len(batches) == len(expected_batches) == 3
         for batch, expected_batch in zip(batches, expected_batches):
-            assert batch.thought_targets is not None and batch.halt_after is not None
+            assert all(t is not None for t in batch)
             for t, e in zip(batch, expected_batch):
                 assert torch.equal(t, e)
 
