@@ -20,10 +20,21 @@ from coconut_pytorch.training.checkpoints import load_trained
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# On the project's 2-core CPU a rank of these gloo runs sometimes aborts in C++ in the middle of training ("terminate
+# called without an active exception", SIGABRT): about 1 launch in 4 at commit 6696005 and at the fourteenth
+# session's end alike, not yet traced to its cause (notes of that session). Such a launch is run again once; any other
+# failure, or the same abort twice, still fails the test.
+KNOWN_ABORT = 'terminate called without an active exception'
+
+
 def torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
     environment = {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH')])), 'OMP_NUM_THREADS': '1'}
-    return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(processes), *args],
-                          capture_output = True, text = True, env = environment, cwd = ROOT, timeout = 300)
+    for _ in range(2):
+        done = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(processes), *args],
+                              capture_output = True, text = True, env = environment, cwd = ROOT, timeout = 300)
+        if done.returncode == 0 or KNOWN_ABORT not in done.stderr:
+            return done
+    return done
 
 
 @pytest.fixture(scope = 'module')
