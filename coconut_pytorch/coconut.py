@@ -80,6 +80,12 @@ class LossBreakdown(NamedTuple):
     thought_token_loss: Tensor | None = None   # `Coconut.thought_token_loss`, with `thought_tokens` and the heads
 
 
+def check_integer_tensor(value, name: str, shape: str = ''):
+    """Raise a TypeError naming `name` unless `value` is a tensor of integers (not bool, float or complex)."""
+    if not torch.is_tensor(value) or value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+        raise TypeError(f'{name} must be a {shape}integer tensor, got {value.dtype if torch.is_tensor(value) else type(value).__name__}')
+
+
 class ThoughtMix(NamedTuple):
     """The embedding-mixing schedule's blend of the fed-back thoughts (`Coconut.forward`'s `thought_mix`)."""
     embeddings: Tensor              # (b, S * c, D) mean input embedding of the words each thought replaced
@@ -519,17 +525,21 @@ class Coconut(Module):
         rms = computed.pow(2).mean(dim = -1, keepdim = True).add(torch.finfo(dtype).eps).sqrt()
         return (computed * (self.thought_gain * target_rms / rms)).to(thoughts.dtype)
 
+    def slots_within(self, row_steps: Tensor, num_slots: int) -> Tensor:
+        """(b, N) bool: which of N = S * c thought slots lie within each row's own steps (`row_steps` (b,)). The
+        slots past them hold whatever a masked input gives, and no loss or statistic may count them."""
+        slot_step = torch.arange(num_slots, device = row_steps.device) // self.num_latents_per_step
+        return slot_step < rearrange(row_steps, 'b -> b 1')
+
     def step_embeddings(self, thought_targets: Tensor, row_steps: Tensor | None) -> tuple[Tensor, Tensor]:
         """(b, N, D) the mean input embedding of the words each thought replaced, and (b, N) bool whether it has
         any (N = S * c). `thought_targets` marks a set of words per thought (a word that came twice in the step is
         marked, and counts, once); real weights give the weighted mean. Slots past a row's own steps have none."""
-        c = self.num_latents_per_step
         table = self.embedding_table()
         weights = thought_targets.to(table.dtype)
 
         if exists(row_steps):
-            slot_step = torch.arange(weights.shape[1], device = weights.device) // c
-            weights = weights * rearrange(slot_step < rearrange(row_steps, 'b -> b 1'), 'b n -> b n 1').to(weights.dtype)
+            weights = weights * rearrange(self.slots_within(row_steps, weights.shape[1]), 'b n -> b n 1').to(weights.dtype)
 
         totals = weights.sum(dim = -1)                                  # (b, N)
         means = torch.einsum('b n v, v d -> b n d', weights / totals.clamp(min = 1e-12).unsqueeze(-1), table)
@@ -690,8 +700,7 @@ class Coconut(Module):
         model with m ordered heads; moves nothing."""
         if not exists(self.to_thought_tokens):
             raise ValueError('thought_tokens train the ordered heads: they need Coconut(thought_token_heads > 0)')
-        if not torch.is_tensor(thought_tokens) or thought_tokens.is_floating_point() or thought_tokens.is_complex() or thought_tokens.dtype == torch.bool:
-            raise TypeError(f'thought_tokens must be an integer tensor, got {thought_tokens.dtype if torch.is_tensor(thought_tokens) else type(thought_tokens).__name__}')
+        check_integer_tensor(thought_tokens, 'thought_tokens')
         expected = (batch, num_steps * self.num_latents_per_step, self.thought_token_heads)
         if tuple(thought_tokens.shape) != expected:
             raise ValueError(f'thought_tokens must have shape (batch, steps x latents per step, thought_token_heads) = {expected}, got {tuple(thought_tokens.shape)}')
@@ -702,8 +711,7 @@ class Coconut(Module):
         """Raise unless `halt_after` is a (batch,) integer tensor of counts >= 0 and the model has a halting head."""
         if not exists(self.to_halt_logit):
             raise ValueError('halt_after trains the halting head: it needs Coconut(halt_loss_weight > 0)')
-        if not torch.is_tensor(halt_after) or halt_after.is_floating_point() or halt_after.is_complex() or halt_after.dtype == torch.bool:
-            raise TypeError(f'halt_after must be a (batch,) integer tensor, got {halt_after.dtype if torch.is_tensor(halt_after) else type(halt_after).__name__}')
+        check_integer_tensor(halt_after, 'halt_after', '(batch,) ')
         if tuple(halt_after.shape) != (batch,):
             raise ValueError(f'halt_after must have shape (batch,) = ({batch},), got {tuple(halt_after.shape)}')
         if bool((halt_after < 0).any()):
@@ -851,7 +859,7 @@ class Coconut(Module):
     def hypothesis_similarity_loss(self, latent_tokens: Tensor, row_steps: Tensor | None) -> Tensor:
         """Mean cosine similarity between every pair of the H streams' thoughts at the same position (b, H, N, D),
         over the positions within each row's steps: in [-1, 1], lower when the hypotheses differ."""
-        hyps, c = self.num_hypotheses, self.num_latents_per_step
+        hyps = self.num_hypotheses
         normed = F.normalize(latent_tokens.to(torch.promote_types(latent_tokens.dtype, torch.float32)), dim = -1)
         similarity = torch.einsum('b i n d, b j n d -> b n i j', normed, normed)
         pairs = torch.ones(hyps, hyps, device = similarity.device).triu(1)
@@ -859,8 +867,7 @@ class Coconut(Module):
 
         if not exists(row_steps):
             return per_position.mean()
-        slot_step = torch.arange(per_position.shape[1], device = per_position.device) // c
-        active = (slot_step < rearrange(row_steps, 'b -> b 1')).to(per_position.dtype)
+        active = self.slots_within(row_steps, per_position.shape[1]).to(per_position.dtype)
         return (per_position * active).sum() / active.sum().clamp(min = 1)
 
     def thought_loss(self, latent_tokens: Tensor, thought_targets: Tensor, row_steps: Tensor | None) -> Tensor:
@@ -872,15 +879,12 @@ class Coconut(Module):
         Why: a thought that replaces a breadth-first layer of a graph search is thought to hold the layer's nodes
         in superposition (Zhu et al., 2025); from scratch, the curriculum's only signal to the thoughts is the
         answer, which may not reach them. This tells each thought directly what it replaced."""
-        c = self.num_latents_per_step
         logits = self.model.to_logits(latent_tokens)                    # (b, N, V), N = S * c
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         weights = thought_targets.to(logits.dtype)
 
         if exists(row_steps):
-            # slots past a row's own steps hold whatever a masked input gives: never a target
-            slot_step = torch.arange(logits.shape[1], device = logits.device) // c
-            weights = weights * rearrange(slot_step < rearrange(row_steps, 'b -> b 1'), 'b n -> b n 1').to(weights.dtype)
+            weights = weights * rearrange(self.slots_within(row_steps, logits.shape[1]), 'b n -> b n 1').to(weights.dtype)
 
         totals = weights.sum(dim = -1)                                  # (b, N)
         has_target = (totals > 0).to(logits.dtype)
@@ -898,16 +902,12 @@ class Coconut(Module):
         Why: `thought_loss` tells a thought which words it replaced, as a bag; a thought that replaces several
         tokens of a product's digits must also hold their order, which a bag cannot say (Coconut on 4x4 and 5x5
         multiplication solved them with one thought a token, not with fewer; issue 22)."""
-        c, heads = self.num_latents_per_step, self.thought_token_heads
-        spelled = rearrange(self.to_thought_tokens(latent_tokens), 'b n (m d) -> b n m d', m = heads)
+        spelled = rearrange(self.to_thought_tokens(latent_tokens), 'b n (m d) -> b n m d', m = self.thought_token_heads)
         logits = self.model.to_logits(spelled)                              # (b, N, m, V)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         targets = thought_tokens
         if exists(row_steps):
-            # slots past a row's own steps hold whatever a masked input gives: never a target
-            slot_step = torch.arange(targets.shape[1], device = targets.device) // c
-            within = rearrange(slot_step < rearrange(row_steps, 'b -> b 1'), 'b n -> b n 1')
-            targets = torch.where(within, targets, PAD_ID)
+            targets = torch.where(rearrange(self.slots_within(row_steps, targets.shape[1]), 'b n -> b n 1'), targets, PAD_ID)
         losses = F.cross_entropy(rearrange(logits, 'b n m v -> b v n m'), targets.clamp(min = 0), reduction = 'none')
         counted = (targets != PAD_ID).to(losses.dtype)
         return (losses * counted).sum() / counted.sum().clamp(min = 1)

@@ -256,6 +256,13 @@ class Attention(Module):
         return rearrange(out, 'b h n d -> b n (h d)')
 
 
+def glu_width(dim: int, mult: float = 4) -> int:
+    """The gated feedforward's default inner width: a gated feedforward has three matrices where a plain one has
+    two, so at 2/3 of `dim * mult` it has the plain one's parameters (the GLU paper's rule, and coconut-pytorch
+    0.0.32's width at the same arguments)."""
+    return int(dim * mult * 2 / 3)
+
+
 class FeedForward(Module):
     """Gated feedforward: SwiGLU or GEGLU."""
 
@@ -264,9 +271,7 @@ class FeedForward(Module):
         if glu not in ('swiglu', 'geglu'):
             raise ValueError(f'ff_glu must be "swiglu" or "geglu", got {glu!r}')
 
-        # a gated feedforward has three matrices where a plain one has two: at 2/3 of `dim * mult` it has the
-        # plain one's parameters (the GLU paper's rule, and coconut-pytorch 0.0.32's width at the same arguments)
-        dim_inner = default(dim_inner, int(dim * mult * 2 / 3))
+        dim_inner = default(dim_inner, glu_width(dim, mult))
         self.activation = F.silu if glu == 'swiglu' else F.gelu
 
         self.norm = RMSNorm(dim)
@@ -331,7 +336,7 @@ class Transformer(Module):
         check_finite_number(ff_mult, 'ff_mult', inclusive = False)
         if exists(ff_dim_inner) and (not isinstance(ff_dim_inner, int) or isinstance(ff_dim_inner, bool) or ff_dim_inner < 1):
             raise ValueError(f'ff_dim_inner must be a positive integer or None, got {ff_dim_inner!r}')
-        if not exists(ff_dim_inner) and int(dim * ff_mult * 2 / 3) < 1:
+        if not exists(ff_dim_inner) and glu_width(dim, ff_mult) < 1:
             raise ValueError(f'ff_mult gives a feedforward width of 0 at dim {dim}: int(dim * ff_mult * 2 / 3) must be >= 1, got ff_mult={ff_mult!r}')
         check_finite_number(rotary_base, 'rotary_base', inclusive = False)
 

@@ -45,11 +45,13 @@ running() { [ -f "$out/$1.pid" ] && kill -0 "$(cat "$out/$1.pid")" 2> /dev/null;
 
 # runs started by `start` and resumed by `watch` talk to the same MPS daemon
 export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+mps=0
 start_mps() {
   if command -v nvidia-cuda-mps-control > /dev/null; then
     mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
-    nvidia-cuda-mps-control -d 2> /dev/null && echo "MPS: started"
+    nvidia-cuda-mps-control -d 2> /dev/null && mps=1
   fi
+  echo "MPS: $mps"
 }
 
 # one run in its own session, so that it outlives the command; its budget ends at the deadline
@@ -67,13 +69,7 @@ progress() { for name in $(cat "$out/started"); do echo "$name: $(grep '^{' "$ou
 case $mode in
 train)
   seconds=${1:?seconds}; shift; names=${*:-$all}
-  mps=0
-  if command -v nvidia-cuda-mps-control > /dev/null; then
-    export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
-    mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
-    nvidia-cuda-mps-control -d && mps=1
-  fi
-  echo "MPS: $mps"
+  start_mps
   (command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 20 >> "$out/gpu_use.csv") &
   smi=$!
   for name in $names; do

@@ -5,26 +5,17 @@ batch whose rows halt at different steps against each row alone with the count i
 """
 
 import math
+from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
+from models import NUM_TOKENS, float64_coconut
 
-from coconut_pytorch import Coconut
 
 TOL = dict(atol = 1e-10, rtol = 1e-10)
-NUM_TOKENS = 32
 
-
-def make_model(num_latents_per_step = 2, num_reasoning_steps = 3, seed = 0, **kwargs):
-    torch.manual_seed(seed)
-    model = Coconut(
-        num_reasoning_steps = num_reasoning_steps,
-        num_latents_per_step = num_latents_per_step,
-        transformer = dict(num_tokens = NUM_TOKENS, dim = 16, depth = 2, dim_head = 8, heads = 2),
-        **kwargs
-    )
-    return model.double().eval()
+make_model = partial(float64_coconut, num_latents_per_step = 2)
 
 
 def ragged_prompts(lengths = (3, 7, 5, 4), seed = 1):

@@ -6,27 +6,19 @@ generator draws; and the backbone's calls show what ran on b rows and what on b 
 """
 
 import math
+from functools import partial
 
 import pytest
 import torch
+from models import NUM_TOKENS, float64_coconut
 
-from coconut_pytorch import Coconut, SampledPaths, majority_vote
+from coconut_pytorch import SampledPaths, majority_vote
 from coconut_pytorch.paths import rank_paths, vote
 from coconut_pytorch.sampling import top_k_filter
 
-NUM_TOKENS = 32
 DIM = 16
 
-
-def make_model(num_reasoning_steps = 3, num_latents_per_step = 1, seed = 0, **kwargs):
-    torch.manual_seed(seed)
-    model = Coconut(
-        num_reasoning_steps = num_reasoning_steps,
-        num_latents_per_step = num_latents_per_step,
-        transformer = dict(num_tokens = NUM_TOKENS, dim = DIM, depth = 2, dim_head = 8, heads = 2, num_residual_streams = 1),
-        **kwargs
-    )
-    return model.double().eval()
+make_model = partial(float64_coconut, num_residual_streams = 1)
 
 
 @pytest.fixture

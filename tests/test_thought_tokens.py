@@ -6,6 +6,7 @@ replaced ids in order, the recorded (CUDA-graph) step equals the eager one, and 
 import pytest
 import torch
 import torch.nn.functional as F
+from models import NUM_TOKENS, float64_coconut
 
 from coconut_pytorch import Coconut
 from coconut_pytorch.data import Example, WordTokenizer
@@ -14,14 +15,11 @@ from coconut_pytorch.training.batches import collate, encode_at_stage
 from coconut_pytorch.training.schedule import Curriculum
 from coconut_pytorch.training.step import TrainStep
 
-NUM_TOKENS, DIM = 32, 16
+DIM = 16
 
 
-def make_model(heads = 3, seed = 0, **kwargs):
-    torch.manual_seed(seed)
-    model = Coconut(num_reasoning_steps = 2, transformer = dict(num_tokens = NUM_TOKENS, dim = DIM, depth = 1, dim_head = 8, heads = 2),
-                    thought_token_heads = heads, thought_token_loss_weight = 0.7, **kwargs)
-    return model.double()
+def make_model(heads = 3, **kwargs):
+    return float64_coconut(num_reasoning_steps = 2, depth = 1, thought_token_heads = heads, thought_token_loss_weight = 0.7, **kwargs)
 
 
 def test_the_loss_is_each_heads_cross_entropy_over_the_tokens_given():

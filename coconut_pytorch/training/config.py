@@ -20,6 +20,7 @@ from coconut_pytorch.data.tasks import TASKS
 from coconut_pytorch.data.tasks.base import check_int
 from coconut_pytorch.helpers import parse_device, resolve_device
 from coconut_pytorch.training.schedule import ALIGNABLE_METHODS, FEEDBACK_METHODS, METHODS, Curriculum
+from coconut_pytorch.transformer import glu_width
 
 
 # the methods trained with the thought loss unless told otherwise: from scratch, Coconut's thoughts learned ProsQA,
@@ -235,7 +236,7 @@ class TrainConfig:
         """The native Transformer's gated feedforward width this configuration builds (None for a pretrained model)."""
         if self.hf_model is not None:
             return None
-        return self.ff_dim_inner if self.ff_dim_inner is not None else int(self.dim * 4 * 2 / 3)
+        return self.ff_dim_inner if self.ff_dim_inner is not None else glu_width(self.dim)
 
     def thought_tokens_per_thought(self) -> int:
         """m, the tokens each thought spells out with `thought_token_loss` (0 when off)."""

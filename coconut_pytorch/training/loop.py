@@ -175,7 +175,7 @@ def open_run(config: TrainConfig, checkpoint_path: Path, device: torch.device, r
     else:
         model = build_model(config, len(tokenizer), curriculum).to(device)
         if config.init_from is not None:
-            start_from(model, tokenizer, config.init_from, device)
+            start_from(model, tokenizer, config, device)
         where = {}
 
     if config.compile:
@@ -299,12 +299,9 @@ def train_epoch(run: Run, epoch: int, batches: list[Batch], nonfinite: NonFinite
                 batch, share = shard_batch(batch, run.world)
             stats = run.train_step(batch, share, sync = steps_now)
             if share is not None and share.rows == 0:
-                # a rank with no rows of this batch ran its step for the collectives only
-                stats = stats._replace(loss = torch.zeros_like(stats.loss), thought_loss = torch.zeros_like(stats.thought_loss),
-                                       correct = torch.zeros_like(stats.correct), counted = torch.zeros_like(stats.counted),
-                                       align_mse = torch.zeros_like(stats.align_mse), align_cosine = torch.zeros_like(stats.align_cosine),
-                                       thought_rms = torch.zeros_like(stats.thought_rms), thoughts = torch.zeros_like(stats.thoughts),
-                                       halt_loss = torch.zeros_like(stats.halt_loss), thought_token_loss = torch.zeros_like(stats.thought_token_loss))
+                # a rank with no rows of this batch ran its step for the collectives only: it adds nothing to any
+                # sum, except the embeddings' RMS, which every rank counts for every batch
+                stats = type(stats)(*map(torch.zeros_like, stats))._replace(embedding_rms = stats.embedding_rms)
             finite = torch.isfinite(stats.loss)
             window_finite = window_finite & finite
             # a non-finite batch counts in no average: the curve shows the batches that trained
@@ -457,9 +454,10 @@ def held_out(run: Run, inference: dict, progress: Callable | None = None, say: C
     return result
 
 
-def start_from(model: Coconut, tokenizer: Tokenizer, path: str, device: torch.device):
-    """A new run's first weights from another run's checkpoint (`init_from`): the same model shape, and ids that mean
-    the same words; the optimizer, the schedule and the data start afresh."""
+def start_from(model: Coconut, tokenizer: Tokenizer, config: TrainConfig, device: torch.device):
+    """A new run's first weights from another run's checkpoint (`config.init_from`): the same model shape, and ids
+    that mean the same words; the optimizer, the schedule and the data start afresh."""
+    path = config.init_from
     source = load_run(path, str(device))
     if source.tokenizer.to_dict() != tokenizer.to_dict():
         raise ValueError(f'init_from {path}: its vocabulary is not the one this run\'s data gives, so its ids would mean other words')
@@ -470,9 +468,9 @@ def start_from(model: Coconut, tokenizer: Tokenizer, path: str, device: torch.de
         if unexpected or set(missing) - {'thought_gain'}:
             raise RuntimeError(f'missing keys {sorted(set(missing) - {"thought_gain"})}, unexpected keys {sorted(unexpected)}')
     except RuntimeError as error:
-        width, own = source.config.feedforward_width(), model.model.layers[0][3].proj_out.weight.shape[1] if hasattr(model.model, 'layers') else None
+        width = source.config.feedforward_width()
         hint = (f'; its feedforward is {width} wide (made before the 2/3 rule of the fourteenth session?): give --ff-dim-inner {width}'
-                if width is not None and own is not None and width != own else '')
+                if width is not None and width != config.feedforward_width() else '')
         raise ValueError(f'init_from {path}: its weights do not fit this run\'s model ({first_line(error)}){hint}') from None
 
 

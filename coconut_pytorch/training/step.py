@@ -25,8 +25,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from einops import rearrange
-
 from coconut_pytorch.coconut import Coconut
 from coconut_pytorch.distributed import GradientAverage, Share, World, shard_model, wrap_ddp
 from coconut_pytorch.training.batches import Batch
@@ -68,8 +66,7 @@ def thought_scale(model: Coconut, latent_tokens: Tensor, num_thoughts: Tensor) -
         return zero, zero, embedding_rms
     thoughts = model.rms_matched(latent_tokens, embedding_rms) if model.thought_rms_match else latent_tokens
     rms = thoughts.to(torch.promote_types(thoughts.dtype, torch.float32)).pow(2).mean(dim = -1).sqrt()     # (b, N)
-    slot_step = torch.arange(rms.shape[1], device = rms.device) // model.num_latents_per_step
-    active = (slot_step < rearrange(num_thoughts, 'b -> b 1')).to(rms.dtype)
+    active = model.slots_within(num_thoughts.to(rms.device), rms.shape[1]).to(rms.dtype)
     return (rms * active).sum(), active.sum(), embedding_rms
 
 
