@@ -70,3 +70,15 @@ def test_held_out_overlap_counts_the_questions_a_run_trained_on(tmp_path):
     assert 0 < expected < 64
     assert report['also_trained_on'] == expected and report['held_out'] == 64
     assert [e.question for e in load_examples(unseen_file)] == [e.question for e in held_out if e.question not in seen]
+
+
+def test_op_count_counts_what_the_step_dispatches(capsys):
+    # one more residual stream is more work per block: the count must see it
+    sys.path.insert(0, 'benchmarks')
+    from op_count import main as op_count
+    counts = {}
+    for streams in (1, 4):
+        op_count(['--streams', str(streams), '--depth', '1', '--dim', '32', '--top', '3'])
+        first = capsys.readouterr().out.splitlines()[0]
+        counts[streams] = [int(word) for word in first.replace(',', '').split() if word.isdigit()]
+    assert all(count > 0 for count in counts[1]) and counts[4][0] > counts[1][0] and counts[4][1] > counts[1][1]
