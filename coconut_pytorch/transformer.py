@@ -25,7 +25,7 @@ from torch.nn import Module, ModuleList
 
 from einops import rearrange, repeat
 from hyper_connections import get_init_and_expand_reduce_stream_functions
-from x_transformers.x_transformers import RotaryEmbedding, rotate_half
+from x_transformers.x_transformers import RotaryEmbedding
 
 from coconut_pytorch.backbone import BackboneOutput
 from coconut_pytorch.inputs import check_finite_number
@@ -93,6 +93,16 @@ def zero_padding(x: Tensor, mask: Tensor | None) -> Tensor:
 SEGMENTED_QUERY_LIMIT = 16
 
 
+def apply_rotary(x: Tensor, rotary: tuple[Tensor, Tensor]) -> Tensor:
+    """Rotary position embedding of x (..., n, d) with pairs interleaved (x-transformers' `rotate_half` layout):
+    x * cos + rotate_half(x) * sin, written as x * cos + swap_pairs(x) * signed_sin with signed_sin = sin * (-1, +1)
+    per pair (`Transformer.rotary_for`): the same numbers (a sign flip is exact) in three kernels instead of six,
+    and queries and keys go through it together."""
+    cos, signed_sin = rotary
+    swapped = rearrange(rearrange(x, '... (d r) -> ... d r', r = 2).flip(-1), '... d r -> ... (d r)')
+    return torch.addcmul(x * cos, swapped, signed_sin)
+
+
 def segmented_attention(q: Tensor, keys: Sequence[Tensor], values: Sequence[Tensor], mask: Tensor | None) -> Tensor:
     """Softmax attention of q (b, h, n, d) over keys and values given as segments along the sequence.
 
@@ -120,6 +130,9 @@ def segmented_attention(q: Tensor, keys: Sequence[Tensor], values: Sequence[Tens
 
 # hyper-connection streams: the library's modules hold the parameters; the math runs here, in one pass per block
 
+NORMALIZE_EPS = 1e-12       # F.normalize's default floor on a vector's length
+
+
 def mix_streams(hyper_conn: Module, streams: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The width connection of `hyper_conn` (the hyper-connections library's `HyperConnections`: its parameters,
     its math, with one input view, tanh and no fractions) on streams kept as (b, n, s, d): returns the branch
@@ -131,18 +144,23 @@ def mix_streams(hyper_conn: Module, streams: Tensor) -> tuple[Tensor, Tensor, Te
     float64, gradients included (tests/test_streams.py)."""
     num_streams = streams.shape[-2]
     norm = hyper_conn.norm
-    normed = F.normalize(streams, dim = -1) * norm.scale * (norm.gamma + 1)
-    dynamic_weights = torch.cat((hyper_conn.dynamic_alpha_fn, rearrange(hyper_conn.dynamic_beta_fn, 'd -> d 1')), dim = -1)   # (d, 1 + s + 1)
-    dynamic = torch.tanh(normed @ dynamic_weights)                                                  # (b, n, s, 1 + s + 1)
+    # the library normalizes the streams, x / |x| * scale * (gamma + 1), then projects them; the norm's gain folds
+    # into the projection and the division moves after it, onto (b, n, s, s + 2) instead of (b, n, s, d)
+    gain = rearrange((norm.gamma + 1) * norm.scale, 'd -> d 1')
+    dynamic_weights = torch.cat((hyper_conn.dynamic_alpha_fn, rearrange(hyper_conn.dynamic_beta_fn, 'd -> d 1')), dim = -1) * gain   # (d, 1 + s + 1)
+    lengths = torch.linalg.vector_norm(streams, dim = -1, keepdim = True).clamp_min(NORMALIZE_EPS)  # (b, n, s, 1), F.normalize's
+    dynamic = torch.tanh((streams @ dynamic_weights) / lengths)                                     # (b, n, s, 1 + s + 1)
     alpha = dynamic[..., :num_streams + 1] * hyper_conn.dynamic_alpha_scale + hyper_conn.static_alpha   # (b, n, s, 1 + s)
     beta = dynamic[..., num_streams + 1] * hyper_conn.dynamic_beta_scale + hyper_conn.static_beta      # (b, n, s)
-    mixed = alpha.transpose(-1, -2) @ streams                                                       # (b, n, 1 + s, d)
+    # one bmm over every (b, n) position: a 4-D matmul adds expands and copies around the same kernel
+    mixed = torch.bmm(rearrange(alpha, 'b n s m -> (b n) m s'), rearrange(streams, 'b n s d -> (b n) s d'))
+    mixed = rearrange(mixed, '(b n) m d -> b n m d', b = streams.shape[0])                         # (b, n, 1 + s, d)
     return mixed[..., 0, :], mixed[..., 1:, :], beta
 
 
 def add_to_streams(branch_output: Tensor, streams: Tensor, beta: Tensor) -> Tensor:
     """The depth connection: the branch output (b, n, d) weighted by beta (b, n, s) into every stream (b, n, s, d)."""
-    return rearrange(branch_output, 'b n d -> b n 1 d') * rearrange(beta, 'b n s -> b n s 1') + streams
+    return torch.addcmul(streams, rearrange(branch_output, 'b n d -> b n 1 d'), rearrange(beta, 'b n s -> b n s 1'))
 
 
 def check_hyper_connections(hyper_conn: Module):
@@ -179,17 +197,14 @@ class Attention(Module):
     def project(self, x: Tensor, rotary: tuple[Tensor, Tensor], first_values: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Queries, keys and values (b, h, n, d) of new tokens with rotary applied, and the values before the mix."""
         normed = self.norm(x)
-        q, k, v = rearrange(self.to_qkv(normed), 'b n (qkv h d) -> qkv b h n d', qkv = 3, h = self.heads)
-
-        raw_values = v
+        qkv = rearrange(self.to_qkv(normed), 'b n (qkv h d) -> qkv b h n d', qkv = 3, h = self.heads)
+        v = raw_values = qkv[2]
 
         if exists(self.to_value_residual_mix) and exists(first_values):
             mix = rearrange(self.to_value_residual_mix(normed).sigmoid(), 'b n h -> b h n 1')
-            v = v * (1. - mix) + first_values * mix
+            v = torch.lerp(v, first_values, mix)        # v (1 - mix) + first_values mix, in one kernel
 
-        cos, sin = rotary
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        q, k = apply_rotary(qkv[:2], rotary).unbind(0)       # queries and keys together
         return q, k, v, raw_values
 
     def forward(
@@ -363,6 +378,8 @@ class Transformer(Module):
 
         self.token_emb = nn.Embedding(num_tokens, dim)
         self.rotary = RotaryEmbedding(dim_head, base = rotary_base)
+        # rotate_half's signs, (-1, +1) per pair, folded into sin once per call (`apply_rotary`)
+        self.register_buffer('rotary_signs', torch.tensor([-1., 1.]).repeat(dim_head // 2), persistent = False)
 
         # with one stream, the library's plain residual; with several, its HyperConnections hold the parameters and
         # `mix_streams` / `add_to_streams` do the math on (b, n, s, d) streams
@@ -532,12 +549,13 @@ class Transformer(Module):
         return hiddens
 
     def rotary_for(self, next_position: Tensor, mask: Tensor | None, seq_len: int, x: Tensor) -> tuple[Tensor, Tensor]:
-        """cos and sin (b, 1, n, d) of the new tokens, once per call and shared by every layer, in the compute dtype
-        (no float32 round trip per layer). Positions count real tokens only, so padding anywhere shifts nothing."""
+        """cos and signed sin (b, 1, n, d) of the new tokens (`apply_rotary`), once per call and shared by every
+        layer, in the compute dtype (no float32 round trip per layer). Positions count real tokens only, so padding
+        anywhere shifts nothing."""
         freqs, _ = self.rotary(token_positions(next_position, mask, seq_len))
         compute_dtype = autocast_dtype(x.device.type, default = x.dtype)
         freqs = rearrange(freqs, 'b n d -> b 1 n d')
-        return freqs.cos().to(compute_dtype), freqs.sin().to(compute_dtype)
+        return freqs.cos().to(compute_dtype), (freqs.sin() * self.rotary_signs).to(compute_dtype)
 
     def run_layers(self, x: Tensor, mask: Tensor | None, attend: Callable) -> Tensor:
         """The residual streams through every block; `attend(layer_index, attn, branch_input, first_values)`
