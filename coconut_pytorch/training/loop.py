@@ -214,13 +214,23 @@ def run_epochs(run: Run, progress: Callable | None, say: Callable[[str], None] |
                            first_epoch = max(run.start_epoch, 1), excluded = held_out_questions(config, run.eval_set)) if config.fresh_data else None
     try:
         for epoch in range(run.start_epoch, run.total_epochs):
+            # where an epoch's wall time goes, in its record: waiting for the epoch's batches, the training steps
+            # (CUDA graph captures among them, also given alone), the held-out evaluation; the rest of the time
+            # between two records' `seconds` is the previous epoch's checkpoint and records
+            clock = time.perf_counter()
             batches = epoch_batches(run, epoch, fresh_sets)
+            seconds_data, clock = time.perf_counter() - clock, time.perf_counter()
+            captured_before = run.train_step.capture_seconds
             record = train_epoch(run, epoch, batches, nonfinite, progress if run.world.is_main else None, run_start)
+            record.update(seconds_data = round(seconds_data, 3), seconds_train = round(time.perf_counter() - clock, 3),
+                          seconds_capture = round(run.train_step.capture_seconds - captured_before, 3))
             stage = record['stage']
             if config.eval_every and (epoch + 1) % config.eval_every == 0 and epoch < run.total_epochs - 1:
                 # the model as it stands, thinking as its stage trained it to (the end of the run is evaluated anyway)
+                clock = time.perf_counter()
                 inference = inference_info(run.curriculum, stage, run.longest_target)
                 record['eval_accuracy'] = round(held_out(run, inference, say = say, title = f'after epoch {epoch}')['accuracy'], 5)
+                record['seconds_eval'] = round(time.perf_counter() - clock, 3)
             run.history.append(record)
             if progress and run.world.is_main:
                 print(json.dumps(record, allow_nan = False), flush = True)

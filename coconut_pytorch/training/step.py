@@ -18,6 +18,7 @@ replayed, or under FSDP2, the step averages the gradients itself or leaves it to
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from contextlib import nullcontext
 from typing import NamedTuple
@@ -208,6 +209,7 @@ class TrainStep:
         self.replayed: set[tuple] = set()      # the shapes replayed since `release_unreplayed` last ran
         self.batch_size: int | None = None
         self.min_lengths = (0, 0)
+        self.capture_seconds = 0.             # spent capturing graphs so far (warm-ups included)
 
         self.world, self.fsdp = world, fsdp
         # in the weights' dtype, so a float64 model blends with the weight it is given
@@ -367,6 +369,8 @@ class TrainStep:
     def capture(self, passes: int, prompt_length: int, target_length: int, with_thought_targets: bool = False,
                 with_halt_after: bool = False, with_weights: bool = False, tokens_width: int = 0) -> GraphedShape:
         device, batch = self.model.device, self.batch_size
+        torch.cuda.synchronize(device)
+        start = time.perf_counter()
         prompt = torch.full((batch, prompt_length), PAD_ID, dtype = torch.long, device = device)
         target = torch.full((batch, target_length), PAD_ID, dtype = torch.long, device = device)
         prompt[:, 0] = 0    # a real token per row and in the answer, so the warm-up's loss is finite
@@ -408,4 +412,6 @@ class TrainStep:
         staging = tuple(torch.empty(t.shape, dtype = t.dtype, pin_memory = True) for t in inputs)
         copied = torch.cuda.Event()
         copied.record()
+        torch.cuda.synchronize(device)
+        self.capture_seconds += time.perf_counter() - start
         return GraphedShape(graph, inputs, staging, copied, stats, grads)

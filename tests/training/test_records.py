@@ -26,6 +26,11 @@ def test_a_run_folder_holds_its_settings_its_epochs_and_a_snapshot_per_stage(tmp
     assert lines == state['history'] and [line['epoch'] for line in lines] == list(range(len(lines)))
     # held-out accuracy every 2 epochs, not at the last one (the result holds that)
     assert [line['epoch'] for line in lines if 'eval_accuracy' in line] == [epoch for epoch in range(len(lines) - 1) if (epoch + 1) % 2 == 0]
+    # where each epoch's time went: its batches, its steps (no CUDA graphs on the CPU), its evaluation
+    assert all(line['seconds_train'] > 0 and line['seconds_data'] >= 0 and line['seconds_capture'] == 0 for line in lines)
+    assert all(('seconds_eval' in line) == ('eval_accuracy' in line) and line.get('seconds_eval', 1) > 0 for line in lines)
+    assert all(line['seconds_data'] + line['seconds_train'] <= line['seconds'] - (previous['seconds'] if previous else 0) + 0.02     # 'seconds' is rounded to 0.01
+               for previous, line in zip([None] + lines, lines))
     # a snapshot at the end of each stage but the last, which the checkpoint itself holds
     stages = sorted({line['stage'] for line in lines})
     assert sorted(p.name for p in tmp_path.glob('stage*.pt')) == sorted(f'stage{stage}.pt' for stage in stages[:-1])
