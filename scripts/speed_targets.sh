@@ -8,6 +8,7 @@
 #   compiled  A compiled whole (CUDA graphs) in a fresh process with an empty inductor cache (the cold start a user
 #             meets first), then again in a new process over the cache the first one left (every later run)
 #   compiled1 A1 compiled whole beside the ceilings compiled the same way (x (ii) is the target's ratio)
+#   profileA, profileB   where the eager step's time goes (benchmarks/profile_step.py: host and device time, by op and module)
 # REFERENCE_DIR: pip install --no-deps --target DIR coconut-pytorch==0.0.32 rotary-embedding-torch
 # Each part writes OUT_DIR/<part>.json (benchmarks/benchmark.py --out) and OUT_DIR/<part>.log.
 set -uo pipefail
@@ -26,6 +27,8 @@ for part in $parts; do
       TORCHINDUCTOR_CACHE_DIR=$cache $bench --configs A --no-gen --no-ceilings --no-hc-bench --out "$out/compiled_warm.json" 2>&1 | tee "$out/compiled_warm.log" ;;
     compiled1)
       $bench --configs A1 --no-gen --no-hc-bench --out "$out/compiled1.json" 2>&1 | tee "$out/compiled1.log" ;;
-    *) echo "unknown part $part (eager, compiled, compiled1)"; exit 2 ;;
+    profileA|profileB)
+      python benchmarks/profile_step.py --config ${part#profile} --rows 30 2>&1 | tee "$out/$part.txt" ;;
+    *) echo "unknown part $part (eager, compiled, compiled1, profileA, profileB)"; exit 2 ;;
   esac
 done
