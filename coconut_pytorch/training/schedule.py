@@ -107,7 +107,7 @@ class Curriculum:
             values = tuple(values)
             object.__setattr__(self, 'compress_thoughts', values)     # frozen, and hashed (`batches.unpadded`)
         if not isinstance(values, tuple) or any(not isinstance(v, int) or isinstance(v, bool) for v in values):
-            raise ValueError(f'compress_thoughts must be a tuple of ints, got {values!r}')
+            raise ValueError(f'compress_thoughts must be integers (a tuple), got {values!r}')
         if not values:
             return
         if self.tokens_per_stage is None:
