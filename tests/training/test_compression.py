@@ -109,7 +109,7 @@ def test_compression_changes_only_the_stages_it_adds():
                             == plain_data(encode_at_stage(example, TOKENIZER, compressed, stage, extra_removed)))
     # off, the option is the configuration, curriculum, batches and heads of before
     config = TrainConfig(tokens_per_stage = 8, thoughts_per_step = 4, thought_token_loss = 1.)
-    assert config.compress_thoughts == () and config == TrainConfig(tokens_per_stage = 8, thoughts_per_step = 4, thought_token_loss = 1., compress_thoughts = '')
+    assert config.compress_thoughts == [] and config == TrainConfig(tokens_per_stage = 8, thoughts_per_step = 4, thought_token_loss = 1., compress_thoughts = '')
     assert config.thought_tokens_per_thought() == 2
     schedule = config.curriculum(0, longest_language = 26)
     assert schedule == Curriculum(thoughts_per_step = 4, max_latent_stage = 4, epochs_per_stage = 2, pad_latent_to_max = True, tokens_per_stage = 8)
@@ -148,13 +148,13 @@ def test_bad_compression_values_are_named(kwargs, message):
 
 def test_the_option_reads_from_the_command_line_and_recipes(tmp_path, in_process):
     base = ['--tokens-per-stage', '8', '--thoughts-per-step', '8']
-    assert config_from_arguments(parse_args(base + ['--compress-thoughts', '4,2'])).compress_thoughts == (4, 2)
-    assert config_from_arguments(parse_args(base + ['--compress-thoughts', ' 3 '])).compress_thoughts == (3,)
-    assert config_from_arguments(parse_args(base)).compress_thoughts == ()
+    assert config_from_arguments(parse_args(base + ['--compress-thoughts', '4,2'])).compress_thoughts == [4, 2]
+    assert config_from_arguments(parse_args(base + ['--compress-thoughts', ' 3 '])).compress_thoughts == [3]
+    assert config_from_arguments(parse_args(base)).compress_thoughts == []
     recipe = tmp_path / 'compressed.yaml'
     for text in ('[4, 2]', "'4,2'"):
         recipe.write_text(f'tokens_per_stage: 8\nthoughts_per_step: 8\ncompress-thoughts: {text}\n')
-        assert config_from_arguments(parse_args(['--config', str(recipe)])).compress_thoughts == (4, 2)
+        assert config_from_arguments(parse_args(['--config', str(recipe)])).compress_thoughts == [4, 2]
     recipe.write_text('compress_thoughts: [4, two]\n')
     with pytest.raises(SystemExit, match = 'compress_thoughts must be a list of integers'):
         parse_args(['--config', str(recipe)])
@@ -197,6 +197,7 @@ def test_a_run_trains_through_the_compression_stages_and_evaluates_with_the_last
     assert [h['stage'] for h in state['history']] == [0, 1, 2, 3, 4, 5, 5]
     assert all(h['thought_token_loss'] > 0 for h in state['history'][1:])
     assert state['inference']['num_thoughts'] == 3 and state['curriculum']['compress_thoughts'] == (2, 1)
+    assert state['config']['compress_thoughts'] == [2, 1] and TrainConfig.from_dict(state['config']) == TrainConfig(**RUN)
     # one head a token a thought replaces at the most compressed stage: 4 / 1
     assert tuple(state['model']['to_thought_tokens.weight'].shape) == (16 * 4, 16)
     assert (tmp_path / 'stage3.pt').is_file() and (tmp_path / 'stage4.pt').is_file()
@@ -229,7 +230,7 @@ def test_a_run_resumed_across_a_compression_boundary_continues_exactly(tmp_path)
     assert resumed_state['inference'] == straight_state['inference'] and resumed['num_thoughts'] == straight['num_thoughts'] == 2
     assert resumed['accuracy'] == straight['accuracy']
     # the compression stages are part of what the run learns: changing them refuses the resume
-    with pytest.raises(ValueError, match = r'compress_thoughts \(\(2, 1\) in the checkpoint, \(3, 1\) now\)'):
+    with pytest.raises(ValueError, match = r'compress_thoughts \(\[2, 1\] in the checkpoint, \[3, 1\] now\)'):
         train(TrainConfig(**{**settings, 'compress_thoughts': (3, 1)}), tmp_path / 'resumed', resume = True)
 
 
@@ -237,8 +238,8 @@ def test_the_compressed_recipe_is_the_4x4_recipe_with_compression_stages():
     recipe = ROOT / 'recipes' / 'multiplication_4x4_compressed.yaml'
     compressed = config_from_arguments(parse_args(['--config', str(recipe)]))
     plain = config_from_arguments(parse_args(['--config', str(ROOT / 'recipes' / 'multiplication_4x4.yaml')]))
-    assert (compressed.compress_thoughts, compressed.thought_token_loss) == ((4, 2), 1.)
-    assert {**vars(compressed), 'compress_thoughts': (), 'thought_token_loss': 0., 'final_epochs': 0} == {**vars(plain), 'final_epochs': 0}
+    assert (compressed.compress_thoughts, compressed.thought_token_loss) == ([4, 2], 1.)
+    assert {**vars(compressed), 'compress_thoughts': [], 'thought_token_loss': 0., 'final_epochs': 0} == {**vars(plain), 'final_epochs': 0}
     # its comment's command is the same recipe
     head = [line for line in recipe.read_text().splitlines() if line.startswith('#')]
     same_as = next(line for line in head if 'the same as:' in line).split('train_toy.py', 1)[1]
