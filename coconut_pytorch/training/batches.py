@@ -3,7 +3,8 @@
 A target is the remaining steps, each followed by <sep>, then the answer and <eos>. Prompts are the question ids.
 The number of thoughts travels per example, so a batch may mix stages (`uniform_prob`) and stays exact.
 
-Each group of c continuous thoughts replaces a piece of language (a step, or r tokens with `tokens_per_stage`);
+Each group of c continuous thoughts replaces a piece of language (a step, or r tokens with `tokens_per_stage`, whose
+compression stages put c' thoughts in place of each r tokens: `Curriculum.compress_thoughts`);
 `StagedExample.thought_words` keeps, per thought, the token ids it replaced (its c-th of the piece), so that a loss
 can align the thought with that language (`Coconut(thought_loss_weight)`, `TrainConfig.thought_loss`).
 
@@ -70,7 +71,9 @@ def encode_at_stage(example: Example, tokenizer: Tokenizer, curriculum: Curricul
         language = [token for step in steps for token in step + [tokenizer.sep_id]]
         removed, thoughts = curriculum.token_layout(stage, len(language), extra_removed)
         target = language[removed:] + answer
-        words = words_per_thought([language[start:start + r] for start in range(0, len(language), r)], thoughts, c) if alignable else ()
+        # c thoughts a group of r tokens, or at a compression stage (`Curriculum.compress_thoughts`) c'
+        pieces = [language[start:start + r] for start in range(0, len(language), r)]
+        words = words_per_thought(pieces, thoughts, curriculum.thoughts_per_group(stage)) if alignable else ()
         halt_after = unpadded(curriculum).token_layout(stage, len(language), extra_removed)[1]
         return StagedExample(torch.tensor(question), torch.tensor(target), thoughts, words, halt_after)
 

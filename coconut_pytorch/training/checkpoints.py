@@ -188,8 +188,7 @@ INFERENCE_TOKEN_MARGIN = 8     # generation may run this far past the longest tr
 
 def inference_info(curriculum: Curriculum, stage: int, max_target_length: int) -> dict:
     """How a model trained up to `stage` is run: that stage's thoughts (the most any example got) and a token budget."""
-    _, num_thoughts = curriculum.layout(stage, num_language_steps = 10 ** 6)
-    return dict(num_thoughts = num_thoughts, max_new_tokens = max_target_length + INFERENCE_TOKEN_MARGIN, stage = stage, final_stage = curriculum.final_stage)
+    return dict(num_thoughts = curriculum.most_thoughts(stage), max_new_tokens = max_target_length + INFERENCE_TOKEN_MARGIN, stage = stage, final_stage = curriculum.final_stage)
 
 
 # data files

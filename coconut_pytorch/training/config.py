@@ -60,6 +60,11 @@ class TrainConfig:
     tokens_per_stage: int | None = setting(None, 'each stage removes this many language tokens instead of a whole step '
                                                  "(with --method no_thoughts: iCoT's stepwise internalization)")
     removal_smoothing: float | None = setting(None, "with --tokens-per-stage: iCoT's removal smoothing rate lambda (iCoT uses 4)")
+    compress_thoughts: list[int] = setting(list, "with --tokens-per-stage r: after the last removal stage, one more stage of "
+                                                    "--epochs-per-stage epochs for each value c' (comma-separated, e.g. 4,2: "
+                                                    'strictly decreasing, each below --thoughts-per-step), at which c\' thoughts '
+                                                    'instead of c take the place of each r tokens, each thought replacing r / c\' '
+                                                    'of them; the final epochs and evaluation use the last value')
     reset_optimizer: bool = setting(True, 'a new optimizer at every stage change, as in the paper', cli = 'no-reset-optimizer')
     thought_loss: float | None = setting(None, 'weight of a loss aligning each continuous thought with the words of the step it '
                                              'replaced (Coconut.thought_loss). Default: 1 with coconut and coconut_no_curriculum, whose '
@@ -84,7 +89,8 @@ class TrainConfig:
     thought_token_loss: float = setting(0., 'weight of a loss by which each thought spells out, in order, the tokens it replaced, '
                                             'through small heads dropped at inference (0: off, no heads). One process only')
     thought_token_heads: int | None = setting(None, 'tokens each thought spells out with --thought-token-loss (default: '
-                                                    'ceil(tokens-per-stage / thoughts-per-step), every token a thought replaced)')
+                                                    'ceil(tokens-per-stage / thoughts-per-step), or with --compress-thoughts ceil(tokens-per-stage / '
+                                                    'its last value): every token a thought replaces)')
 
     # data and optimisation
     train_size: int = setting(8000, 'generated training examples (unused with --train-file)')
@@ -158,6 +164,8 @@ class TrainConfig:
             check_int('max_latent_stage', self.max_latent_stage, 0)
         if self.tokens_per_stage is not None:
             check_int('tokens_per_stage', self.tokens_per_stage, 1)
+        # a list, as JSON writes it back (config.json); the curriculum holds it as a tuple
+        self.compress_thoughts = int_list('compress_thoughts', self.compress_thoughts)
         for name, minimum, inclusive in (('lr', 0., False), ('weight_decay', 0., True), ('max_grad_norm', 0., False), ('lr_decay_epochs', 0., True),
                                          ('uniform_prob', 0., True), ('time_budget', 0., True), ('removal_smoothing', 0., False),
                                          ('thought_loss', 0., True), ('align_mse', 0., True), ('align_cosine', 0., True),
@@ -244,7 +252,8 @@ class TrainConfig:
             return 0
         if self.thought_token_heads is not None:
             return self.thought_token_heads
-        return -(-self.tokens_per_stage // self.thoughts_per_step)
+        # the most tokens a thought replaces, at the stage of fewest thoughts a group
+        return -(-self.tokens_per_stage // min((self.thoughts_per_step, *self.compress_thoughts)))
 
     @property
     def uses_thought_targets(self) -> bool:
@@ -269,7 +278,8 @@ class TrainConfig:
             uniform_prob = self.uniform_prob,
             one_thought_at_a_time = self.one_thought_at_a_time,
             tokens_per_stage = self.tokens_per_stage,
-            removal_smoothing = self.removal_smoothing
+            removal_smoothing = self.removal_smoothing,
+            compress_thoughts = tuple(self.compress_thoughts)
         )
 
     @classmethod
@@ -287,6 +297,21 @@ class TrainConfig:
 
 
 RENAMED = dict(c_thought = 'thoughts_per_step')
+
+
+def int_list(name: str, value) -> list[int]:
+    """A setting of several ints as a list: from a list or tuple of ints, one int, or text of comma-separated ints
+    (the command line's '4,2'); '' and [] are none. Anything else is a ValueError naming the setting."""
+    if isinstance(value, str):
+        parts = [part.strip() for part in value.split(',')] if value.strip() else []
+        if not all(part.lstrip('-').isdigit() for part in parts):
+            raise ValueError(f'{name} must be comma-separated integers such as 4,2, got {value!r}')
+        return [int(part) for part in parts]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    if isinstance(value, (tuple, list)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return list(value)
+    raise ValueError(f'{name} must be integers (a list, or text such as 4,2), got {value!r}')
 
 
 def task_settings(task: str) -> dict:
@@ -308,7 +333,9 @@ def task_settings_text() -> str:
 
 
 # how a setting's text on the command line becomes its value, by the field's annotation
-OPTION_TYPES = {'int': int, 'int | None': int, 'float': float, 'float | None': float, 'str': str, 'str | None': str, 'dict': json.loads}
+# (a list of ints stays text here, '4,2', and TrainConfig reads it: `int_list`)
+OPTION_TYPES = {'int': int, 'int | None': int, 'float': float, 'float | None': float, 'str': str, 'str | None': str, 'dict': json.loads,
+                'list[int]': str}
 OPTION_METAVARS = {int: 'N', float: 'X', str: 'TEXT', json.loads: 'JSON'}
 
 
@@ -325,8 +352,9 @@ def add_config_arguments(parser: argparse.ArgumentParser):
             parser.add_argument('--' + positive, dest = setting_field.name, action = argparse.BooleanOptionalAction, default = default, help = meta['help'])
             continue
         kind = OPTION_TYPES[setting_field.type]
+        metavar = None if meta.get('choices') else 'N,N,...' if setting_field.type == 'list[int]' else OPTION_METAVARS[kind]
         parser.add_argument(*option, dest = setting_field.name, type = kind, default = default, choices = meta.get('choices'),
-                            metavar = None if meta.get('choices') else OPTION_METAVARS[kind], help = meta['help'])
+                            metavar = metavar, help = meta['help'])
 
 
 def config_file_spellings() -> dict[str, str]:
@@ -375,6 +403,12 @@ def config_file_value(path: Path, key: str, value, annotation: str):
     kind = annotation.removesuffix(' | None')
     if value is None and annotation.endswith(' | None'):
         return None
+    if kind == 'list[int]':
+        # a YAML list ([4, 2]), one number, or the command line's text ('4,2')
+        try:
+            return int_list(key, value)
+        except ValueError:
+            raise ValueError(f'--config {path}: {key} must be a list of integers such as [4, 2], got {value!r}') from None
     if kind == 'float' and isinstance(value, str):
         # PyYAML reads YAML 1.1, where 1e-3 (no dot) is text, not a number
         try:

@@ -3,7 +3,9 @@ and how many thoughts replace them at a stage, for Coconut and for the paper's b
 
 Stage 0 is full language chain-of-thought: question -> steps -> answer, loss on steps and answer.
 Stage k replaces the first k language steps by k x c continuous thoughts (c = thoughts per step); the remaining
-steps and the answer stay in language, with loss. Every method below is the same Coconut model fed differently:
+steps and the answer stay in language, with loss. With `tokens_per_stage` r, a stage removes r tokens instead of a
+step, and with `compress_thoughts` the run goes on past the last removal stage through stages at which fewer
+thoughts (c' < c) stand for each r tokens. Every method below is the same Coconut model fed differently:
 
     coconut                 the curriculum, continuous thoughts
     coconut_no_curriculum   the last stage from the first epoch
@@ -41,8 +43,8 @@ class Curriculum:
         epochs_per_stage: epochs spent at each stage before the next.
         pad_latent_to_max: an example with fewer steps than the stage still gets stage x c thoughts
             (True), or only as many as its own steps (False).
-        uniform_prob: probability that an example is drawn at a uniformly random stage <= max_latent_stage
-            instead of the current one (the paper's mixing of earlier stages).
+        uniform_prob: probability that an example is drawn at a uniformly random stage <= final_stage
+            instead of the current one (the paper's mixing of earlier stages; compression stages included).
         one_thought_at_a_time: stages add one thought at a time instead of c (a step leaves language once
             its c thoughts are in); the paper's authors report that adding more than 2 at a switch destabilises.
         tokens_per_stage: r; each stage removes the next r tokens of the language steps (separators counted)
@@ -52,6 +54,15 @@ class Curriculum:
         removal_smoothing: lambda of iCoT's removal smoothing (with `tokens_per_stage`): each example loses
             o more tokens than its stage says, o drawn with P(o) proportional to exp(-lambda o) (iCoT uses 4, so
             about 2% of examples see a later stage's removal early). None: no smoothing.
+        compress_thoughts: with `tokens_per_stage` and `coconut` or `pause_as_thought`: after the last removal stage
+            (`max_latent_stage`, which removes all language), one more stage per value c', each `epochs_per_stage`
+            epochs long (the last continues for the final epochs), at which c' thoughts instead of c take the place
+            of each r tokens (strictly decreasing, each from 1 to c - 1): (4, 2) with r = c = 8 compresses one
+            thought a token to 2 tokens a thought, then 4. Thought k of c' over a group of L tokens (L = r, or
+            fewer in an example's last group) replaces tokens [floor(L k / c'), floor(L (k + 1) / c')) of it, the
+            split `batches.words_per_thought` makes at every stage: L / c' each when c' divides L, otherwise the
+            later thoughts of the group take one more (8 tokens over 3 thoughts: 2, 3, 3). () (the default): no
+            compression stages, the schedule as without the option.
     """
 
     method: str = 'coconut'
@@ -63,6 +74,7 @@ class Curriculum:
     one_thought_at_a_time: bool = False
     tokens_per_stage: int | None = None
     removal_smoothing: float | None = None
+    compress_thoughts: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -85,6 +97,30 @@ class Curriculum:
                 raise ValueError('removal_smoothing needs tokens_per_stage: it smooths the removal of tokens')
             if isinstance(self.removal_smoothing, bool) or not isinstance(self.removal_smoothing, (int, float)) or not self.removal_smoothing > 0:
                 raise ValueError(f'removal_smoothing must be a number > 0 (a rate lambda) or None, got {self.removal_smoothing!r}')
+        self.check_compression()
+
+    def check_compression(self):
+        """Raise a ValueError naming `compress_thoughts` unless it is () or a strictly decreasing tuple of ints in
+        [1, c) for a method whose curriculum puts thoughts in place of tokens (a list is taken as its tuple)."""
+        values = self.compress_thoughts
+        if isinstance(values, list):
+            values = tuple(values)
+            object.__setattr__(self, 'compress_thoughts', values)     # frozen, and hashed (`batches.unpadded`)
+        if not isinstance(values, tuple) or any(not isinstance(v, int) or isinstance(v, bool) for v in values):
+            raise ValueError(f'compress_thoughts must be integers (a tuple), got {values!r}')
+        if not values:
+            return
+        if self.tokens_per_stage is None:
+            raise ValueError('compress_thoughts needs tokens_per_stage: it sets how many thoughts replace each r tokens')
+        if self.method not in ('coconut', 'pause_as_thought'):
+            raise ValueError(f"compress_thoughts adds stages to a curriculum with thoughts: method must be 'coconut' or "
+                             f"'pause_as_thought', got {self.method!r}")
+        c = self.thoughts_per_step
+        if any(not 1 <= v < c for v in values):
+            raise ValueError(f'compress_thoughts: each value must be from 1 to thoughts_per_step - 1 = {c - 1} (fewer '
+                             f'thoughts than c in place of each r tokens), got {values!r}')
+        if any(later >= earlier for earlier, later in zip(values, values[1:])):
+            raise ValueError(f'compress_thoughts must be strictly decreasing (each stage fewer thoughts), got {values!r}')
 
     @property
     def uses_curriculum(self) -> bool:
@@ -100,7 +136,7 @@ class Curriculum:
         if not self.uses_curriculum:
             return 1
         units = self.thoughts_per_step if self.one_thought_at_a_time else 1
-        return self.max_latent_stage * units + 1
+        return self.max_latent_stage * units + 1 + len(self.compress_thoughts)
 
     @property
     def total_epochs(self) -> int:
@@ -115,6 +151,24 @@ class Curriculum:
     @property
     def final_stage(self) -> int:
         return self.num_stages - 1 if self.uses_curriculum else 0
+
+    @property
+    def last_removal_stage(self) -> int:
+        """The stage that drops the last of the language: `final_stage`, or the one before the compression stages."""
+        return self.final_stage - len(self.compress_thoughts)
+
+    def thoughts_per_group(self, stage: int) -> int:
+        """The thoughts in place of each piece of language at `stage`: c, or at a compression stage its c'."""
+        if self.compress_thoughts and stage > self.last_removal_stage:
+            return self.compress_thoughts[min(stage, self.final_stage) - self.last_removal_stage - 1]
+        return self.thoughts_per_step
+
+    def most_thoughts(self, stage: int) -> int:
+        """The thoughts an example of the most language gets at `stage`: what a model trained up to it thinks at
+        inference (`checkpoints.inference_info`)."""
+        if self.compress_thoughts:
+            return self.token_layout(stage, 10 ** 9)[1]
+        return self.layout(stage, num_language_steps = 10 ** 6)[1]
 
     def layout(self, stage: int, num_language_steps: int) -> tuple[int, int]:
         """(language steps removed, thoughts) for an example with `num_language_steps` language steps at `stage`."""
@@ -151,8 +205,14 @@ class Curriculum:
         """(language tokens removed, thoughts) at `stage` for an example whose steps take `num_language_tokens`
         tokens, separators included (curriculum methods with `tokens_per_stage`); `extra_removed` is removal
         smoothing's offset, which removes tokens early but adds no thoughts."""
-        r, c = self.tokens_per_stage, self.thoughts_per_step
-        removed = num_language_tokens if stage == self.final_stage else min(stage * r + extra_removed, num_language_tokens)
+        r, c = self.tokens_per_stage, self.thoughts_per_group(stage)
+        if stage == self.last_removal_stage:
+            removed = num_language_tokens       # as in the paper, the last removal stage drops what language remains
+        elif self.compress_thoughts and stage > self.last_removal_stage:
+            # a compression stage: no language, and the last removal stage's groups of r tokens, each in c' thoughts
+            removed, stage = num_language_tokens, self.last_removal_stage
+        else:
+            removed = min(stage * r + extra_removed, num_language_tokens)
         thoughts = stage * c if self.pad_latent_to_max else min(stage, -(-num_language_tokens // r)) * c
         return removed, 0 if self.method == 'no_thoughts' else thoughts
 
