@@ -3,6 +3,10 @@ the eager step's cost where each op is a kernel launch (a GPU) or a dispatch (a 
 
     python benchmarks/op_count.py                       # the benchmarks' small config A (dim 64, depth 2, 4 streams)
     python benchmarks/op_count.py --streams 1 --top 10
+    python benchmarks/op_count.py --reference DIR       # and coconut-pytorch 0.0.32's at the same arguments and ids
+
+At these sizes a CPU step costs about the same per op whatever the op, so the ratio of the two packages' op counts
+predicts the ratio of their step times (`benchmarks/benchmark.py --device cpu --small --reference DIR`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from coconut_pytorch import Coconut  # noqa: E402
+from benchmark import load_reference  # noqa: E402
 
 
 class CountOps(TorchDispatchMode):
@@ -34,6 +40,23 @@ class CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def count_step(coconut_class, args) -> tuple[CountOps, CountOps]:
+    """The ops of one forward and one backward of `coconut_class` at the arguments' config (after a first step:
+    lazy initialisation is not the step)."""
+    torch.manual_seed(0)
+    model = coconut_class(num_reasoning_steps = args.steps, transformer = dict(num_tokens = 256, dim = args.dim, depth = args.depth, dim_head = 16,
+                                                                               heads = 4, num_residual_streams = args.streams))
+    prompt, answer = torch.randint(0, 256, (2, 64)), torch.randint(0, 256, (2, 16))
+    model(prompt, answer).backward()
+
+    forward, backward = CountOps(), CountOps()
+    with forward:
+        loss = model(prompt, answer)
+    with backward:
+        loss.backward()
+    return forward, backward
+
+
 def main(argv = None):
     parser = argparse.ArgumentParser(description = __doc__, formatter_class = argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--dim', type = int, default = 64)
@@ -41,20 +64,19 @@ def main(argv = None):
     parser.add_argument('--streams', type = int, default = 4)
     parser.add_argument('--steps', type = int, default = 3, help = 'thought steps')
     parser.add_argument('--top', type = int, default = 20, help = 'lines listed')
+    parser.add_argument('--reference', default = None, metavar = 'DIR',
+                        help = 'also count coconut-pytorch 0.0.32 installed in DIR (pip install --no-deps --target DIR coconut-pytorch==0.0.32 rotary-embedding-torch)')
     args = parser.parse_args(argv)
 
-    torch.manual_seed(0)
-    model = Coconut(num_reasoning_steps = args.steps, transformer = dict(num_tokens = 256, dim = args.dim, depth = args.depth, dim_head = 16,
-                                                                         heads = 4, num_residual_streams = args.streams))
-    prompt, answer = torch.randint(0, 256, (2, 64)), torch.randint(0, 256, (2, 16))
-    model(prompt, answer).backward()        # once first: lazy initialisation is not the step
-
-    forward, backward = CountOps(), CountOps()
-    with forward:
-        loss = model(prompt, answer)
-    with backward:
-        loss.backward()
+    forward, backward = count_step(Coconut, args)
+    ours = sum(forward.by_line.values()) + sum(backward.by_line.values())
     print(f'forward: {sum(forward.by_line.values())} aten ops, backward: {sum(backward.by_line.values())}')
+    if args.reference:
+        reference = load_reference(args.reference)
+        their_forward, their_backward = count_step(reference.Coconut, args)
+        theirs = sum(their_forward.by_line.values()) + sum(their_backward.by_line.values())
+        print(f'coconut-pytorch {reference.VERSION}: forward {sum(their_forward.by_line.values())}, backward {sum(their_backward.by_line.values())}; '
+              f'ours / theirs = {ours / theirs:.2f}')
     for line, count in forward.by_line.most_common(args.top):
         print(f'{count:6d}  {line}')
 
