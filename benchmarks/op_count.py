@@ -43,10 +43,11 @@ class CountOps(TorchDispatchMode):
 def count_step(coconut_class, args) -> tuple[CountOps, CountOps]:
     """The ops of one forward and one backward of `coconut_class` at the arguments' config (after a first step:
     lazy initialisation is not the step)."""
+    ids = torch.Generator().manual_seed(0)     # the same ids whatever each package's initialisation draws
+    prompt, answer = torch.randint(0, 256, (2, 64), generator = ids), torch.randint(0, 256, (2, 16), generator = ids)
     torch.manual_seed(0)
     model = coconut_class(num_reasoning_steps = args.steps, transformer = dict(num_tokens = 256, dim = args.dim, depth = args.depth, dim_head = 16,
                                                                                heads = 4, num_residual_streams = args.streams))
-    prompt, answer = torch.randint(0, 256, (2, 64)), torch.randint(0, 256, (2, 16))
     model(prompt, answer).backward()
 
     forward, backward = CountOps(), CountOps()

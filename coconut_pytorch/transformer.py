@@ -220,7 +220,7 @@ class Attention(Module):
         self,
         x: Tensor,                          # (b, n, D)
         *,
-        rotary: tuple[Tensor, Tensor],      # cos, sin (b, 1, n, d) of the new tokens' positions
+        rotary: tuple[Tensor, Tensor],      # cos, signed sin (b, 1, n, d) of the new tokens' positions (`apply_rotary`)
         past_keys: tuple[Tensor, ...],      # cached segments, each (b, h, n_i, d), rotary applied
         past_values: tuple[Tensor, ...],
         mask: Tensor | None,                # (b or 1, 1, n, k) bool
@@ -387,8 +387,6 @@ class Transformer(Module):
 
         self.token_emb = nn.Embedding(num_tokens, dim)
         self.rotary = RotaryEmbedding(dim_head, base = rotary_base)
-        # rotate_half's signs, (-1, +1) per pair, folded into sin once per call (`apply_rotary`)
-        self.register_buffer('rotary_signs', torch.tensor([-1., 1.]).repeat(dim_head // 2), persistent = False)
 
         # with one stream, the library's plain residual; with several, its HyperConnections hold the parameters and
         # `mix_streams` / `add_to_streams` do the math on (b, n, s, d) streams
@@ -564,7 +562,12 @@ class Transformer(Module):
         freqs, _ = self.rotary(token_positions(next_position, mask, seq_len))
         compute_dtype = autocast_dtype(x.device.type, default = x.dtype)
         freqs = rearrange(freqs, 'b n d -> b 1 n d')
-        return freqs.cos().to(compute_dtype), (freqs.sin() * self.rotary_signs).to(compute_dtype)
+        # rotate_half's signs folded into sin: (-sin, +sin) per pair, the pairs' frequencies being interleaved
+        # (f0, f0, f1, f1, ...). Made from the frequencies, not kept as a buffer: a non-persistent buffer is left
+        # uninitialised by meta-device construction followed by `to_empty` and `load_state_dict`
+        sin = freqs[..., 0::2].sin()
+        signed_sin = torch.stack((-sin, sin), dim = -1).flatten(-2)
+        return freqs.cos().to(compute_dtype), signed_sin.to(compute_dtype)
 
     def run_layers(self, x: Tensor, mask: Tensor | None, attend: Callable) -> Tensor:
         """The residual streams through every block; `attend(layer_index, attn, branch_input, first_values)`

@@ -16,19 +16,22 @@ out=${1:?out dir}; reference=${2:?reference dir}; parts=${3:-eager compiled}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 bench="python benchmarks/benchmark.py --steps 10 --warmup 3"
+status=0     # a failed part does not stop the others; the script's exit status says that one failed
 
 for part in $parts; do
   case $part in
     eager)
-      $bench --configs A,A1,B --no-compile --reference "$reference" --gen-compile --no-hc-bench --out "$out/eager.json" 2>&1 | tee "$out/eager.log" ;;
+      $bench --configs A,A1,B --no-compile --reference "$reference" --gen-compile --no-hc-bench --out "$out/eager.json" 2>&1 | tee "$out/eager.log" || status=1 ;;
     compiled)
       cache=$(mktemp -d)
-      TORCHINDUCTOR_CACHE_DIR=$cache $bench --configs A --no-gen --no-ceilings --no-hc-bench --out "$out/compiled_cold.json" 2>&1 | tee "$out/compiled_cold.log"
-      TORCHINDUCTOR_CACHE_DIR=$cache $bench --configs A --no-gen --no-ceilings --no-hc-bench --out "$out/compiled_warm.json" 2>&1 | tee "$out/compiled_warm.log" ;;
+      TORCHINDUCTOR_CACHE_DIR=$cache $bench --configs A --no-gen --no-ceilings --no-hc-bench --out "$out/compiled_cold.json" 2>&1 | tee "$out/compiled_cold.log" || status=1
+      TORCHINDUCTOR_CACHE_DIR=$cache $bench --configs A --no-gen --no-ceilings --no-hc-bench --out "$out/compiled_warm.json" 2>&1 | tee "$out/compiled_warm.log" || status=1
+      rm -rf "$cache" ;;
     compiled1)
-      $bench --configs A1 --no-gen --no-hc-bench --out "$out/compiled1.json" 2>&1 | tee "$out/compiled1.log" ;;
+      $bench --configs A1 --no-gen --no-hc-bench --out "$out/compiled1.json" 2>&1 | tee "$out/compiled1.log" || status=1 ;;
     profileA|profileB)
-      python benchmarks/profile_step.py --config ${part#profile} --rows 30 2>&1 | tee "$out/$part.txt" ;;
+      python benchmarks/profile_step.py --config ${part#profile} --rows 30 2>&1 | tee "$out/$part.txt" || status=1 ;;
     *) echo "unknown part $part (eager, compiled, compiled1, profileA, profileB)"; exit 2 ;;
   esac
 done
+exit $status

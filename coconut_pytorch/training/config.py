@@ -10,6 +10,7 @@ import inspect
 import json
 import math
 import os
+import re
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
@@ -166,6 +167,9 @@ class TrainConfig:
             check_int('tokens_per_stage', self.tokens_per_stage, 1)
         # a list, as JSON writes it back (config.json); the curriculum holds it as a tuple
         self.compress_thoughts = int_list('compress_thoughts', self.compress_thoughts)
+        if self.compress_thoughts and self.max_latent_stage == 0:
+            raise ValueError('compress_thoughts compresses the thoughts of the removal stages: max_latent_stage 0 has none (leave it unset, '
+                             'or give it at least 1)')
         for name, minimum, inclusive in (('lr', 0., False), ('weight_decay', 0., True), ('max_grad_norm', 0., False), ('lr_decay_epochs', 0., True),
                                          ('uniform_prob', 0., True), ('time_budget', 0., True), ('removal_smoothing', 0., False),
                                          ('thought_loss', 0., True), ('align_mse', 0., True), ('align_cosine', 0., True),
@@ -304,7 +308,7 @@ def int_list(name: str, value) -> list[int]:
     (the command line's '4,2'); '' and [] are none. Anything else is a ValueError naming the setting."""
     if isinstance(value, str):
         parts = [part.strip() for part in value.split(',')] if value.strip() else []
-        if not all(part.lstrip('-').isdigit() for part in parts):
+        if not all(re.fullmatch(r'-?[0-9]+', part) for part in parts):
             raise ValueError(f'{name} must be comma-separated integers such as 4,2, got {value!r}')
         return [int(part) for part in parts]
     if isinstance(value, int) and not isinstance(value, bool):

@@ -215,8 +215,9 @@ def run_epochs(run: Run, progress: Callable | None, say: Callable[[str], None] |
     try:
         for epoch in range(run.start_epoch, run.total_epochs):
             # where an epoch's wall time goes, in its record: waiting for the epoch's batches, the training steps
-            # (CUDA graph captures among them, also given alone), the held-out evaluation; the rest of the time
-            # between two records' `seconds` is the previous epoch's checkpoint and records
+            # (CUDA graph captures among them, also given alone), the held-out evaluation. `seconds` is taken at the
+            # end of the steps, so the time between two records' `seconds` is the previous epoch's evaluation and
+            # checkpoint, then this epoch's batches and steps
             clock = time.perf_counter()
             batches = epoch_batches(run, epoch, fresh_sets)
             seconds_data, clock = time.perf_counter() - clock, time.perf_counter()

@@ -4,6 +4,7 @@ layout of real multiplication examples (each thought's bag and ordered targets a
 the option off changes nothing, its errors, and a run through them that evaluates with the compressed count and
 resumes across their boundary."""
 
+import random
 import shlex
 from dataclasses import replace
 
@@ -14,7 +15,7 @@ from helpers import ROOT
 from coconut_pytorch.data.tasks import get_task
 from coconut_pytorch.data.tokenizer import WordTokenizer, target_lengths
 from coconut_pytorch.training import TrainConfig, config_from_arguments, train
-from coconut_pytorch.training.batches import EpochLayout, collate, encode_at_stage
+from coconut_pytorch.training.batches import EpochLayout, collate, encode_at_stage, staged_examples
 from coconut_pytorch.training.checkpoints import inference_info
 from coconut_pytorch.training.command import main, parse_args
 from coconut_pytorch.training.schedule import Curriculum
@@ -90,6 +91,30 @@ def test_a_group_that_does_not_divide_gives_the_later_thoughts_one_more_token():
     # the ordered targets take ceil(8 / 3) = 3 heads by default
     assert TrainConfig(tokens_per_stage = 8, thoughts_per_step = 8, compress_thoughts = (3,), thought_token_loss = 1.).thought_tokens_per_thought() == 3
     assert TrainConfig(tokens_per_stage = 8, thoughts_per_step = 8, compress_thoughts = (4, 2), thought_token_loss = 1.).thought_tokens_per_thought() == 4
+
+
+def test_smoothing_removes_nothing_more_at_a_compression_stage_and_mixing_draws_every_stage():
+    # removal smoothing's extra tokens are for the removal stages: a compression stage has no language left
+    smoothed = curriculum(removal_smoothing = 1.)
+    for stage in (5, 6):
+        for example in EXAMPLES[:4]:
+            assert (plain_data(encode_at_stage(example, TOKENIZER, smoothed, stage, extra_removed = 3))
+                    == plain_data(encode_at_stage(example, TOKENIZER, smoothed, stage)))
+    # with uniform_prob 1 every example is drawn at a stage from 0 to the final one, compression stages included: an
+    # example's layout then is exactly its drawn stage's (the thoughts say which)
+    mixed = curriculum(uniform_prob = 1.)
+    staged = staged_examples(EXAMPLES * 40, TOKENIZER, mixed, 0, rng = random.Random(0))
+    layouts = {stage: plain_data(encode_at_stage(EXAMPLES[0], TOKENIZER, mixed, stage)) for stage in range(mixed.final_stage + 1)}
+    drawn = [next(stage for stage, layout in layouts.items() if layout == plain_data(laid)) for laid in staged[::len(EXAMPLES)]]
+    assert set(drawn) <= set(range(7)) and {5, 6} & set(drawn)
+
+
+def test_compression_needs_a_removal_stage_with_thoughts():
+    with pytest.raises(ValueError, match = 'compress_thoughts compresses the thoughts of the removal stages: max_latent_stage 0'):
+        TrainConfig(tokens_per_stage = 8, thoughts_per_step = 8, compress_thoughts = '4,2', max_latent_stage = 0)
+    for text in ('--4', '4,²', '4;2'):
+        with pytest.raises(ValueError, match = 'compress_thoughts must be comma-separated integers'):
+            TrainConfig(tokens_per_stage = 8, thoughts_per_step = 8, compress_thoughts = text)
 
 
 def plain_data(staged) -> tuple:

@@ -131,6 +131,8 @@ def test_cuda_graph_replays_equal_eager_steps(thought_mode, thought_targets):
     # (1, 2, 0, 3) and (2, 2, 2, 2) both take 4 thoughts (at most), a 32-token prompt and a 16-token answer: one graph
     # (keys: passes, prompt, answer, thought targets, halting targets, a rank's share weights)
     assert sorted(graphed_step.graphs) == [(n, 32, 16, thought_targets, False, False) for n in (0, 4, 6)]
+    # the three captures' time is counted (an epoch's record reports it: seconds_capture); eager steps add none
+    assert graphed_step.capture_seconds > 0 and eager_step.capture_seconds == 0
     # a batch of another size (an epoch's last) runs eagerly
     _, batch = model_and_batch(thought_mode, (1, 1, 1, 1), thought_targets = thought_targets)
     graphed_step(Batch(*(t[:3] if t is not None else None for t in batch)))
