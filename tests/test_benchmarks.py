@@ -82,3 +82,16 @@ def test_op_count_counts_what_the_step_dispatches(capsys):
         first = capsys.readouterr().out.splitlines()[0]
         counts[streams] = [int(word) for word in first.replace(',', '').split() if word.isdigit()]
     assert all(count > 0 for count in counts[1]) and counts[4][0] > counts[1][0] and counts[4][1] > counts[1][1]
+
+
+def test_cpu_ratio_and_op_count_take_a_reference_by_path(capsys):
+    # this repository holds coconut_pytorch/coconut.py as an installed 0.0.32 would: as its own reference, the op
+    # counts are equal and every config gets its row
+    sys.path.insert(0, 'benchmarks')
+    from cpu_ratio import main as cpu_ratio
+    from op_count import main as op_count
+    op_count(['--depth', '1', '--dim', '32', '--top', '0', '--reference', '.'])
+    assert 'ours / theirs = 1.00' in capsys.readouterr().out
+    cpu_ratio(['--reference', '.', '--configs', 'A1', '--rounds', '2', '--warmup', '1'])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith('A1')]
+    assert len(rows) == 1 and len(rows[0].split()) == 7     # name, two medians and fastest steps, the ratios
