@@ -62,10 +62,12 @@ class TrainConfig:
                                                  "(with --method no_thoughts: iCoT's stepwise internalization)")
     removal_smoothing: float | None = setting(None, "with --tokens-per-stage: iCoT's removal smoothing rate lambda (iCoT uses 4)")
     compress_thoughts: list[int] = setting(list, "with --tokens-per-stage r: after the last removal stage, one more stage of "
-                                                    "--epochs-per-stage epochs for each value c' (comma-separated, e.g. 4,2: "
+                                                    "--compress-epochs epochs for each value c' (comma-separated, e.g. 4,2: "
                                                     'strictly decreasing, each below --thoughts-per-step), at which c\' thoughts '
                                                     'instead of c take the place of each r tokens, each thought replacing r / c\' '
                                                     'of them; the final epochs and evaluation use the last value')
+    compress_epochs: int | None = setting(None, 'with --compress-thoughts: epochs at each compression stage (default: --epochs-per-stage); '
+                                                'a switch to fewer thoughts takes longer to recover from than a removal stage')
     reset_optimizer: bool = setting(True, 'a new optimizer at every stage change, as in the paper', cli = 'no-reset-optimizer')
     thought_loss: float | None = setting(None, 'weight of a loss aligning each continuous thought with the words of the step it '
                                              'replaced (Coconut.thought_loss). Default: 1 with coconut and coconut_no_curriculum, whose '
@@ -167,6 +169,10 @@ class TrainConfig:
             check_int('tokens_per_stage', self.tokens_per_stage, 1)
         # a list, as JSON writes it back (config.json); the curriculum holds it as a tuple
         self.compress_thoughts = int_list('compress_thoughts', self.compress_thoughts)
+        if self.compress_epochs is not None:
+            check_int('compress_epochs', self.compress_epochs, 1)
+            if not self.compress_thoughts:
+                raise ValueError('compress_epochs sets the length of the compression stages: give --compress-thoughts too')
         if self.compress_thoughts and self.max_latent_stage == 0:
             raise ValueError('compress_thoughts compresses the thoughts of the removal stages: max_latent_stage 0 has none (leave it unset, '
                              'or give it at least 1)')
@@ -283,7 +289,8 @@ class TrainConfig:
             one_thought_at_a_time = self.one_thought_at_a_time,
             tokens_per_stage = self.tokens_per_stage,
             removal_smoothing = self.removal_smoothing,
-            compress_thoughts = tuple(self.compress_thoughts)
+            compress_thoughts = tuple(self.compress_thoughts),
+            compress_epochs = self.compress_epochs
         )
 
     @classmethod

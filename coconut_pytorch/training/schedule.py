@@ -55,7 +55,7 @@ class Curriculum:
             o more tokens than its stage says, o drawn with P(o) proportional to exp(-lambda o) (iCoT uses 4, so
             about 2% of examples see a later stage's removal early). None: no smoothing.
         compress_thoughts: with `tokens_per_stage` and `coconut` or `pause_as_thought`: after the last removal stage
-            (`max_latent_stage`, which removes all language), one more stage per value c', each `epochs_per_stage`
+            (`max_latent_stage`, which removes all language), one more stage per value c', each `compress_epochs`
             epochs long (the last continues for the final epochs), at which c' thoughts instead of c take the place
             of each r tokens (strictly decreasing, each from 1 to c - 1): (4, 2) with r = c = 8 compresses one
             thought a token to 2 tokens a thought, then 4. Thought k of c' over a group of L tokens (L = r, or
@@ -63,6 +63,9 @@ class Curriculum:
             split `batches.words_per_thought` makes at every stage: L / c' each when c' divides L, otherwise the
             later thoughts of the group take one more (8 tokens over 3 thoughts: 2, 3, 3). () (the default): no
             compression stages, the schedule as without the option.
+        compress_epochs: epochs at each compression stage (None: `epochs_per_stage`). A switch to fewer thoughts
+            costs more than a removal stage does (at 3x3, token accuracy fell from 0.99 to 0.43 and took about 20
+            epochs to come back, RESULTS.md), so these stages may need to be longer than the removal stages.
     """
 
     method: str = 'coconut'
@@ -75,6 +78,7 @@ class Curriculum:
     tokens_per_stage: int | None = None
     removal_smoothing: float | None = None
     compress_thoughts: tuple[int, ...] = ()
+    compress_epochs: int | None = None
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -108,7 +112,12 @@ class Curriculum:
             object.__setattr__(self, 'compress_thoughts', values)     # frozen, and hashed (`batches.unpadded`)
         if not isinstance(values, tuple) or any(not isinstance(v, int) or isinstance(v, bool) for v in values):
             raise ValueError(f'compress_thoughts must be integers (a tuple), got {values!r}')
+        epochs = self.compress_epochs
+        if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1):
+            raise ValueError(f'compress_epochs must be a positive int or None, got {epochs!r}')
         if not values:
+            if epochs is not None:
+                raise ValueError('compress_epochs sets the length of the compression stages: give compress_thoughts too')
             return
         if self.tokens_per_stage is None:
             raise ValueError('compress_thoughts needs tokens_per_stage: it sets how many thoughts replace each r tokens')
@@ -139,14 +148,23 @@ class Curriculum:
         return self.max_latent_stage * units + 1 + len(self.compress_thoughts)
 
     @property
+    def epochs_per_compression_stage(self) -> int:
+        return self.compress_epochs if self.compress_epochs is not None else self.epochs_per_stage
+
+    @property
     def total_epochs(self) -> int:
-        return self.num_stages * self.epochs_per_stage
+        compression = len(self.compress_thoughts) if self.uses_curriculum else 0
+        return (self.num_stages - compression) * self.epochs_per_stage + compression * self.epochs_per_compression_stage
 
     def stage_at_epoch(self, epoch: int) -> int:
         """Stage index for an epoch; the final stage continues past the schedule."""
         if not self.uses_curriculum:
             return self.final_stage
-        return min(epoch // self.epochs_per_stage, self.final_stage)
+        removal_epochs = (self.last_removal_stage + 1) * self.epochs_per_stage
+        if epoch < removal_epochs:
+            return epoch // self.epochs_per_stage
+        # compression stages (if any) after the removal stages, each `compress_epochs` long
+        return min(self.last_removal_stage + 1 + (epoch - removal_epochs) // self.epochs_per_compression_stage, self.final_stage)
 
     @property
     def final_stage(self) -> int:

@@ -51,6 +51,30 @@ def test_each_compression_value_adds_a_stage_after_the_last_removal_stage():
     assert config.curriculum(0, longest_language = 26) == curriculum(epochs_per_stage = 1, pad_latent_to_max = True)
 
 
+
+def test_compression_stages_may_be_longer_than_the_removal_stages():
+    schedule = curriculum(compress_epochs = 5)
+    # 5 removal stages of 2 epochs (0-9), then 5 epochs at 4 a group (10-14) and 5 at 2 (15-19), which continues
+    assert (schedule.num_stages, schedule.final_stage, schedule.total_epochs) == (7, 6, 20)
+    assert [schedule.stage_at_epoch(epoch) for epoch in range(24)] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4] + [5] * 5 + [6] * 9
+    shorter = curriculum(compress_epochs = 1, epochs_per_stage = 3)
+    assert shorter.total_epochs == 17 and [shorter.stage_at_epoch(epoch) for epoch in range(14, 19)] == [4, 5, 6, 6, 6]
+    # None is epochs_per_stage: the schedule without the option
+    assert [curriculum(compress_epochs = 2).stage_at_epoch(e) for e in range(20)] == [curriculum().stage_at_epoch(e) for e in range(20)]
+    config = TrainConfig(tokens_per_stage = 8, thoughts_per_step = 8, compress_thoughts = '4,2', compress_epochs = 5)
+    assert config.curriculum(0, longest_language = 26).compress_epochs == 5
+    assert config_from_arguments(parse_args(['--tokens-per-stage', '8', '--thoughts-per-step', '8', '--compress-thoughts', '4,2',
+                                             '--compress-epochs', '7'])).compress_epochs == 7
+    for value in (0, -1, 2., True):
+        with pytest.raises(ValueError, match = 'compress_epochs must be a positive int'):
+            curriculum(compress_epochs = value)
+        with pytest.raises((ValueError, TypeError), match = 'compress_epochs'):
+            TrainConfig(tokens_per_stage = 8, thoughts_per_step = 8, compress_thoughts = '4,2', compress_epochs = value)
+    with pytest.raises(ValueError, match = 'compress_epochs sets the length of the compression stages'):
+        curriculum(compress_thoughts = (), compress_epochs = 3)
+    with pytest.raises(ValueError, match = 'compress_epochs sets the length of the compression stages: give --compress-thoughts'):
+        TrainConfig(tokens_per_stage = 8, thoughts_per_step = 8, compress_epochs = 3)
+
 @pytest.mark.parametrize('pad', [False, True])
 def test_at_a_compression_stage_each_thought_stands_for_the_tokens_it_replaces(pad):
     schedule = curriculum(pad_latent_to_max = pad)
@@ -227,6 +251,14 @@ def test_a_run_trains_through_the_compression_stages_and_evaluates_with_the_last
     assert tuple(state['model']['to_thought_tokens.weight'].shape) == (16 * 4, 16)
     assert (tmp_path / 'stage3.pt').is_file() and (tmp_path / 'stage4.pt').is_file()
 
+
+
+def test_a_run_spends_compress_epochs_at_each_compression_stage(tmp_path):
+    result = train(TrainConfig(**{**RUN, 'compress_epochs': 2}), tmp_path)
+    assert result['finished'] and (result['stage'], result['num_thoughts']) == (5, 3)
+    state = torch.load(tmp_path / 'checkpoint.pt', weights_only = True)
+    # one epoch at each removal stage (0-3), two at each compression stage, then the final epoch
+    assert [h['stage'] for h in state['history']] == [0, 1, 2, 3, 4, 4, 5, 5, 5]
 
 def test_a_run_resumed_across_a_compression_boundary_continues_exactly(tmp_path):
     # 8 tokens a stage: 2 removal stages of 4 thoughts (epochs 0-5, stage 0 included), then 2 and 1 a group (6-9), and
