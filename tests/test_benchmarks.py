@@ -1,6 +1,8 @@
 """The training-throughput benchmark runs on a CPU and reports every stage it is asked for."""
 
 import re
+
+import pytest
 import subprocess
 import sys
 from pathlib import Path
@@ -95,3 +97,26 @@ def test_cpu_ratio_and_op_count_take_a_reference_by_path(capsys):
     cpu_ratio(['--reference', '.', '--configs', 'A1', '--rounds', '2', '--warmup', '1'])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith('A1')]
     assert len(rows) == 1 and len(rows[0].split()) == 7     # name, two medians and fastest steps, the ratios
+
+
+def test_epoch_times_splits_each_epoch_and_finds_the_first_crossing(tmp_path):
+    import json
+    sys.path.insert(0, str(ROOT / 'scripts'))
+    from epoch_times import read_records, summary
+    records = [dict(epoch = 0, stage = 0, seconds = 10., seconds_data = 1., seconds_train = 8.5),
+               dict(epoch = 1, stage = 1, seconds = 25., seconds_data = 0., seconds_train = 12., eval_accuracy = 0.9, seconds_eval = 2.),
+               dict(epoch = 2, stage = 1, seconds = 40., seconds_data = 0., seconds_train = 11., eval_accuracy = 0.985, seconds_eval = 2.)]
+    path = tmp_path / 'metrics.jsonl'
+    path.write_text(''.join(json.dumps(record) + '\n' for record in records))
+    text = summary(read_records(path), 0.98)
+    rows = {line.split()[0]: line.split() for line in text.splitlines()[1:3]}
+    # stage 0: 10 s of which 9.5 named; stage 1: walls 15 and 15, the second holding epoch 1's 2 s evaluation
+    assert rows['0'][1:3] == ['1', '10.00'] and float(rows['0'][-1]) == 0.5
+    assert rows['1'][1:3] == ['2', '15.00'] and float(rows['1'][-1]) == 2.5      # others 3 (15 - 12) and 2 (15 - 11 - 2)
+    assert 'held-out evaluations 4.0 s' in text
+    # the first crossing is epoch 2: 40 s less the 2 s evaluation before it
+    assert 'after epoch 2 (stage 1), 38.0 s of training' in text
+    assert 'no held-out evaluation reached 0.99' in summary(records, 0.99)
+    path.write_text('{"epoch": 0}\n')
+    with pytest.raises(ValueError, match = 'metrics.jsonl'):
+        read_records(path)
