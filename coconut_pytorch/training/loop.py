@@ -149,6 +149,9 @@ class Run:
     inference: dict | None = None       # how the model saved last is run (`checkpoints.inference_info`)
     saved_epoch: int | None = None      # the epoch the checkpoint holds
     records: RunRecords | None = None   # config.json, metrics.jsonl, stage snapshots (rank 0 only)
+    # what graphed steps pad batches to (`epoch_padding`), and the stage it was set at
+    pad_lengths: tuple[int, int] = (0, 0)
+    pad_stage: int | None = None
 
     def __post_init__(self):
         self.history = self.history if self.history is not None else []
@@ -274,6 +277,16 @@ def epoch_batches(run: Run, epoch: int, fresh_sets: FreshSets | None) -> list[Ba
     return run.layout.batches(run.train_set, epoch)
 
 
+def epoch_padding(lengths: tuple[int, int], batches: list[Batch], new_stage: bool) -> tuple[int, int]:
+    """(prompt, answer) lengths that graphed steps pad an epoch's batches to: at least the epoch's longest, and within
+    a stage never shorter than an earlier epoch's (`lengths`), so that one graph serves epoch after epoch. An
+    epoch's longest prompt hovers around a graph's rounding boundary from set to set (ProsQA's between 319 and 321
+    tokens, against multiples of 32), and each crossing would capture a graph again, seconds each time. A new
+    stage starts afresh: its answers are shorter, its thoughts more."""
+    longest = (max(b.prompt.shape[1] for b in batches), max(b.target.shape[1] for b in batches))
+    return longest if new_stage else (max(lengths[0], longest[0]), max(lengths[1], longest[1]))
+
+
 def train_epoch(run: Run, epoch: int, batches: list[Batch], nonfinite: NonFiniteSteps, progress: Callable | None, run_start: float) -> dict:
     """One epoch of optimizer steps over `batches`; returns its record for the history (loss, token accuracy, ...)."""
     config, curriculum, device = run.config, run.curriculum, run.device
@@ -282,7 +295,9 @@ def train_epoch(run: Run, epoch: int, batches: list[Batch], nonfinite: NonFinite
         run.optimizer = make_optimizer(run.model, config)
         run.optimizer_start = run.step
 
-    run.train_step.pad_to(max(b.prompt.shape[1] for b in batches), max(b.target.shape[1] for b in batches))
+    run.pad_lengths = epoch_padding(run.pad_lengths, batches, stage != run.pad_stage)
+    run.pad_stage = stage
+    run.train_step.pad_to(*run.pad_lengths)
     thought_mix = thought_mix_at_epoch(curriculum, epoch, config.mix_start, config.mix_epochs)
     if config.mix_start > 0:
         run.train_step.set_thought_mix(thought_mix)

@@ -325,3 +325,33 @@ def test_a_non_finite_step_leaves_the_epochs_thought_rms_to_the_others(tmp_path,
     record = read_checkpoint(tmp_path / 'checkpoint.pt')['history'][1]
     assert result['finished'] is True and record['stage'] == 1 and record['skipped_steps'] == 1
     assert record['thought_rms'] is not None and record['thought_rms'] > 0, record
+
+
+def test_graphed_steps_pad_to_the_longest_so_far_within_a_stage(monkeypatch, tmp_path):
+    """An epoch's longest prompt hovers around a graph's rounding boundary from set to set; padding never shrinks
+    within a stage, so the graph of one epoch serves the next, and a new stage starts afresh."""
+    from types import SimpleNamespace
+
+    import coconut_pytorch.training.loop as loop
+    from coconut_pytorch.training.loop import epoch_padding
+    from coconut_pytorch.inputs import PAD_ID
+
+    shapes = lambda *lengths: [SimpleNamespace(prompt = torch.zeros(2, p), target = torch.zeros(2, t)) for p, t in lengths]
+    assert epoch_padding((0, 0), shapes((5, 3), (7, 2)), new_stage = True) == (7, 3)
+    assert epoch_padding((9, 2), shapes((5, 3), (7, 2)), new_stage = False) == (9, 3)
+    assert epoch_padding((9, 4), shapes((5, 3)), new_stage = True) == (5, 3)
+
+    # a run: each epoch's prompts get extra padding columns (which change nothing they compute), by this schedule
+    extra = {0: 3, 1: 0, 2: 5, 3: 1, 4: 4, 5: 0}
+    batches_of = loop.epoch_batches
+
+    def padded(run, epoch, fresh_sets):
+        laid = batches_of(run, epoch, fresh_sets)
+        return [b._replace(prompt = torch.nn.functional.pad(b.prompt, (0, extra[epoch]), value = PAD_ID)) for b in laid]
+
+    asked = []
+    monkeypatch.setattr(loop, 'epoch_batches', padded)
+    monkeypatch.setattr(TrainStep, 'pad_to', lambda self, prompt, target: asked.append(prompt))
+    train(TrainConfig(**{**TINY, 'epochs_per_stage': 3, 'max_latent_stage': 1}), tmp_path)
+    base = asked[0] - 3     # the task's prompts all have one length
+    assert asked == [base + 3, base + 3, base + 5] + [base + 1, base + 4, base + 4], asked
