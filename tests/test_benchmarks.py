@@ -120,3 +120,13 @@ def test_epoch_times_splits_each_epoch_and_finds_the_first_crossing(tmp_path):
     path.write_text('{"epoch": 0}\n')
     with pytest.raises(ValueError, match = 'metrics.jsonl'):
         read_records(path)
+
+
+def test_host_batch_times_each_stage_at_each_thread_count():
+    out = subprocess.run(
+        [sys.executable, 'benchmarks/host_batch.py', '--batches', '2', '--batch-size', '8', '--stages', '0,6', '--threads', '1,2', '--busy', '1'],
+        cwd = ROOT, capture_output = True, text = True, timeout = 300, check = True
+    ).stdout
+    rows = [line.split('|')[1:-1] for line in out.splitlines() if re.match(r'\| \d', line)]
+    assert [(int(row[0]), int(row[1]), int(row[2])) for row in rows] == [(0, 0, 1), (0, 0, 2), (6, 6, 1), (6, 6, 2)]
+    assert all(float(row[3]) > 0 and float(row[4]) > 0 for row in rows)

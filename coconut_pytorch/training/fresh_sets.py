@@ -148,6 +148,10 @@ def start_worker(origin: WorkerOrigin, stop: Connection) -> None:
     """Initializer of each worker process: tie its life to the training process (see the module docstring)."""
     global worker_stop
     worker_stop = stop
+    # one intra-op thread: a worker's work is Python, and torch's default of a thread per core in each of several
+    # workers leaves the training process's host thread waiting for cores in every small parallel region it runs
+    # (`loop.host_threads`)
+    torch.set_num_threads(1)
     # Ctrl-C signals the whole process group: the training process handles it and closes the pool, while a worker
     # would print a traceback and break the pool under it
     signal.signal(signal.SIGINT, signal.SIG_IGN)

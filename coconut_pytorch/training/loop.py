@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import ExitStack, closing
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -118,7 +118,27 @@ def train(
                 say(f'starting from the weights of {config.init_from}')
         if world.is_main:
             run.records = stack.enter_context(closing(RunRecords(out_dir, config, run.history if resume else None)))
+        stack.enter_context(host_threads(device))
         return run_epochs(run, progress, say if world.is_main else None)
+
+
+@contextmanager
+def host_threads(device: torch.device):
+    """One intra-op thread on the host while a GPU trains (restored after). The host's share of a GPU step is
+    small tensors (checking a batch's ids, staging it for a graph), each op a parallel region; with a thread per
+    core and other processes on some cores (the fresh-data workers), each region waits for its slowest thread. On
+    this project's 2-core CPU with the other core busy, checking and staging a ProsQA batch of 128 took tens of ms
+    with two threads and about 1 ms with one (`benchmarks/host_batch.py`, BENCHMARKS.md). A run on the CPU keeps its
+    threads: they do its work."""
+    if device.type != 'cuda':
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass

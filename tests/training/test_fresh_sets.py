@@ -64,6 +64,8 @@ def test_fresh_sets_from_the_workers_equal_sets_made_in_line():
     sets = FreshSets('prosqa', {}, 24, 3, total_epochs = 4, layout = layout, workers = 2)
     try:
         assert sets.pool is not None and sorted(sets.pending) == [1, 2]   # two epochs in the making ahead
+        # each worker runs torch on one thread, leaving the other cores to the training process's host work
+        assert sets.pool.submit(torch.get_num_threads).result(timeout = 60) == 1
         fetched = {epoch: sets.get(epoch) for epoch in (1, 2, 3)}
         assert not sets.pending  # nothing is generated past the last epoch
     finally:

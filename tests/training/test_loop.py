@@ -355,3 +355,20 @@ def test_graphed_steps_pad_to_the_longest_so_far_within_a_stage(monkeypatch, tmp
     train(TrainConfig(**{**TINY, 'epochs_per_stage': 3, 'max_latent_stage': 1}), tmp_path)
     base = asked[0] - 3     # the task's prompts all have one length
     assert asked == [base + 3, base + 3, base + 5] + [base + 1, base + 4, base + 4], asked
+
+
+def test_a_gpu_run_keeps_one_host_thread_and_gives_the_rest_back():
+    from coconut_pytorch.training.loop import host_threads
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with host_threads(torch.device('cpu')):
+            assert torch.get_num_threads() == 2     # a CPU run computes on its threads
+        with host_threads(torch.device('cuda', 0)):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), host_threads(torch.device('cuda')):
+            raise RuntimeError('a failed epoch')
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
