@@ -65,9 +65,15 @@ def main():
     parser.add_argument('--busy', type = int, default = 1, help = 'cores kept busy by other processes while timing')
     args = parser.parse_args()
     default_threads = torch.get_num_threads()
-    threads = [int(t) for t in args.threads.split(',')] if args.threads else sorted({1, default_threads})
+    try:
+        threads = [int(t) for t in args.threads.split(',')] if args.threads else sorted({1, default_threads})
+        stages = [int(s) for s in args.stages.split(',')]
+    except ValueError:
+        parser.error(f'--threads and --stages must be comma-separated integers, got {args.threads!r} and {args.stages!r}')
     if args.busy < 0 or args.batches < 1 or any(t < 1 for t in threads):
         parser.error('--busy must be >= 0, --batches and every --threads value >= 1')
+    if any(not 0 <= stage <= 6 for stage in stages):
+        parser.error(f'--stages must be from 0 to 6 (the ProsQA curriculum\'s stages), got {args.stages}')
 
     config = TrainConfig(task = 'prosqa', task_kwargs = {'steps': 'frontier'}, thought_loss = 1., max_latent_stage = 6,
                          train_size = args.batches * args.batch_size, eval_size = 1, batch_size = args.batch_size,
@@ -86,7 +92,7 @@ def main():
         print(f'ProsQA batches of {args.batch_size}, {args.busy} other cores busy, {multiprocessing.cpu_count()} cores, torch {torch.__version__}')
         print('| stage | thoughts | threads | check ms / batch | staging ms / batch |')
         print('|---|---|---|---|---|')
-        for stage in (int(s) for s in args.stages.split(',')):
+        for stage in stages:
             epoch = next(e for e in range(curriculum.total_epochs) if curriculum.stage_at_epoch(e) == stage)
             batches = layout.batches(train_set, epoch)
             for count in threads:

@@ -1,11 +1,11 @@
 """The training-throughput benchmark runs on a CPU and reports every stage it is asked for."""
 
 import re
-
-import pytest
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,9 +99,9 @@ def test_cpu_ratio_and_op_count_take_a_reference_by_path(capsys):
     assert len(rows) == 1 and len(rows[0].split()) == 7     # name, two medians and fastest steps, the ratios
 
 
-def test_epoch_times_splits_each_epoch_and_finds_the_first_crossing(tmp_path):
+def test_epoch_times_splits_each_epoch_and_finds_the_first_crossing(tmp_path, monkeypatch):
     import json
-    sys.path.insert(0, str(ROOT / 'scripts'))
+    monkeypatch.syspath_prepend(str(ROOT / 'scripts'))
     from epoch_times import read_records, summary
     records = [dict(epoch = 0, stage = 0, seconds = 10., seconds_data = 1., seconds_train = 8.5),
                dict(epoch = 1, stage = 1, seconds = 25., seconds_data = 0., seconds_train = 12., eval_accuracy = 0.9, seconds_eval = 2.),
@@ -130,3 +130,6 @@ def test_host_batch_times_each_stage_at_each_thread_count():
     rows = [line.split('|')[1:-1] for line in out.splitlines() if re.match(r'\| \d', line)]
     assert [(int(row[0]), int(row[1]), int(row[2])) for row in rows] == [(0, 0, 1), (0, 0, 2), (6, 6, 1), (6, 6, 2)]
     assert all(float(row[3]) > 0 and float(row[4]) > 0 for row in rows)
+    for bad in (['--stages', '7'], ['--stages', 'x'], ['--threads', '0']):
+        failed = subprocess.run([sys.executable, 'benchmarks/host_batch.py', *bad], cwd = ROOT, capture_output = True, text = True, timeout = 300)
+        assert failed.returncode == 2 and 'error: --' in failed.stderr, failed.stderr

@@ -194,7 +194,9 @@ def open_run(config: TrainConfig, checkpoint_path: Path, device: torch.device, r
         # with fresh data the cap grew with every set seen before the stop
         longest_target = max(longest_target, state['inference']['max_new_tokens'] - INFERENCE_TOKEN_MARGIN)
         where = dict(start_epoch = state['epoch'] + 1, history = state['history'], elapsed = state['elapsed'], step = state['step'],
-                     optimizer_start = state.get('optimizer_start', 0), inference = state['inference'], saved_epoch = state['epoch'])
+                     optimizer_start = state.get('optimizer_start', 0), inference = state['inference'], saved_epoch = state['epoch'],
+                     # where graphed steps pad to, so that a resumed stage replays the shapes the uninterrupted run would
+                     pad_lengths = tuple(state.get('pad_lengths', (0, 0))), pad_stage = state.get('pad_stage'))
     else:
         model = build_model(config, len(tokenizer), curriculum).to(device)
         if config.init_from is not None:
@@ -430,7 +432,8 @@ def save_epoch(run: Run, epoch: int, elapsed: float):
         config = asdict(run.config), curriculum = asdict(run.curriculum), tokenizer = run.tokenizer.to_dict(),
         model = model_state, optimizer = optimizer_state,
         epoch = epoch, step = run.step, optimizer_start = run.optimizer_start, history = run.history, elapsed = elapsed,
-        inference = run.inference, data_digests = run.digests, backbone = backbone_config(run.model)
+        inference = run.inference, data_digests = run.digests, backbone = backbone_config(run.model),
+        pad_lengths = list(run.pad_lengths), pad_stage = run.pad_stage
     ), run.checkpoint_path)
 
 

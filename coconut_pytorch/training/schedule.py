@@ -105,7 +105,8 @@ class Curriculum:
 
     def check_compression(self):
         """Raise a ValueError naming `compress_thoughts` unless it is () or a strictly decreasing tuple of ints in
-        [1, c) for a method whose curriculum puts thoughts in place of tokens (a list is taken as its tuple)."""
+        [1, c) for a method whose curriculum puts thoughts in place of tokens (a list is taken as its tuple), or
+        naming `compress_epochs` unless it is None or (with compression stages) a positive int."""
         values = self.compress_thoughts
         if isinstance(values, list):
             values = tuple(values)

@@ -356,6 +356,15 @@ def test_graphed_steps_pad_to_the_longest_so_far_within_a_stage(monkeypatch, tmp
     base = asked[0] - 3     # the task's prompts all have one length
     assert asked == [base + 3, base + 3, base + 5] + [base + 1, base + 4, base + 4], asked
 
+    # a run stopped inside a stage resumes padding to the longest so far, as the uninterrupted run did
+    asked.clear()
+    stopped = TrainConfig(**{**TINY, 'epochs_per_stage': 3, 'max_latent_stage': 1, 'time_budget': 0.})
+    train(stopped, tmp_path / 'resumed')
+    train(stopped, tmp_path / 'resumed', resume = True)
+    train(stopped, tmp_path / 'resumed', resume = True)
+    train(TrainConfig(**{**TINY, 'epochs_per_stage': 3, 'max_latent_stage': 1}), tmp_path / 'resumed', resume = True)
+    assert asked == [base + 3, base + 3, base + 5] + [base + 1, base + 4, base + 4], asked
+
 
 def test_a_gpu_run_keeps_one_host_thread_and_gives_the_rest_back():
     from coconut_pytorch.training.loop import host_threads
