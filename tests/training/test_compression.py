@@ -295,8 +295,8 @@ def test_the_compressed_recipe_is_the_4x4_recipe_with_compression_stages():
     recipe = ROOT / 'recipes' / 'multiplication_4x4_compressed.yaml'
     compressed = config_from_arguments(parse_args(['--config', str(recipe)]))
     plain = config_from_arguments(parse_args(['--config', str(ROOT / 'recipes' / 'multiplication_4x4.yaml')]))
-    assert (compressed.compress_thoughts, compressed.thought_token_loss) == ([4, 2], 1.)
-    assert {**vars(compressed), 'compress_thoughts': [], 'thought_token_loss': 0., 'final_epochs': 0} == {**vars(plain), 'final_epochs': 0}
+    assert (compressed.compress_thoughts, compressed.compress_epochs, compressed.thought_token_loss) == ([4, 2], 15, 1.)
+    assert {**vars(compressed), 'compress_thoughts': [], 'compress_epochs': None, 'thought_token_loss': 0., 'final_epochs': 0} == {**vars(plain), 'final_epochs': 0}
     # its comment's command is the same recipe
     head = [line for line in recipe.read_text().splitlines() if line.startswith('#')]
     same_as = next(line for line in head if 'the same as:' in line).split('train_toy.py', 1)[1]
