@@ -70,7 +70,9 @@ def test_a_run_starts_from_another_runs_weights_and_refuses_ones_that_do_not_fit
         train(TrainConfig(**{**TINY, 'task': 'pointer_chase', 'task_kwargs': {}, 'init_from': cot['checkpoint']}), tmp_path / 'other-words')
 
 
-COMMAND = ['--train-size', '128', '--eval-size', '8', '--batch-size', '32', '--epochs-per-stage', '1', '--final-epochs', '2',
+# 12 final epochs: the interrupt is sent once epoch 1 is printed, and must land before the run ends even when the
+# test process waits for a busy CPU (with 2, a CI run under load once saw the child finish first)
+COMMAND = ['--train-size', '128', '--eval-size', '8', '--batch-size', '32', '--epochs-per-stage', '1', '--final-epochs', '12',
            '--dim', '16', '--depth', '1', '--heads', '2', '--dim-head', '8', '--num-residual-streams', '1', '--warmup-steps', '0',
            '--task-kwargs', '{"num_digits": 3}']
 
