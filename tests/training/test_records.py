@@ -70,9 +70,7 @@ def test_a_run_starts_from_another_runs_weights_and_refuses_ones_that_do_not_fit
         train(TrainConfig(**{**TINY, 'task': 'pointer_chase', 'task_kwargs': {}, 'init_from': cot['checkpoint']}), tmp_path / 'other-words')
 
 
-# 12 final epochs: the interrupt is sent once epoch 1 is printed, and must land before the run ends even when the
-# test process waits for a busy CPU (with 2, a CI run under load once saw the child finish first)
-COMMAND = ['--train-size', '128', '--eval-size', '8', '--batch-size', '32', '--epochs-per-stage', '1', '--final-epochs', '12',
+COMMAND = ['--train-size', '128', '--eval-size', '8', '--batch-size', '32', '--epochs-per-stage', '1', '--final-epochs', '2',
            '--dim', '16', '--depth', '1', '--heads', '2', '--dim-head', '8', '--num-residual-streams', '1', '--warmup-steps', '0',
            '--task-kwargs', '{"num_digits": 3}']
 
@@ -81,8 +79,11 @@ def test_ctrl_c_keeps_the_last_epoch_says_how_to_continue_and_the_continued_run_
     # no --out: the run gets its own folder under runs/, and --resume finds the latest one
     # the commands use this process's number of threads, so that the in-process run below reduces in the same order
     environment = {**os.environ, 'OMP_NUM_THREADS': str(torch.get_num_threads())}
+    # with Ctrl-C's default disposition: a test run started in the background (`&` in a script) ignores SIGINT, and a
+    # child would inherit that and never see the interrupt
     child = subprocess.Popen([sys.executable, str(ROOT / 'train_toy.py'), *COMMAND], cwd = tmp_path, stdout = subprocess.PIPE,
-                             stderr = subprocess.PIPE, text = True, env = environment)
+                             stderr = subprocess.PIPE, text = True, env = environment,
+                             preexec_fn = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in child.stdout:
         if line.startswith('{"epoch": 1,'):
             break
