@@ -169,9 +169,7 @@ class Run:
     inference: dict | None = None       # how the model saved last is run (`checkpoints.inference_info`)
     saved_epoch: int | None = None      # the epoch the checkpoint holds
     records: RunRecords | None = None   # config.json, metrics.jsonl, stage snapshots (rank 0 only)
-    # what graphed steps pad batches to (`epoch_padding`), and the stage it was set at
-    pad_lengths: tuple[int, int] = (0, 0)
-    pad_stage: int | None = None
+    pad_lengths: tuple[int, int] = (0, 0)     # what graphed steps pad batches to (`epoch_padding`)
 
     def __post_init__(self):
         self.history = self.history if self.history is not None else []
@@ -196,7 +194,7 @@ def open_run(config: TrainConfig, checkpoint_path: Path, device: torch.device, r
         where = dict(start_epoch = state['epoch'] + 1, history = state['history'], elapsed = state['elapsed'], step = state['step'],
                      optimizer_start = state.get('optimizer_start', 0), inference = state['inference'], saved_epoch = state['epoch'],
                      # where graphed steps pad to, so that a resumed stage replays the shapes the uninterrupted run would
-                     pad_lengths = tuple(state.get('pad_lengths', (0, 0))), pad_stage = state.get('pad_stage'))
+                     pad_lengths = tuple(state.get('pad_lengths', (0, 0))))
     else:
         model = build_model(config, len(tokenizer), curriculum).to(device)
         if config.init_from is not None:
@@ -313,12 +311,12 @@ def train_epoch(run: Run, epoch: int, batches: list[Batch], nonfinite: NonFinite
     """One epoch of optimizer steps over `batches`; returns its record for the history (loss, token accuracy, ...)."""
     config, curriculum, device = run.config, run.curriculum, run.device
     stage = curriculum.stage_at_epoch(epoch)
-    if config.reset_optimizer and epoch > 0 and stage != curriculum.stage_at_epoch(epoch - 1):
+    new_stage = epoch > 0 and stage != curriculum.stage_at_epoch(epoch - 1)
+    if config.reset_optimizer and new_stage:
         run.optimizer = make_optimizer(run.model, config)
         run.optimizer_start = run.step
 
-    run.pad_lengths = epoch_padding(run.pad_lengths, batches, stage != run.pad_stage)
-    run.pad_stage = stage
+    run.pad_lengths = epoch_padding(run.pad_lengths, batches, new_stage)
     run.train_step.pad_to(*run.pad_lengths)
     thought_mix = thought_mix_at_epoch(curriculum, epoch, config.mix_start, config.mix_epochs)
     if config.mix_start > 0:
@@ -433,7 +431,7 @@ def save_epoch(run: Run, epoch: int, elapsed: float):
         model = model_state, optimizer = optimizer_state,
         epoch = epoch, step = run.step, optimizer_start = run.optimizer_start, history = run.history, elapsed = elapsed,
         inference = run.inference, data_digests = run.digests, backbone = backbone_config(run.model),
-        pad_lengths = list(run.pad_lengths), pad_stage = run.pad_stage
+        pad_lengths = list(run.pad_lengths)
     ), run.checkpoint_path)
 
 
